@@ -1,0 +1,520 @@
+//! Applies a [`Ruleset`] to the kernel, reads back what is installed, and clears our tables.
+//!
+//! A thin translation: every [`Match`] becomes a few rustables expressions, and every
+//! change is ONE netlink batch, so the kernel never holds half a ruleset and a refused
+//! batch leaves the previous ruleset in force. Only tables named `Ruleset::table_name` in
+//! the `inet` and `bridge` families are ever touched.
+//!
+//! Two kinds of batch:
+//! - full: `add table; delete table; add table; …contents`, for both families (the
+//!   add-then-delete makes "delete" valid whether or not the table existed);
+//! - elements: when only whitelist sets differ from what we last committed, the batch
+//!   adds and deletes set elements, so its size follows the change, not the whitelist.
+
+mod bridge;
+mod dump;
+mod netlink;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rustables::expr::{
+    Bitwise, Cmp, CmpOp, Counter, Immediate, Lookup, Meta, MetaType, Payload, Register,
+    VerdictKind,
+};
+use rustables::expr::ct::{ConnTrackState, Conntrack, ConntrackKey};
+use rustables::set::{SetBuilder, SetElementList};
+use rustables::sys::{NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER};
+use rustables::{ChainPolicy, ChainType, HookClass, ProtocolFamily};
+
+pub use bridge::{BridgeFiltering, BridgeNetfilter, bridge_filtering, set_nf_call};
+pub use dump::{InstalledRuleset, InstalledTable, read_installed};
+
+use crate::plan::{Dir, Family, Hook, IpVersion, Match, Ruleset, Set, Verdict};
+use netlink::Transaction;
+
+/// Set elements per netlink message: the element list is one attribute, and an attribute
+/// length is 16 bits (an IPv6 element takes 28 bytes).
+const ELEMENTS_PER_MESSAGE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("cannot send to the kernel: {0}")]
+    Send(#[source] io::Error),
+    #[error("cannot read the kernel's answer: {0}")]
+    Receive(#[source] io::Error),
+    #[error("the kernel refused {what}: {source}")]
+    Refused {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no bridge named {0:?}")]
+    NoSuchBridge(String),
+    #[error("cannot build {what}: {reason}")]
+    Build { what: String, reason: String },
+}
+
+/// How an apply reached the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyKind {
+    /// The kernel already holds this ruleset (as far as we committed it).
+    Unchanged,
+    /// Our tables replaced as a whole.
+    Full,
+    /// Only whitelist set elements changed.
+    Elements { added: usize, removed: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub kind: ApplyKind,
+    /// Netlink messages in the batch (0 when unchanged).
+    pub messages: usize,
+    /// br_netfilter state of every managed bridge.
+    pub bridges: Vec<BridgeFiltering>,
+}
+
+impl ApplyReport {
+    /// True when every managed bridge is filtered statefully (connection tracking applies).
+    pub fn stateful(&self) -> bool {
+        self.bridges.iter().all(|b| b.stateful)
+    }
+}
+
+/// Our view of the kernel: what we last committed there.
+#[derive(Debug)]
+pub struct Nft {
+    committed: Option<Ruleset>,
+    bridge_netfilter: BridgeNetfilter,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Nft::new(BridgeNetfilter::Enable)
+    }
+}
+
+impl Nft {
+    pub fn new(bridge_netfilter: BridgeNetfilter) -> Self {
+        Nft {
+            committed: None,
+            bridge_netfilter,
+        }
+    }
+
+    /// What we last committed, if anything.
+    pub fn committed(&self) -> Option<&Ruleset> {
+        self.committed.as_ref()
+    }
+
+    /// Forgets what was committed, so that the next apply replaces our tables whole
+    /// (after drift was detected, or someone else changed the ruleset).
+    pub fn forget(&mut self) {
+        self.committed = None;
+    }
+
+    /// Makes the kernel hold `desired`, in one transaction.
+    pub fn apply(&mut self, desired: &Ruleset) -> Result<ApplyReport, NftError> {
+        let (kind, messages) = match &self.committed {
+            Some(current) if current == desired => (ApplyKind::Unchanged, 0),
+            Some(current)
+                if !desired.tables.is_empty()
+                    && current.table_name == desired.table_name
+                    && current.skeleton() == desired.skeleton() =>
+            {
+                let (tx, added, removed) = element_transaction(current, desired)?;
+                let messages = tx.len();
+                match tx.commit() {
+                    Ok(()) => (ApplyKind::Elements { added, removed }, messages),
+                    // The kernel no longer matches what we committed (someone flushed a set,
+                    // say): replace everything instead.
+                    Err(_) => (ApplyKind::Full, full_replace(desired)?),
+                }
+            }
+            _ => (ApplyKind::Full, full_replace(desired)?),
+        };
+        self.committed = Some(desired.clone());
+        let bridges = managed_bridges(desired)
+            .into_iter()
+            .map(|b| bridge_filtering(&b, self.bridge_netfilter))
+            .collect();
+        Ok(ApplyReport {
+            kind,
+            messages,
+            bridges,
+        })
+    }
+
+    /// Removes our tables from the kernel (both families) in one transaction.
+    pub fn clear(&mut self, table_name: &str) -> Result<(), NftError> {
+        clear(table_name)?;
+        self.committed = None;
+        Ok(())
+    }
+}
+
+/// Removes our tables (`inet` and `bridge` families named `table_name`), if present.
+pub fn clear(table_name: &str) -> Result<(), NftError> {
+    let empty = Ruleset {
+        table_name: table_name.to_owned(),
+        tables: Vec::new(),
+    };
+    full_replace(&empty).map(|_| ())
+}
+
+fn managed_bridges(ruleset: &Ruleset) -> Vec<String> {
+    let mut bridges = BTreeSet::new();
+    if let Some(inet) = ruleset.table(Family::Inet) {
+        for chain in inet.chains.iter().filter(|c| c.name == "forward") {
+            for rule in &chain.rules {
+                if let Some(Match::IifName(b)) = rule.matches.first() {
+                    bridges.insert(b.clone());
+                }
+            }
+        }
+    }
+    bridges.into_iter().collect()
+}
+
+fn protocol_family(family: Family) -> ProtocolFamily {
+    match family {
+        Family::Inet => ProtocolFamily::Inet,
+        Family::Bridge => ProtocolFamily::Bridge,
+    }
+}
+
+fn build_err(what: impl Into<String>, e: impl std::fmt::Debug) -> NftError {
+    NftError::Build {
+        what: what.into(),
+        reason: format!("{e:?}"),
+    }
+}
+
+fn table_object(family: Family, name: &str) -> rustables::Table {
+    rustables::Table::new(protocol_family(family)).with_name(name)
+}
+
+/// Builds the batch that replaces our tables with `desired`; returns its message count.
+fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
+    let mut tx = Transaction::new();
+    let fingerprint = desired.fingerprint().to_be_bytes().to_vec();
+    let mut set_id = 0u32;
+    for family in Family::ALL {
+        let label = format!("table {} {}", family.keyword(), desired.table_name);
+        let bare = table_object(family, &desired.table_name);
+        tx.add(&bare, label.clone());
+        tx.delete(&bare, label.clone());
+        let Some(table) = desired.table(family) else {
+            continue;
+        };
+        let nft_table = table_object(family, &table.name).with_userdata(fingerprint.clone());
+        tx.add(&nft_table, label);
+
+        let mut sets = HashMap::new();
+        for set in &table.sets {
+            set_id += 1;
+            let (mut nft_set, chunks) = set_messages(&nft_table, set, set.elements.iter())?;
+            nft_set = nft_set.with_id(set_id);
+            nft_set.family = protocol_family(family);
+            tx.add(&nft_set, format!("set {}", set.name));
+            for chunk in chunks {
+                tx.add(&chunk, format!("elements of set {}", set.name));
+            }
+            sets.insert(set.name.clone(), nft_set);
+        }
+        let mut chains = HashMap::new();
+        for chain in &table.chains {
+            let mut nft_chain = rustables::Chain::new(&nft_table).with_name(&chain.name);
+            if let Some(base) = chain.base {
+                let hook = match base.hook {
+                    Hook::Forward => HookClass::Forward,
+                    Hook::Input => HookClass::In,
+                };
+                nft_chain = nft_chain
+                    .with_hook(rustables::Hook::new(hook, base.priority))
+                    .with_type(ChainType::Filter)
+                    .with_policy(ChainPolicy::Accept);
+            }
+            tx.add(&nft_chain, format!("chain {}", chain.name));
+            chains.insert(chain.name.clone(), nft_chain);
+        }
+        for chain in &table.chains {
+            let nft_chain = &chains[&chain.name];
+            for rule in &chain.rules {
+                let label = format!("rule \"{rule}\" in chain {}", chain.name);
+                let mut nft_rule =
+                    rustables::Rule::new(nft_chain).map_err(|e| build_err(&label, e))?;
+                for m in &rule.matches {
+                    add_match(&mut nft_rule, family, m, &sets).map_err(|e| build_err(&label, e))?;
+                }
+                if rule.counter {
+                    nft_rule.add_expr(Counter::default().with_nb_bytes(0u64).with_nb_packets(0u64));
+                }
+                nft_rule.add_expr(Immediate::new_verdict(match &rule.verdict {
+                    Verdict::Return => VerdictKind::Return,
+                    Verdict::Drop => VerdictKind::Drop,
+                    Verdict::Jump(target) => VerdictKind::Jump {
+                        chain: target.clone(),
+                    },
+                }));
+                tx.add(&nft_rule, label);
+            }
+        }
+    }
+    let messages = tx.len();
+    tx.commit()?;
+    Ok(messages)
+}
+
+/// The set itself and its elements, chunked to fit in netlink attributes.
+fn set_messages<'a>(
+    table: &rustables::Table,
+    set: &Set,
+    elements: impl Iterator<Item = &'a IpAddr>,
+) -> Result<(rustables::Set, Vec<SetElementList>), NftError> {
+    let elements: Vec<&IpAddr> = elements.collect();
+    let what = || format!("set {}", set.name);
+    let mut lists = Vec::new();
+    let mut nft_set = None;
+    // At least one builder runs, so the set exists even when empty.
+    let chunks: Vec<&[&IpAddr]> = if elements.is_empty() {
+        vec![&[]]
+    } else {
+        elements.chunks(ELEMENTS_PER_MESSAGE).collect()
+    };
+    for chunk in chunks {
+        let (s, list) = match set.version {
+            IpVersion::V4 => {
+                let mut b = SetBuilder::<Ipv4Addr>::new(&set.name, table)
+                    .map_err(|e| build_err(what(), e))?;
+                for addr in chunk {
+                    if let IpAddr::V4(a) = addr {
+                        b.add(a);
+                    }
+                }
+                b.finish()
+            }
+            IpVersion::V6 => {
+                let mut b = SetBuilder::<Ipv6Addr>::new(&set.name, table)
+                    .map_err(|e| build_err(what(), e))?;
+                for addr in chunk {
+                    if let IpAddr::V6(a) = addr {
+                        b.add(a);
+                    }
+                }
+                b.finish()
+            }
+        };
+        if !chunk.is_empty() {
+            lists.push(list);
+        }
+        nft_set.get_or_insert(s);
+    }
+    Ok((nft_set.expect("at least one chunk"), lists))
+}
+
+/// The batch that turns `current`'s set elements into `desired`'s (same skeleton).
+fn element_transaction(
+    current: &Ruleset,
+    desired: &Ruleset,
+) -> Result<(Transaction, usize, usize), NftError> {
+    let mut tx = Transaction::new();
+    let (mut added, mut removed) = (0, 0);
+    for (cur_table, new_table) in current.tables.iter().zip(&desired.tables) {
+        let nft_table = table_object(new_table.family, &new_table.name);
+        for (cur, new) in cur_table.sets.iter().zip(&new_table.sets) {
+            let gone: BTreeSet<&IpAddr> = cur.elements.difference(&new.elements).collect();
+            let fresh: BTreeSet<&IpAddr> = new.elements.difference(&cur.elements).collect();
+            removed += gone.len();
+            added += fresh.len();
+            for list in set_messages(&nft_table, new, gone.into_iter())?.1 {
+                tx.delete(&list, format!("removal from set {}", new.name));
+            }
+            for list in set_messages(&nft_table, new, fresh.into_iter())?.1 {
+                tx.add(&list, format!("addition to set {}", new.name));
+            }
+        }
+    }
+    Ok((tx, added, removed))
+}
+
+/// Network-layer protocol check a payload match depends on. In `inet`, `meta nfproto`; in
+/// `bridge`, the ethertype (`meta protocol`), as nft itself does.
+fn add_l3_dependency(rule: &mut rustables::Rule, family: Family, version: IpVersion) {
+    match family {
+        Family::Inet => {
+            rule.add_expr(Meta::new(MetaType::NfProto));
+            let proto = match version {
+                IpVersion::V4 => libc::NFPROTO_IPV4,
+                IpVersion::V6 => libc::NFPROTO_IPV6,
+            };
+            rule.add_expr(Cmp::new(CmpOp::Eq, [proto as u8]));
+        }
+        Family::Bridge => {
+            rule.add_expr(Meta::new(MetaType::Protocol));
+            let ethertype: u16 = match version {
+                IpVersion::V4 => libc::ETH_P_IP as u16,
+                IpVersion::V6 => libc::ETH_P_IPV6 as u16,
+            };
+            rule.add_expr(Cmp::new(CmpOp::Eq, ethertype.to_be_bytes()));
+        }
+    }
+}
+
+fn payload(base: u32, offset: u32, len: u32) -> Payload {
+    Payload::default()
+        .with_base(base)
+        .with_offset(offset)
+        .with_len(len)
+        .with_dreg(Register::Reg1)
+}
+
+fn address_payload(dir: Dir, version: IpVersion) -> Payload {
+    let (offset, len) = match (version, dir) {
+        (IpVersion::V4, Dir::Src) => (12, 4),
+        (IpVersion::V4, Dir::Dst) => (16, 4),
+        (IpVersion::V6, Dir::Src) => (8, 16),
+        (IpVersion::V6, Dir::Dst) => (24, 16),
+    };
+    payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len)
+}
+
+fn add_l4proto(rule: &mut rustables::Rule, proto: libc::c_int) {
+    rule.add_expr(Meta::new(MetaType::L4Proto));
+    rule.add_expr(Cmp::new(CmpOp::Eq, [proto as u8]));
+}
+
+fn interface_name(name: &str) -> Vec<u8> {
+    // As nft does: the name NUL-padded to IFNAMSIZ, an exact match.
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.resize(libc::IFNAMSIZ, 0);
+    bytes
+}
+
+fn add_match(
+    rule: &mut rustables::Rule,
+    family: Family,
+    m: &Match,
+    sets: &HashMap<String, rustables::Set>,
+) -> Result<(), String> {
+    match m {
+        Match::IifName(name) => {
+            rule.add_expr(Meta::new(MetaType::IifName));
+            rule.add_expr(Cmp::new(CmpOp::Eq, interface_name(name)));
+        }
+        Match::OifName(name) => {
+            rule.add_expr(Meta::new(MetaType::OifName));
+            rule.add_expr(Cmp::new(CmpOp::Eq, interface_name(name)));
+        }
+        Match::CtEstablishedRelated => {
+            let states = (ConnTrackState::ESTABLISHED | ConnTrackState::RELATED).bits();
+            rule.add_expr(Conntrack::new(ConntrackKey::State));
+            rule.add_expr(
+                Bitwise::new(states.to_ne_bytes(), 0u32.to_ne_bytes()).map_err(|e| e.to_string())?,
+            );
+            rule.add_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()));
+        }
+        Match::Subnet(dir, net) => {
+            let version = IpVersion::of(&net.ip());
+            add_l3_dependency(rule, family, version);
+            rule.add_expr(address_payload(*dir, version));
+            let (mask, addr) = match (net.mask(), net.network()) {
+                (IpAddr::V4(m), IpAddr::V4(a)) => (m.octets().to_vec(), a.octets().to_vec()),
+                (IpAddr::V6(m), IpAddr::V6(a)) => (m.octets().to_vec(), a.octets().to_vec()),
+                _ => return Err("mask and address of different families".into()),
+            };
+            if net.prefix() as usize != mask.len() * 8 {
+                let zero = vec![0u8; mask.len()];
+                rule.add_expr(Bitwise::new(mask, zero).map_err(|e| e.to_string())?);
+            }
+            rule.add_expr(Cmp::new(CmpOp::Eq, addr));
+        }
+        Match::InSet(dir, version, name) => {
+            let set = sets.get(name).ok_or_else(|| format!("no set {name}"))?;
+            add_l3_dependency(rule, family, *version);
+            rule.add_expr(address_payload(*dir, *version));
+            rule.add_expr(Lookup::new(set).map_err(|e| e.to_string())?);
+        }
+        Match::Icmpv6Types(from, to) => {
+            add_l4proto(rule, libc::IPPROTO_ICMPV6);
+            rule.add_expr(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1));
+            if from == to {
+                rule.add_expr(Cmp::new(CmpOp::Eq, [*from]));
+            } else {
+                rule.add_expr(Cmp::new(CmpOp::Gte, [*from]));
+                rule.add_expr(Cmp::new(CmpOp::Lte, [*to]));
+            }
+        }
+        Match::TcpSyn => {
+            // tcp flags & (fin | syn | rst | ack) == syn
+            add_l4proto(rule, libc::IPPROTO_TCP);
+            rule.add_expr(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 13, 1));
+            rule.add_expr(Bitwise::new([0x17u8], [0u8]).map_err(|e| e.to_string())?);
+            rule.add_expr(Cmp::new(CmpOp::Eq, [0x02u8]));
+        }
+        Match::EchoRequest(version) => {
+            let (proto, echo) = match version {
+                IpVersion::V4 => (libc::IPPROTO_ICMP, 8u8),
+                IpVersion::V6 => (libc::IPPROTO_ICMPV6, 128u8),
+            };
+            add_l4proto(rule, proto);
+            rule.add_expr(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1));
+            rule.add_expr(Cmp::new(CmpOp::Eq, [echo]));
+        }
+    }
+    Ok(())
+}
+
+/// Compares what the kernel holds with `desired`; returns the differences, empty when the
+/// kernel holds exactly `desired` (tables, fingerprint, chains, rule counts, set elements).
+pub fn drift(desired: &Ruleset) -> Result<Vec<String>, NftError> {
+    let installed = read_installed(&desired.table_name)?;
+    let mut problems = Vec::new();
+    for family in Family::ALL {
+        let want = desired.table(family);
+        let have = installed.tables.get(&family);
+        let name = format!("table {} {}", family.keyword(), desired.table_name);
+        match (want, have) {
+            (None, None) => {}
+            (None, Some(_)) => problems.push(format!("{name} should not exist")),
+            (Some(_), None) => problems.push(format!("{name} is missing")),
+            (Some(want), Some(have)) => {
+                if have.fingerprint != Some(desired.fingerprint()) {
+                    problems.push(format!("{name} was not written by this ruleset"));
+                }
+                let want_chains: BTreeMap<&str, usize> = want
+                    .chains
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.rules.len()))
+                    .collect();
+                let have_chains: BTreeMap<&str, usize> = have
+                    .rules_per_chain
+                    .iter()
+                    .map(|(c, n)| (c.as_str(), *n))
+                    .collect();
+                if want_chains != have_chains {
+                    problems.push(format!(
+                        "{name}: chains and rule counts differ: want {want_chains:?}, have {have_chains:?}"
+                    ));
+                }
+                for set in &want.sets {
+                    match have.sets.get(&set.name) {
+                        None => problems.push(format!("{name}: set {} is missing", set.name)),
+                        Some(elements) if *elements != set.elements => problems.push(format!(
+                            "{name}: set {} holds {} elements, want {}",
+                            set.name,
+                            elements.len(),
+                            set.elements.len()
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
+}

@@ -1,0 +1,852 @@
+//! The pure heart of trafficjam: managed networks in, desired nftables ruleset out.
+//!
+//! Nothing here does I/O. [`plan`] turns a list of [`ManagedNetwork`]s into a [`Ruleset`]
+//! value that `nft` applies in one batch and that renders as `nft` text (`Display`).
+//!
+//! Shape (see DESIGN.md 3), per managed network N on bridge B:
+//! - `inet` table: `forward` (hook forward, priority filter - 10) sends B-to-B traffic to
+//!   `fwd_N`: established/related and whitelisted sources return, neighbour discovery
+//!   returns, the rest is counted and dropped. `input` sends traffic from B to the host to
+//!   `host_N` (unless `allow_host_traffic`): established/related and neighbour discovery
+//!   return, the rest is dropped.
+//! - `bridge` table: a stateless backstop that works without br_netfilter. A packet with
+//!   source and destination inside N's subnets goes to `iso_N`: whitelisted sources return;
+//!   a non-whitelisted source may not open TCP or ping anyone; replies to a whitelisted
+//!   destination return; the rest is dropped.
+//!
+//! Our chains only ever `return` or `drop`: `accept` would not end another table's chain
+//! anyway, and dropping composes with Docker's own rules whatever backend it uses.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+/// The default name of our tables (one in the `inet` family, one in `bridge`).
+pub const DEFAULT_TABLE: &str = "trafficjam";
+
+/// Priority of our base chains in the `inet` family: `filter - 10`, so we drop before
+/// Docker's own filter chains accept.
+pub const INET_PRIORITY: i32 = -10;
+/// Priority of the bridge backstop: `filter` of the bridge family.
+pub const BRIDGE_PRIORITY: i32 = -200;
+
+/// ICMPv6 neighbour discovery: router solicitation (133) to neighbour advertisement (136).
+/// Without these, IPv6 neighbours cannot resolve each other's link-layer address.
+pub const ND_TYPES: (u8, u8) = (133, 136);
+
+/// One Docker network under isolation, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedNetwork {
+    /// The Docker network's name (used in chain and set names).
+    pub name: String,
+    /// The Linux bridge interface behind it (`br-…`, `docker0`, or the configured name).
+    pub bridge: String,
+    /// Every subnet of the network, IPv4 and IPv6.
+    pub subnets: Vec<IpNetwork>,
+    /// Addresses of the whitelisted containers on this network.
+    pub whitelist: BTreeSet<IpAddr>,
+    /// Whether the containers may open connections to the host.
+    pub allow_host_traffic: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "network name {0:?} is not a valid Docker network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 200 characters)"
+    )]
+    BadNetworkName(String),
+    #[error("network {network}: bridge name {bridge:?} is not a valid interface name")]
+    BadBridgeName { network: String, bridge: String },
+    #[error("network {0:?} is listed twice")]
+    DuplicateNetwork(String),
+    #[error("networks {first:?} and {second:?} share the bridge {bridge:?}")]
+    SharedBridge {
+        first: String,
+        second: String,
+        bridge: String,
+    },
+    #[error("table name {0:?} is not valid ([a-zA-Z][a-zA-Z0-9_]*, at most 64 characters)")]
+    BadTableName(String),
+}
+
+/// Address family of a set or a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+impl IpVersion {
+    pub fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => IpVersion::V4,
+            IpAddr::V6(_) => IpVersion::V6,
+        }
+    }
+
+    fn of_net(net: &IpNetwork) -> Self {
+        IpVersion::of(&net.ip())
+    }
+
+    /// The `nft` keyword for this family's header (`ip` or `ip6`).
+    fn keyword(self) -> &'static str {
+        match self {
+            IpVersion::V4 => "ip",
+            IpVersion::V6 => "ip6",
+        }
+    }
+}
+
+/// The nftables family of one of our tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Inet,
+    Bridge,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Inet, Family::Bridge];
+
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Bridge => "bridge",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Forward,
+    Input,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+/// Which end of a packet a match looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Src,
+    Dst,
+}
+
+impl Dir {
+    fn keyword(self) -> &'static str {
+        match self {
+            Dir::Src => "saddr",
+            Dir::Dst => "daddr",
+        }
+    }
+}
+
+/// One condition of a rule; a rule matches when all of its conditions do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    IifName(String),
+    OifName(String),
+    /// `ct state established,related`
+    CtEstablishedRelated,
+    /// `ip saddr 10.0.0.0/24`
+    Subnet(Dir, IpNetwork),
+    /// `ip saddr @set`
+    InSet(Dir, IpVersion, String),
+    /// `icmpv6 type FROM-TO` (inclusive)
+    Icmpv6Types(u8, u8),
+    /// `tcp flags & (fin | syn | rst | ack) == syn`: the first packet of a TCP connection.
+    TcpSyn,
+    /// `icmp type echo-request` / `icmpv6 type echo-request`
+    EchoRequest(IpVersion),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Return,
+    Drop,
+    Jump(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub counter: bool,
+    pub verdict: Verdict,
+}
+
+impl Rule {
+    fn new(matches: Vec<Match>, verdict: Verdict) -> Self {
+        Rule {
+            matches,
+            counter: false,
+            verdict,
+        }
+    }
+
+    fn counted(matches: Vec<Match>, verdict: Verdict) -> Self {
+        Rule {
+            matches,
+            counter: true,
+            verdict,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub base: Option<BaseChain>,
+    pub rules: Vec<Rule>,
+}
+
+/// A named set of addresses of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub name: String,
+    pub version: IpVersion,
+    pub elements: BTreeSet<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub family: Family,
+    pub name: String,
+    pub sets: Vec<Set>,
+    pub chains: Vec<Chain>,
+}
+
+/// The complete desired state of our tables. `tables` is empty when nothing is managed:
+/// then none of our tables should exist in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Name of our tables, in every family.
+    pub table_name: String,
+    pub tables: Vec<Table>,
+}
+
+impl Ruleset {
+    /// The same ruleset with every set emptied: what must match for an update to be a
+    /// set-element change only.
+    pub fn skeleton(&self) -> Ruleset {
+        let mut skeleton = self.clone();
+        for table in &mut skeleton.tables {
+            for set in &mut table.sets {
+                set.elements.clear();
+            }
+        }
+        skeleton
+    }
+
+    /// A stable 64-bit fingerprint of the skeleton (FNV-1a of its `nft` text), stored in the
+    /// kernel with our tables so a read-back can tell whether they are the ones we wrote.
+    pub fn fingerprint(&self) -> u64 {
+        let text = self.skeleton().to_string();
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    pub fn table(&self, family: Family) -> Option<&Table> {
+        self.tables.iter().find(|t| t.family == family)
+    }
+}
+
+/// Checks a table name: it goes into netlink messages and `nft` text.
+pub fn validate_table_name(name: &str) -> Result<(), PlanError> {
+    let mut chars = name.chars();
+    let ok = name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadTableName(name.to_owned()))
+    }
+}
+
+fn validate_network(net: &ManagedNetwork) -> Result<(), PlanError> {
+    let mut chars = net.name.chars();
+    let name_ok = net.name.len() <= 200
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !name_ok {
+        return Err(PlanError::BadNetworkName(net.name.clone()));
+    }
+    // IFNAMSIZ is 16 with the terminating NUL; '/' and whitespace are never valid.
+    let bridge_ok = !net.bridge.is_empty()
+        && net.bridge.len() < 16
+        && net
+            .bridge
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != '"');
+    if !bridge_ok {
+        return Err(PlanError::BadBridgeName {
+            network: net.name.clone(),
+            bridge: net.bridge.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn whitelist_set_name(network: &str, version: IpVersion) -> String {
+    match version {
+        IpVersion::V4 => format!("wl4_{network}"),
+        IpVersion::V6 => format!("wl6_{network}"),
+    }
+}
+
+fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
+    [IpVersion::V4, IpVersion::V6]
+        .into_iter()
+        .map(|version| Set {
+            name: whitelist_set_name(&net.name, version),
+            version,
+            elements: net
+                .whitelist
+                .iter()
+                .filter(|a| IpVersion::of(a) == version)
+                .copied()
+                .collect(),
+        })
+        .collect()
+}
+
+/// Rules shared by every per-network chain: let IPv6 neighbour discovery through.
+fn neighbour_discovery() -> Rule {
+    Rule::new(vec![Match::Icmpv6Types(ND_TYPES.0, ND_TYPES.1)], Verdict::Return)
+}
+
+fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
+    let mut forward = Chain {
+        name: "forward".into(),
+        base: Some(BaseChain {
+            hook: Hook::Forward,
+            priority: INET_PRIORITY,
+        }),
+        rules: Vec::new(),
+    };
+    let mut input = Chain {
+        name: "input".into(),
+        base: Some(BaseChain {
+            hook: Hook::Input,
+            priority: INET_PRIORITY,
+        }),
+        rules: Vec::new(),
+    };
+    let mut sets = Vec::new();
+    let mut chains = Vec::new();
+    for net in networks {
+        let fwd_name = format!("fwd_{}", net.name);
+        forward.rules.push(Rule::new(
+            vec![
+                Match::IifName(net.bridge.clone()),
+                Match::OifName(net.bridge.clone()),
+            ],
+            Verdict::Jump(fwd_name.clone()),
+        ));
+        let mut fwd_rules = vec![Rule::new(vec![Match::CtEstablishedRelated], Verdict::Return)];
+        for version in [IpVersion::V4, IpVersion::V6] {
+            fwd_rules.push(Rule::new(
+                vec![Match::InSet(
+                    Dir::Src,
+                    version,
+                    whitelist_set_name(&net.name, version),
+                )],
+                Verdict::Return,
+            ));
+        }
+        fwd_rules.push(neighbour_discovery());
+        fwd_rules.push(Rule::counted(vec![], Verdict::Drop));
+        chains.push(Chain {
+            name: fwd_name,
+            base: None,
+            rules: fwd_rules,
+        });
+
+        if !net.allow_host_traffic {
+            let host_name = format!("host_{}", net.name);
+            input.rules.push(Rule::new(
+                vec![Match::IifName(net.bridge.clone())],
+                Verdict::Jump(host_name.clone()),
+            ));
+            chains.push(Chain {
+                name: host_name,
+                base: None,
+                rules: vec![
+                    Rule::new(vec![Match::CtEstablishedRelated], Verdict::Return),
+                    neighbour_discovery(),
+                    Rule::counted(vec![], Verdict::Drop),
+                ],
+            });
+        }
+        sets.extend(whitelist_sets(net));
+    }
+    let mut all_chains = vec![forward, input];
+    all_chains.extend(chains);
+    Table {
+        family: Family::Inet,
+        name: table_name.to_owned(),
+        sets,
+        chains: all_chains,
+    }
+}
+
+fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
+    let mut forward = Chain {
+        name: "forward".into(),
+        base: Some(BaseChain {
+            hook: Hook::Forward,
+            priority: BRIDGE_PRIORITY,
+        }),
+        rules: Vec::new(),
+    };
+    let mut sets = Vec::new();
+    let mut chains = Vec::new();
+    for net in networks {
+        let iso_name = format!("iso_{}", net.name);
+        // Both ends inside the network's subnets (any pair: --ip-range slices and several
+        // subnets of one family are all one network).
+        for src in &net.subnets {
+            for dst in &net.subnets {
+                if IpVersion::of_net(src) == IpVersion::of_net(dst) {
+                    forward.rules.push(Rule::new(
+                        vec![Match::Subnet(Dir::Src, *src), Match::Subnet(Dir::Dst, *dst)],
+                        Verdict::Jump(iso_name.clone()),
+                    ));
+                }
+            }
+        }
+        let wl = |dir, version| {
+            Rule::new(
+                vec![Match::InSet(
+                    dir,
+                    version,
+                    whitelist_set_name(&net.name, version),
+                )],
+                Verdict::Return,
+            )
+        };
+        let rules = vec![
+            wl(Dir::Src, IpVersion::V4),
+            wl(Dir::Src, IpVersion::V6),
+            neighbour_discovery(),
+            // Without conntrack, a non-whitelisted source may still answer a whitelisted
+            // peer, but never open TCP or ping, whoever the destination.
+            Rule::counted(vec![Match::TcpSyn], Verdict::Drop),
+            Rule::counted(vec![Match::EchoRequest(IpVersion::V4)], Verdict::Drop),
+            Rule::counted(vec![Match::EchoRequest(IpVersion::V6)], Verdict::Drop),
+            wl(Dir::Dst, IpVersion::V4),
+            wl(Dir::Dst, IpVersion::V6),
+            Rule::counted(vec![], Verdict::Drop),
+        ];
+        chains.push(Chain {
+            name: iso_name,
+            base: None,
+            rules,
+        });
+        sets.extend(whitelist_sets(net));
+    }
+    let mut all_chains = vec![forward];
+    all_chains.extend(chains);
+    Table {
+        family: Family::Bridge,
+        name: table_name.to_owned(),
+        sets,
+        chains: all_chains,
+    }
+}
+
+/// Turns the managed networks into the ruleset that isolates them.
+///
+/// Networks are planned in name order, so the same input always gives the same ruleset
+/// (and the same fingerprint) whatever order it came in.
+pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, PlanError> {
+    validate_table_name(table_name)?;
+    let mut sorted: Vec<ManagedNetwork> = networks.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for net in &sorted {
+        validate_network(net)?;
+    }
+    for pair in sorted.windows(2) {
+        if pair[0].name == pair[1].name {
+            return Err(PlanError::DuplicateNetwork(pair[0].name.clone()));
+        }
+    }
+    for (i, a) in sorted.iter().enumerate() {
+        if let Some(b) = sorted[i + 1..].iter().find(|b| b.bridge == a.bridge) {
+            return Err(PlanError::SharedBridge {
+                first: a.name.clone(),
+                second: b.name.clone(),
+                bridge: a.bridge.clone(),
+            });
+        }
+    }
+    for net in &mut sorted {
+        for subnet in &mut net.subnets {
+            // Host bits set (10.0.0.1/24) would never match after masking: normalise.
+            *subnet = IpNetwork::new(subnet.network(), subnet.prefix())
+                .expect("a network address with its own prefix is valid");
+        }
+        net.subnets.sort();
+        net.subnets.dedup();
+    }
+    let tables = if sorted.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            inet_table(table_name, &sorted),
+            bridge_table(table_name, &sorted),
+        ]
+    };
+    Ok(Ruleset {
+        table_name: table_name.to_owned(),
+        tables,
+    })
+}
+
+// ---- nft text -------------------------------------------------------------------------
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Match::IifName(name) => write!(f, "iifname \"{name}\""),
+            Match::OifName(name) => write!(f, "oifname \"{name}\""),
+            Match::CtEstablishedRelated => f.write_str("ct state established,related"),
+            Match::Subnet(dir, net) => write!(
+                f,
+                "{} {} {}/{}",
+                IpVersion::of_net(net).keyword(),
+                dir.keyword(),
+                net.network(),
+                net.prefix()
+            ),
+            Match::InSet(dir, version, set) => {
+                write!(f, "{} {} @{set}", version.keyword(), dir.keyword())
+            }
+            Match::Icmpv6Types(from, to) if from == to => write!(f, "icmpv6 type {from}"),
+            Match::Icmpv6Types(from, to) => write!(f, "icmpv6 type {from}-{to}"),
+            Match::TcpSyn => f.write_str("tcp flags & (fin | syn | rst | ack) == syn"),
+            Match::EchoRequest(IpVersion::V4) => f.write_str("icmp type echo-request"),
+            Match::EchoRequest(IpVersion::V6) => f.write_str("icmpv6 type echo-request"),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for m in &self.matches {
+            write!(f, "{m} ")?;
+        }
+        if self.counter {
+            f.write_str("counter ")?;
+        }
+        match &self.verdict {
+            Verdict::Return => f.write_str("return"),
+            Verdict::Drop => f.write_str("drop"),
+            Verdict::Jump(chain) => write!(f, "jump {chain}"),
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table {} {} {{", self.family.keyword(), self.name)?;
+        for set in &self.sets {
+            writeln!(f, "\tset {} {{", set.name)?;
+            let ty = match set.version {
+                IpVersion::V4 => "ipv4_addr",
+                IpVersion::V6 => "ipv6_addr",
+            };
+            writeln!(f, "\t\ttype {ty}")?;
+            if !set.elements.is_empty() {
+                let list: Vec<String> = set.elements.iter().map(|a| a.to_string()).collect();
+                writeln!(f, "\t\telements = {{ {} }}", list.join(", "))?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        for chain in &self.chains {
+            writeln!(f, "\tchain {} {{", chain.name)?;
+            if let Some(base) = chain.base {
+                let hook = match base.hook {
+                    Hook::Forward => "forward",
+                    Hook::Input => "input",
+                };
+                writeln!(
+                    f,
+                    "\t\ttype filter hook {hook} priority {}; policy accept;",
+                    base.priority
+                )?;
+            }
+            for rule in &chain.rules {
+                writeln!(f, "\t\t{rule}")?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        writeln!(f, "}}")
+    }
+}
+
+impl fmt::Display for Ruleset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, table) in self.tables.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{table}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(name: &str, bridge: &str, subnets: &[&str], whitelist: &[&str]) -> ManagedNetwork {
+        ManagedNetwork {
+            name: name.into(),
+            bridge: bridge.into(),
+            subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+            whitelist: whitelist.iter().map(|s| s.parse().unwrap()).collect(),
+            allow_host_traffic: false,
+        }
+    }
+
+    fn public() -> ManagedNetwork {
+        net(
+            "public",
+            "br-public",
+            &["172.20.0.0/16", "fd00:20::/64"],
+            &["172.20.0.2", "fd00:20::2"],
+        )
+    }
+
+    fn chain<'a>(rs: &'a Ruleset, family: Family, name: &str) -> &'a Chain {
+        rs.table(family)
+            .unwrap()
+            .chains
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no chain {name} in\n{rs}"))
+    }
+
+    #[test]
+    fn nothing_managed_means_no_tables() {
+        let rs = plan(DEFAULT_TABLE, &[]).unwrap();
+        assert!(rs.tables.is_empty());
+        assert_eq!(rs.to_string(), "");
+    }
+
+    #[test]
+    fn one_network_gives_both_tables_with_base_chains() {
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        let families: Vec<Family> = rs.tables.iter().map(|t| t.family).collect();
+        assert_eq!(families, [Family::Inet, Family::Bridge]);
+        let fwd = chain(&rs, Family::Inet, "forward");
+        assert_eq!(
+            fwd.base,
+            Some(BaseChain {
+                hook: Hook::Forward,
+                priority: -10
+            })
+        );
+        assert_eq!(
+            fwd.rules[0].to_string(),
+            r#"iifname "br-public" oifname "br-public" jump fwd_public"#
+        );
+        let input = chain(&rs, Family::Inet, "input");
+        assert_eq!(input.base.unwrap().hook, Hook::Input);
+        assert_eq!(
+            input.rules[0].to_string(),
+            r#"iifname "br-public" jump host_public"#
+        );
+        assert_eq!(
+            chain(&rs, Family::Bridge, "forward").base.unwrap().priority,
+            BRIDGE_PRIORITY
+        );
+    }
+
+    #[test]
+    fn per_network_forward_chain_is_stateful_and_ends_in_a_counted_drop() {
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        let rules: Vec<String> = chain(&rs, Family::Inet, "fwd_public")
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "ct state established,related return",
+                "ip saddr @wl4_public return",
+                "ip6 saddr @wl6_public return",
+                "icmpv6 type 133-136 return",
+                "counter drop",
+            ]
+        );
+    }
+
+    #[test]
+    fn whitelist_is_split_by_family_into_sets_in_both_tables() {
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        for family in Family::ALL {
+            let sets = &rs.table(family).unwrap().sets;
+            let wl4 = sets.iter().find(|s| s.name == "wl4_public").unwrap();
+            let wl6 = sets.iter().find(|s| s.name == "wl6_public").unwrap();
+            assert_eq!(wl4.version, IpVersion::V4);
+            assert_eq!(
+                wl4.elements,
+                BTreeSet::from(["172.20.0.2".parse().unwrap()])
+            );
+            assert_eq!(
+                wl6.elements,
+                BTreeSet::from(["fd00:20::2".parse().unwrap()])
+            );
+        }
+    }
+
+    #[test]
+    fn allow_host_traffic_removes_the_input_path_only() {
+        let mut n = public();
+        n.allow_host_traffic = true;
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        assert!(chain(&rs, Family::Inet, "input").rules.is_empty());
+        let inet = rs.table(Family::Inet).unwrap();
+        assert!(!inet.chains.iter().any(|c| c.name == "host_public"));
+        assert_eq!(chain(&rs, Family::Inet, "forward").rules.len(), 1);
+    }
+
+    #[test]
+    fn backstop_pairs_every_subnet_of_the_same_family() {
+        let n = net(
+            "multi",
+            "br-multi",
+            &["10.1.0.0/24", "10.2.0.0/24", "fd00:1::/64"],
+            &[],
+        );
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        let rules: Vec<String> = chain(&rs, Family::Bridge, "forward")
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "ip saddr 10.1.0.0/24 ip daddr 10.1.0.0/24 jump iso_multi",
+                "ip saddr 10.1.0.0/24 ip daddr 10.2.0.0/24 jump iso_multi",
+                "ip saddr 10.2.0.0/24 ip daddr 10.1.0.0/24 jump iso_multi",
+                "ip saddr 10.2.0.0/24 ip daddr 10.2.0.0/24 jump iso_multi",
+                "ip6 saddr fd00:1::/64 ip6 daddr fd00:1::/64 jump iso_multi",
+            ]
+        );
+    }
+
+    #[test]
+    fn backstop_lets_whitelisted_sources_and_replies_to_them_through() {
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        let rules: Vec<String> = chain(&rs, Family::Bridge, "iso_public")
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "ip saddr @wl4_public return",
+                "ip6 saddr @wl6_public return",
+                "icmpv6 type 133-136 return",
+                "tcp flags & (fin | syn | rst | ack) == syn counter drop",
+                "icmp type echo-request counter drop",
+                "icmpv6 type echo-request counter drop",
+                "ip daddr @wl4_public return",
+                "ip6 daddr @wl6_public return",
+                "counter drop",
+            ]
+        );
+    }
+
+    #[test]
+    fn subnets_with_host_bits_are_normalised() {
+        let n = net("x", "br-x", &["10.9.0.7/24"], &[]);
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        assert_eq!(
+            chain(&rs, Family::Bridge, "forward").rules[0].to_string(),
+            "ip saddr 10.9.0.0/24 ip daddr 10.9.0.0/24 jump iso_x"
+        );
+    }
+
+    #[test]
+    fn input_order_does_not_change_the_plan() {
+        let a = net("a", "br-a", &["10.1.0.0/24"], &["10.1.0.2"]);
+        let b = net("b", "br-b", &["10.2.0.0/24"], &["10.2.0.2"]);
+        let one = plan(DEFAULT_TABLE, &[a.clone(), b.clone()]).unwrap();
+        let two = plan(DEFAULT_TABLE, &[b, a]).unwrap();
+        assert_eq!(one, two);
+        assert_eq!(one.fingerprint(), two.fingerprint());
+    }
+
+    #[test]
+    fn fingerprint_ignores_set_elements_but_not_structure() {
+        let base = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        let mut more = public();
+        more.whitelist.insert("172.20.0.99".parse().unwrap());
+        let wl_changed = plan(DEFAULT_TABLE, &[more]).unwrap();
+        assert_ne!(base, wl_changed);
+        assert_eq!(base.skeleton(), wl_changed.skeleton());
+        assert_eq!(base.fingerprint(), wl_changed.fingerprint());
+
+        let mut host = public();
+        host.allow_host_traffic = true;
+        let structure_changed = plan(DEFAULT_TABLE, &[host]).unwrap();
+        assert_ne!(base.fingerprint(), structure_changed.fingerprint());
+    }
+
+    #[test]
+    fn rejects_bad_names_duplicates_and_shared_bridges() {
+        assert!(matches!(
+            plan(DEFAULT_TABLE, &[net("-bad", "br0", &[], &[])]),
+            Err(PlanError::BadNetworkName(_))
+        ));
+        assert!(matches!(
+            plan(DEFAULT_TABLE, &[net("ok", "br\"0", &[], &[])]),
+            Err(PlanError::BadBridgeName { .. })
+        ));
+        assert!(matches!(
+            plan(DEFAULT_TABLE, &[net("ok", "a-very-long-bridge", &[], &[])]),
+            Err(PlanError::BadBridgeName { .. })
+        ));
+        assert!(matches!(
+            plan(
+                DEFAULT_TABLE,
+                &[net("a", "br0", &[], &[]), net("a", "br1", &[], &[])]
+            ),
+            Err(PlanError::DuplicateNetwork(_))
+        ));
+        assert!(matches!(
+            plan(
+                DEFAULT_TABLE,
+                &[net("a", "br0", &[], &[]), net("b", "br0", &[], &[])]
+            ),
+            Err(PlanError::SharedBridge { .. })
+        ));
+        assert!(matches!(
+            plan("bad name", &[]),
+            Err(PlanError::BadTableName(_))
+        ));
+    }
+
+    #[test]
+    fn renders_loadable_nft_text() {
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        let text = rs.to_string();
+        assert!(text.starts_with("table inet trafficjam {\n"), "{text}");
+        assert!(text.contains("\tset wl4_public {\n\t\ttype ipv4_addr\n\t\telements = { 172.20.0.2 }\n\t}\n"));
+        assert!(text.contains("\n\ntable bridge trafficjam {\n"));
+        assert!(text.contains("type filter hook forward priority -200; policy accept;"));
+    }
+}
