@@ -317,7 +317,10 @@ fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
 
 /// Rules shared by every per-network chain: let IPv6 neighbour discovery through.
 fn neighbour_discovery() -> Rule {
-    Rule::new(vec![Match::Icmpv6Types(ND_TYPES.0, ND_TYPES.1)], Verdict::Return)
+    Rule::new(
+        vec![Match::Icmpv6Types(ND_TYPES.0, ND_TYPES.1)],
+        Verdict::Return,
+    )
 }
 
 fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
@@ -348,7 +351,10 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             ],
             Verdict::Jump(fwd_name.clone()),
         ));
-        let mut fwd_rules = vec![Rule::new(vec![Match::CtEstablishedRelated], Verdict::Return)];
+        let mut fwd_rules = vec![Rule::new(
+            vec![Match::CtEstablishedRelated],
+            Verdict::Return,
+        )];
         for version in [IpVersion::V4, IpVersion::V6] {
             fwd_rules.push(Rule::new(
                 vec![Match::InSet(
@@ -845,7 +851,9 @@ mod tests {
         let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
         let text = rs.to_string();
         assert!(text.starts_with("table inet trafficjam {\n"), "{text}");
-        assert!(text.contains("\tset wl4_public {\n\t\ttype ipv4_addr\n\t\telements = { 172.20.0.2 }\n\t}\n"));
+        assert!(text.contains(
+            "\tset wl4_public {\n\t\ttype ipv4_addr\n\t\telements = { 172.20.0.2 }\n\t}\n"
+        ));
         assert!(text.contains("\n\ntable bridge trafficjam {\n"));
         assert!(text.contains("type filter hook forward priority -200; policy accept;"));
     }

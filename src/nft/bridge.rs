@@ -43,9 +43,7 @@ pub enum BridgeNetfilter {
 
 fn sysctl_on(name: &str) -> Option<bool> {
     let path = Path::new("/proc/sys/net/bridge").join(name);
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|v| v.trim() == "1")
+    std::fs::read_to_string(path).ok().map(|v| v.trim() == "1")
 }
 
 /// Reports (and, with [`BridgeNetfilter::Enable`], turns on) br_netfilter for one bridge

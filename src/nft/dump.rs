@@ -6,12 +6,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rustables::sys::{
-    NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE,
-    NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_COUNTER_PACKETS, NFTA_DATA_VALUE, NFTA_EXPR_DATA,
-    NFTA_EXPR_NAME, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
-    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_TABLE_NAME,
-    NFTA_TABLE_USERDATA, NFNL_SUBSYS_NFTABLES,
+    NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
+    NFT_MSG_GETTABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_COUNTER_PACKETS, NFTA_DATA_VALUE,
+    NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
+    NFTA_RULE_TABLE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_TABLE_NAME, NFTA_TABLE_USERDATA,
 };
 
 use super::NftError;
@@ -66,7 +65,10 @@ fn attribute(buf: &[u8], kind: u16) -> Option<&[u8]> {
 }
 
 fn string(payload: &[u8]) -> String {
-    let end = payload.iter().position(|&b| b == 0).unwrap_or(payload.len());
+    let end = payload
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(payload.len());
     String::from_utf8_lossy(&payload[..end]).into_owned()
 }
 
@@ -126,7 +128,9 @@ fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError
             let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().expect("4")) as usize;
             let kind = u16::from_ne_bytes(data[offset + 4..offset + 6].try_into().expect("2"));
             if len < HDR || offset + len > data.len() {
-                return Err(NftError::Receive(io::Error::other("malformed netlink dump")));
+                return Err(NftError::Receive(io::Error::other(
+                    "malformed netlink dump",
+                )));
             }
             let body = &data[offset + HDR..offset + len];
             match kind as libc::c_int {
@@ -163,7 +167,11 @@ fn counted_packets(rule_attrs: &[u8]) -> u64 {
         .sum()
 }
 
-fn read_table(family: Family, table: &str, userdata: Option<&[u8]>) -> Result<InstalledTable, NftError> {
+fn read_table(
+    family: Family,
+    table: &str,
+    userdata: Option<&[u8]>,
+) -> Result<InstalledTable, NftError> {
     let mut installed = InstalledTable {
         fingerprint: userdata.and_then(|u| u.try_into().ok().map(u64::from_be_bytes)),
         ..InstalledTable::default()

@@ -19,11 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use rustables::expr::{
-    Bitwise, Cmp, CmpOp, Counter, Immediate, Lookup, Meta, MetaType, Payload, Register,
-    VerdictKind,
-};
 use rustables::expr::ct::{ConnTrackState, Conntrack, ConntrackKey};
+use rustables::expr::{
+    Bitwise, Cmp, CmpOp, Counter, Immediate, Lookup, Meta, MetaType, Payload, Register, VerdictKind,
+};
 use rustables::set::{SetBuilder, SetElementList};
 use rustables::sys::{NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER};
 use rustables::{ChainPolicy, ChainType, HookClass, ProtocolFamily};
@@ -414,7 +413,8 @@ fn add_match(
             let states = (ConnTrackState::ESTABLISHED | ConnTrackState::RELATED).bits();
             rule.add_expr(Conntrack::new(ConntrackKey::State));
             rule.add_expr(
-                Bitwise::new(states.to_ne_bytes(), 0u32.to_ne_bytes()).map_err(|e| e.to_string())?,
+                Bitwise::new(states.to_ne_bytes(), 0u32.to_ne_bytes())
+                    .map_err(|e| e.to_string())?,
             );
             rule.add_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()));
         }

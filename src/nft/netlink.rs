@@ -83,7 +83,11 @@ impl Transaction {
         // Room for the batch, and for one acknowledgement per message: each queued ack
         // costs an skb (about 1 KiB of buffer accounting) until we read it.
         set_buffer(&sock, libc::SO_SNDBUFFORCE, bytes.len() + 65536)?;
-        set_buffer(&sock, libc::SO_RCVBUFFORCE, self.labels.len() * 2048 + (1 << 20))?;
+        set_buffer(
+            &sock,
+            libc::SO_RCVBUFFORCE,
+            self.labels.len() * 2048 + (1 << 20),
+        )?;
         set_receive_timeout(&sock)?;
         send_all(&sock, &bytes)?;
 
@@ -205,14 +209,7 @@ pub(crate) fn read_acks(
     const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
     loop {
         // SAFETY: buf is valid for writes of its whole length.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-            )
-        };
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -223,8 +220,8 @@ pub(crate) fn read_acks(
         let data = &buf[..n as usize];
         let mut offset = 0;
         while offset + HDR <= data.len() {
-            let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().expect("4 bytes"))
-                as usize;
+            let len =
+                u32::from_ne_bytes(data[offset..offset + 4].try_into().expect("4 bytes")) as usize;
             let kind = u16::from_ne_bytes(data[offset + 4..offset + 6].try_into().expect("2"));
             let seq =
                 u32::from_ne_bytes(data[offset + 8..offset + 12].try_into().expect("4 bytes"));

@@ -1,0 +1,719 @@
+//! Kernel tier: the real ruleset in private network namespaces, judged by real packets.
+//!
+//! Each test builds its own "host" namespace (bridges, our tables) and veth "containers",
+//! and deletes them all when it ends, pass or fail. Run as root (see README).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use common::*;
+use trafficjam::nft::{ApplyKind, ApplyReport, BridgeNetfilter, Nft, drift, read_installed};
+use trafficjam::plan::{DEFAULT_TABLE, ManagedNetwork, Ruleset, plan};
+
+const TABLE: &str = DEFAULT_TABLE;
+
+/// A host with bridge `br-pub` (10.10.0.0/24, fd00:10::/64) and three containers: `proxy`
+/// (.2, whitelisted), `b1` (.3) and `b2` (.4), each running echo listeners, as does the
+/// host. br_netfilter's global switch is set as asked.
+struct PublicLab {
+    lab: Lab,
+    listeners: Vec<Listeners>,
+}
+
+impl PublicLab {
+    fn new(bridge_nf_call: bool) -> PublicLab {
+        let mut lab = Lab::new();
+        let switch = if bridge_nf_call { "1" } else { "0" };
+        lab.host
+            .sysctl("net.bridge.bridge-nf-call-iptables", switch);
+        lab.host
+            .sysctl("net.bridge.bridge-nf-call-ip6tables", switch);
+        lab.bridge("br-pub", &["10.10.0.1/24", "fd00:10::1/64"]);
+        for (name, n) in [("proxy", 2), ("b1", 3), ("b2", 4)] {
+            lab.container(
+                name,
+                "br-pub",
+                &[&format!("10.10.0.{n}/24"), &format!("fd00:10::{n}/64")],
+                &["10.10.0.1", "fd00:10::1"],
+            );
+        }
+        let mut listeners: Vec<Listeners> = lab
+            .containers
+            .iter()
+            .map(|c| Listeners::start(&c.ns))
+            .collect();
+        listeners.push(Listeners::start(&lab.host));
+        PublicLab { lab, listeners }
+    }
+
+    fn listeners(&self, name: &str) -> &Listeners {
+        let i = self
+            .lab
+            .containers
+            .iter()
+            .position(|c| c.name == name)
+            .unwrap();
+        &self.listeners[i]
+    }
+
+    fn addrs(&self, name: &str) -> Vec<IpAddr> {
+        self.lab.get(name).addrs.clone()
+    }
+
+    fn network(&self, allow_host_traffic: bool) -> ManagedNetwork {
+        ManagedNetwork {
+            name: "public".into(),
+            bridge: "br-pub".into(),
+            subnets: vec![
+                "10.10.0.0/24".parse().unwrap(),
+                "fd00:10::/64".parse().unwrap(),
+            ],
+            whitelist: self.addrs("proxy").into_iter().collect(),
+            allow_host_traffic,
+        }
+    }
+
+    fn gateways(&self) -> Vec<IpAddr> {
+        vec!["10.10.0.1".parse().unwrap(), "fd00:10::1".parse().unwrap()]
+    }
+}
+
+/// Applies `ruleset` with `nft` from inside the lab's host namespace.
+fn apply(lab: &Lab, nft: Nft, ruleset: &Ruleset) -> (Nft, ApplyReport) {
+    let ruleset = ruleset.clone();
+    lab.host.enter(move || {
+        let mut nft = nft;
+        let report = nft
+            .apply(&ruleset)
+            .unwrap_or_else(|e| panic!("apply failed: {e}\n{ruleset}"));
+        (nft, report)
+    })
+}
+
+fn assert_probes(lab: &Lab, expectations: &[Expect], ruleset: &Ruleset) {
+    let failures = check_all(lab, expectations);
+    assert!(
+        failures.is_empty(),
+        "{} of {} probes failed:\n{}\nruleset:\n{ruleset}\nkernel:\n{}",
+        failures.len(),
+        expectations.len(),
+        failures.join("\n"),
+        lab.host.nft(&["list", "ruleset"])
+    );
+}
+
+fn assert_no_drift(lab: &Lab, ruleset: &Ruleset) {
+    let ruleset2 = ruleset.clone();
+    let problems = lab.host.enter(move || drift(&ruleset2).expect("read back"));
+    assert!(problems.is_empty(), "drift: {problems:?}\n{ruleset}");
+}
+
+/// The neighbour entry `from` holds for `to` has a link-layer address: ARP (or neighbour
+/// discovery) worked even though the traffic itself was blocked.
+fn assert_neighbour_resolved(lab: &Lab, from: &str, to: IpAddr) {
+    let out = lab.get(from).ns.ip(&["neigh", "show", &to.to_string()]);
+    assert!(
+        out.contains("lladdr"),
+        "{from} could not resolve {to}: {out:?}"
+    );
+}
+
+/// Every path the isolation promises, on the public lab.
+fn isolation_matrix(p: &PublicLab, stateful: bool) -> Vec<Expect> {
+    let mut e = Vec::new();
+    e.extend(expect(
+        "proxy reaches backends",
+        "proxy",
+        &p.addrs("b1"),
+        true,
+    ));
+    e.extend(expect(
+        "proxy reaches backends",
+        "proxy",
+        &p.addrs("b2"),
+        true,
+    ));
+    e.extend(expect("backends are apart", "b1", &p.addrs("b2"), false));
+    e.extend(expect("backends are apart", "b2", &p.addrs("b1"), false));
+    for backend in ["b1", "b2"] {
+        if stateful {
+            e.extend(expect(
+                "backend cannot open to proxy",
+                backend,
+                &p.addrs("proxy"),
+                false,
+            ));
+        } else {
+            // Without conntrack only TCP and ping can be told apart from replies.
+            for to in p.addrs("proxy") {
+                for proto in [Proto::Tcp, Proto::Icmp] {
+                    e.push(Expect {
+                        what: "backend cannot open to proxy (stateless)".into(),
+                        from: backend.into(),
+                        to,
+                        proto,
+                        pass: false,
+                    });
+                }
+            }
+        }
+        e.extend(expect(
+            "containers cannot open to the host",
+            backend,
+            &p.gateways(),
+            false,
+        ));
+    }
+    e.extend(expect(
+        "even the proxy cannot open to the host",
+        "proxy",
+        &p.gateways(),
+        false,
+    ));
+    e.extend(expect(
+        "host reaches containers",
+        "host",
+        &p.addrs("b1"),
+        true,
+    ));
+    e.extend(expect(
+        "host reaches containers",
+        "host",
+        &p.addrs("proxy"),
+        true,
+    ));
+    e
+}
+
+#[test]
+fn stateful_isolation_with_br_netfilter_on() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    let (_nft, report) = apply(&p.lab, Nft::new(BridgeNetfilter::Leave), &rs);
+    assert_eq!(report.kind, ApplyKind::Full);
+    assert!(report.stateful(), "{report:?}");
+    assert_no_drift(&p.lab, &rs);
+    assert_probes(&p.lab, &isolation_matrix(&p, true), &rs);
+    for to in p.addrs("b2") {
+        assert_neighbour_resolved(&p.lab, "b1", to);
+    }
+    // The drops were counted where they happened.
+    let installed = p.lab.host.enter(|| read_installed(TABLE).unwrap());
+    let inet = &installed.tables[&trafficjam::plan::Family::Inet];
+    assert!(inet.dropped_per_chain["fwd_public"] > 0, "{installed:?}");
+    assert!(inet.dropped_per_chain["host_public"] > 0, "{installed:?}");
+}
+
+#[test]
+fn stateless_backstop_with_br_netfilter_off() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(false);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    let (_nft, report) = apply(&p.lab, Nft::new(BridgeNetfilter::Leave), &rs);
+    assert!(!report.stateful(), "br_netfilter is off, yet {report:?}");
+    assert_probes(&p.lab, &isolation_matrix(&p, false), &rs);
+    for to in p.addrs("b2") {
+        assert_neighbour_resolved(&p.lab, "b1", to);
+    }
+    let installed = p.lab.host.enter(|| read_installed(TABLE).unwrap());
+    let bridge = &installed.tables[&trafficjam::plan::Family::Bridge];
+    assert!(bridge.dropped_per_chain["iso_public"] > 0, "{installed:?}");
+}
+
+#[test]
+fn per_bridge_nf_call_attribute_turns_stateful_filtering_on() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(false);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    let (_nft, report) = apply(&p.lab, Nft::new(BridgeNetfilter::Enable), &rs);
+    assert!(report.stateful(), "{report:?}");
+    let details = p.lab.host.ip(&["-d", "link", "show", "br-pub"]);
+    assert!(details.contains("nf_call_iptables 1"), "{details}");
+    assert!(details.contains("nf_call_ip6tables 1"), "{details}");
+    // UDP from a backend to the proxy is only stopped by the stateful chain.
+    assert_probes(&p.lab, &isolation_matrix(&p, true), &rs);
+}
+
+#[test]
+fn allow_host_traffic_opens_the_host_only() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let rs = plan(TABLE, &[p.network(true)]).unwrap();
+    apply(&p.lab, Nft::default(), &rs);
+    let mut e = Vec::new();
+    e.extend(expect("host allowed", "b1", &p.gateways(), true));
+    e.extend(expect("host allowed", "proxy", &p.gateways(), true));
+    e.extend(expect("backends still apart", "b1", &p.addrs("b2"), false));
+    e.extend(expect("proxy still reaches", "proxy", &p.addrs("b2"), true));
+    assert_probes(&p.lab, &e, &rs);
+}
+
+#[test]
+fn unmanaged_bridge_beside_a_managed_one_is_untouched() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let mut p = PublicLab::new(true);
+    p.lab.bridge("br-priv", &["10.20.0.1/24", "fd00:20::1/64"]);
+    for (name, n) in [("p1", 2), ("p2", 3)] {
+        p.lab.container(
+            name,
+            "br-priv",
+            &[&format!("10.20.0.{n}/24"), &format!("fd00:20::{n}/64")],
+            &["10.20.0.1", "fd00:20::1"],
+        );
+    }
+    let _l1 = Listeners::start(&p.lab.get("p1").ns);
+    let _l2 = Listeners::start(&p.lab.get("p2").ns);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    apply(&p.lab, Nft::default(), &rs);
+    let gw: Vec<IpAddr> = vec!["10.20.0.1".parse().unwrap(), "fd00:20::1".parse().unwrap()];
+    let mut e = Vec::new();
+    e.extend(expect("unmanaged: open", "p1", &p.addrs("p2"), true));
+    e.extend(expect("unmanaged: open", "p2", &p.addrs("p1"), true));
+    e.extend(expect("unmanaged: host open", "p1", &gw, true));
+    e.extend(expect("managed: apart", "b1", &p.addrs("b2"), false));
+    assert_probes(&p.lab, &e, &rs);
+}
+
+/// Two IPv4 subnets and one IPv6 subnet on one bridge: containers in different subnets
+/// talk through the host (routed, not bridged), and are isolated all the same.
+#[test]
+fn several_subnets_on_one_bridge() {
+    if !kernel_tier_available() {
+        return;
+    }
+    for bridge_nf_call in [true, false] {
+        let mut lab = Lab::new();
+        let switch = if bridge_nf_call { "1" } else { "0" };
+        lab.host
+            .sysctl("net.bridge.bridge-nf-call-iptables", switch);
+        lab.host
+            .sysctl("net.bridge.bridge-nf-call-ip6tables", switch);
+        lab.bridge(
+            "br-multi",
+            &["10.31.0.1/24", "10.32.0.1/24", "fd00:31::1/64"],
+        );
+        lab.container(
+            "proxy",
+            "br-multi",
+            &["10.31.0.2/24", "fd00:31::2/64"],
+            &["10.31.0.1", "fd00:31::1"],
+        );
+        lab.container(
+            "a",
+            "br-multi",
+            &["10.31.0.3/24", "fd00:31::3/64"],
+            &["10.31.0.1", "fd00:31::1"],
+        );
+        lab.container(
+            "d",
+            "br-multi",
+            &["10.31.0.4/24", "fd00:31::4/64"],
+            &["10.31.0.1", "fd00:31::1"],
+        );
+        lab.container("b", "br-multi", &["10.32.0.3/24"], &["10.32.0.1"]);
+        lab.container("c", "br-multi", &["10.32.0.4/24"], &["10.32.0.1"]);
+        let _l: Vec<Listeners> = lab
+            .containers
+            .iter()
+            .map(|c| Listeners::start(&c.ns))
+            .collect();
+        let net = ManagedNetwork {
+            name: "multi".into(),
+            bridge: "br-multi".into(),
+            subnets: ["10.31.0.0/24", "10.32.0.0/24", "fd00:31::/64"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            whitelist: lab.get("proxy").addrs.iter().copied().collect(),
+            allow_host_traffic: false,
+        };
+        let rs = plan(TABLE, &[net]).unwrap();
+        apply(&lab, Nft::new(BridgeNetfilter::Leave), &rs);
+        let a = lab.get("a").addrs.clone();
+        let b = lab.get("b").addrs.clone();
+        let c = lab.get("c").addrs.clone();
+        let mut e = Vec::new();
+        e.extend(expect("proxy reaches its subnet", "proxy", &a, true));
+        e.extend(expect("proxy reaches the other subnet", "proxy", &b, true));
+        e.extend(expect(
+            "apart within a subnet (v4+v6)",
+            "a",
+            &lab.get("d").addrs,
+            false,
+        ));
+        e.extend(expect("apart within the second subnet", "b", &c, false));
+        e.extend(expect("apart across subnets", "a", &b, false));
+        e.extend(expect("apart across subnets", "b", &a[..1], false));
+        assert_probes(&lab, &e, &rs);
+    }
+}
+
+#[test]
+fn whitelist_changes_are_element_updates() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let mut net = p.network(false);
+    let rs = plan(TABLE, &[net.clone()]).unwrap();
+    let (nft, _) = apply(&p.lab, Nft::default(), &rs);
+
+    // b1 joins the whitelist: it now reaches b2; b2 still cannot reach b1.
+    net.whitelist.extend(p.addrs("b1"));
+    let rs = plan(TABLE, &[net.clone()]).unwrap();
+    let (nft, report) = apply(&p.lab, nft, &rs);
+    assert_eq!(
+        report.kind,
+        ApplyKind::Elements {
+            added: 4,
+            removed: 0
+        }
+    );
+    assert_no_drift(&p.lab, &rs);
+    let mut e = expect("b1 whitelisted", "b1", &p.addrs("b2"), true);
+    e.extend(expect("b2 not", "b2", &p.addrs("b1"), false));
+    assert_probes(&p.lab, &e, &rs);
+
+    // And leaves it again.
+    for a in p.addrs("b1") {
+        net.whitelist.remove(&a);
+    }
+    let rs = plan(TABLE, &[net]).unwrap();
+    let (_, report) = apply(&p.lab, nft, &rs);
+    assert_eq!(
+        report.kind,
+        ApplyKind::Elements {
+            added: 0,
+            removed: 4
+        }
+    );
+    assert_no_drift(&p.lab, &rs);
+    assert_probes(
+        &p.lab,
+        &expect("b1 no longer", "b1", &p.addrs("b2"), false),
+        &rs,
+    );
+}
+
+#[test]
+fn clear_removes_every_table_of_ours_and_opens_everything() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    let (nft, _) = apply(&p.lab, Nft::default(), &rs);
+    assert_probes(
+        &p.lab,
+        &expect("isolated", "b1", &p.addrs("b2"), false),
+        &rs,
+    );
+    p.lab.host.enter(move || {
+        let mut nft = nft;
+        nft.clear(TABLE).expect("clear");
+    });
+    let installed = p.lab.host.enter(|| read_installed(TABLE).unwrap());
+    assert!(installed.tables.is_empty(), "{installed:?}");
+    let listing = p.lab.host.nft(&["list", "tables"]);
+    assert!(!listing.contains(TABLE), "{listing}");
+    let mut e = expect("open again", "b1", &p.addrs("b2"), true);
+    e.extend(expect("host open again", "b1", &p.gateways(), true));
+    assert_probes(&p.lab, &e, &rs);
+    // Clearing what is not there is fine.
+    p.lab
+        .host
+        .enter(|| trafficjam::nft::clear(TABLE).expect("second clear"));
+}
+
+#[test]
+fn tables_of_others_are_never_touched() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let foreign = "table inet other {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"lo\" counter accept\n\t}\n}\ntable bridge filter {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\ntable ip trafficjam {\n\tchain x {\n\t}\n}\n";
+    p.lab.host.exec_ok(
+        "sh",
+        &["-c", &format!("printf '%s' '{foreign}' | nft -f -")],
+    );
+    let before = p.lab.host.nft(&["-s", "list", "ruleset"]);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    let (nft, _) = apply(&p.lab, Nft::default(), &rs);
+    let mut net = p.network(false);
+    net.whitelist.extend(p.addrs("b1"));
+    let (nft, _) = apply(&p.lab, nft, &plan(TABLE, &[net]).unwrap());
+    p.lab.host.enter(move || {
+        let mut nft = nft;
+        nft.clear(TABLE).expect("clear");
+    });
+    let after = p.lab.host.nft(&["-s", "list", "ruleset"]);
+    assert_eq!(before, after, "foreign tables changed");
+}
+
+#[test]
+fn drift_is_detected_and_a_full_apply_repairs_it() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    let (mut nft, _) = apply(&p.lab, Nft::default(), &rs);
+    assert_no_drift(&p.lab, &rs);
+
+    p.lab.host.nft(&["delete", "table", "inet", TABLE]);
+    let rs2 = rs.clone();
+    let problems = p.lab.host.enter(move || drift(&rs2).unwrap());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("inet") && p.contains("missing")),
+        "{problems:?}"
+    );
+    nft.forget();
+    let (mut nft, report) = apply(&p.lab, nft, &rs);
+    assert_eq!(report.kind, ApplyKind::Full);
+    assert_no_drift(&p.lab, &rs);
+
+    p.lab
+        .host
+        .nft(&["flush", "set", "bridge", TABLE, "wl4_public"]);
+    let rs2 = rs.clone();
+    let problems = p.lab.host.enter(move || drift(&rs2).unwrap());
+    assert!(
+        problems.iter().any(|p| p.contains("wl4_public")),
+        "{problems:?}"
+    );
+    nft.forget();
+    apply(&p.lab, nft, &rs);
+    assert_no_drift(&p.lab, &rs);
+}
+
+/// What `nft -f` makes of our rendered text is what our netlink batch installs: the text
+/// that `trafficjam check` prints is the truth.
+#[test]
+fn rendered_text_and_netlink_batch_install_the_same_ruleset() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let mut second = p.network(true);
+    second.name = "second.net-2".into();
+    second.bridge = "br-two".into();
+    second.subnets = vec![
+        "10.99.0.0/16".parse().unwrap(),
+        "10.98.0.0/16".parse().unwrap(),
+    ];
+    second.whitelist = BTreeSet::from(["10.99.0.9".parse().unwrap()]);
+    let rs = plan(TABLE, &[p.network(false), second]).unwrap();
+    apply(&p.lab, Nft::new(BridgeNetfilter::Leave), &rs);
+    let ours = p.lab.host.nft(&["-s", "list", "ruleset"]);
+
+    let other = Netns::new("text");
+    let path = std::env::temp_dir().join(format!("{}.nft", other.name));
+    std::fs::write(&path, rs.to_string()).unwrap();
+    let loaded = other.exec("nft", &["-f", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    assert!(
+        loaded.status.success(),
+        "nft -f refused our text: {}\n{rs}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let theirs = other.nft(&["-s", "list", "ruleset"]);
+    assert_eq!(ours, theirs, "netlink batch and nft text differ");
+}
+
+/// 200 alternating updates (whitelist element changes, a second network added and
+/// removed: both kinds of batch) while probers run: backend-to-backend traffic must never
+/// get through, proxy traffic must never be dropped.
+#[test]
+fn updates_are_atomic_under_traffic() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    p.lab.bridge("br-other", &["10.50.0.1/24"]);
+    let base = p.network(false);
+    let mut extra_whitelist = base.clone();
+    extra_whitelist
+        .whitelist
+        .extend((10..60).map(|i| format!("10.10.0.{i}").parse::<IpAddr>().unwrap()));
+    extra_whitelist
+        .whitelist
+        .insert("fd00:10::99".parse().unwrap());
+    let other = ManagedNetwork {
+        name: "other".into(),
+        bridge: "br-other".into(),
+        subnets: vec!["10.50.0.0/24".parse().unwrap()],
+        whitelist: BTreeSet::from(["10.50.0.2".parse().unwrap()]),
+        allow_host_traffic: false,
+    };
+    let mut other_changed = other.clone();
+    other_changed.whitelist.insert("10.50.0.3".parse().unwrap());
+    let states = [
+        plan(TABLE, std::slice::from_ref(&base)).unwrap(),
+        plan(TABLE, &[extra_whitelist]).unwrap(),
+        plan(TABLE, &[base.clone(), other]).unwrap(),
+        plan(TABLE, &[base, other_changed]).unwrap(),
+    ];
+    let (nft, _) = apply(&p.lab, Nft::default(), &states[0]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tcp_leaks = Arc::new(AtomicUsize::new(0));
+    let tcp_leak_tries = Arc::new(AtomicUsize::new(0));
+    let udp_sent = Arc::new(AtomicUsize::new(0));
+    let must_pass = Arc::new(AtomicUsize::new(0));
+    let wrongly_dropped = Arc::new(AtomicUsize::new(0));
+    let b2 = p.addrs("b2");
+    let b1 = p.addrs("b1");
+    let mut probers = Vec::new();
+
+    // Backend to backend, UDP: every datagram that arrives at b2 from b1 is a leak.
+    for to in b2.clone() {
+        let (stop, sent) = (stop.clone(), udp_sent.clone());
+        probers.push(p.lab.get("b1").ns.spawn(move || {
+            let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let sock = std::net::UdpSocket::bind(bind).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if sock.send_to(b"leak", (to, UDP_PORT)).is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }));
+    }
+    // Backend to backend, and backend to proxy: new TCP connections must never open.
+    for (from, targets) in [("b1", b2.clone()), ("b2", p.addrs("proxy"))] {
+        for to in targets {
+            let (stop, leaks, tries) = (stop.clone(), tcp_leaks.clone(), tcp_leak_tries.clone());
+            probers.push(p.lab.get(from).ns.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let addr = std::net::SocketAddr::new(to, TCP_PORT);
+                    tries.fetch_add(1, Ordering::Relaxed);
+                    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(20))
+                        .is_ok()
+                    {
+                        leaks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    // Proxy to backends: one long-lived connection, new connections, and UDP round trips,
+    // each must always get its answer.
+    {
+        let to = b1[0];
+        let (stop, total, dropped) = (stop.clone(), must_pass.clone(), wrongly_dropped.clone());
+        probers.push(p.lab.get("proxy").ns.spawn(move || {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect((to, TCP_PORT)).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let mut buf = [0u8; 3];
+            while !stop.load(Ordering::Relaxed) {
+                total.fetch_add(1, Ordering::Relaxed);
+                if conn.write_all(b"est").is_err() || conn.read_exact(&mut buf).is_err() {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }));
+    }
+    for to in [b2[0], b2[1], b1[1]] {
+        let (stop, total, dropped) = (stop.clone(), must_pass.clone(), wrongly_dropped.clone());
+        probers.push(p.lab.get("proxy").ns.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                total.fetch_add(2, Ordering::Relaxed);
+                if !tcp_echo(to) {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                if !udp_echo(to) {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    // 200 updates, cycling through element and full batches.
+    let (full, elements) = p.lab.host.enter(move || {
+        let mut nft = nft;
+        let (mut full, mut elements) = (0, 0);
+        for i in 1..=200 {
+            let report = nft.apply(&states[i % states.len()]).expect("apply");
+            match report.kind {
+                ApplyKind::Full => full += 1,
+                ApplyKind::Elements { .. } => elements += 1,
+                ApplyKind::Unchanged => panic!("every step changes something"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (full, elements)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    for t in probers {
+        t.join().unwrap();
+    }
+
+    let udp_leaks: usize = b1
+        .iter()
+        .map(|a| p.listeners("b2").udp_count_from(*a))
+        .sum();
+    let retrans = p
+        .lab
+        .get("proxy")
+        .ns
+        .exec_ok("nstat", &["-az", "TcpRetransSegs"]);
+    eprintln!(
+        "atomicity: {full} full + {elements} element batches; leaked {} of {} UDP datagrams and {} of {} TCP connects; wrongly dropped {} of {} proxy round trips; proxy {}",
+        udp_leaks,
+        udp_sent.load(Ordering::Relaxed),
+        tcp_leaks.load(Ordering::Relaxed),
+        tcp_leak_tries.load(Ordering::Relaxed),
+        wrongly_dropped.load(Ordering::Relaxed),
+        must_pass.load(Ordering::Relaxed),
+        retrans
+            .lines()
+            .last()
+            .unwrap_or("")
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    assert_eq!((full, elements), (100, 100));
+    assert!(
+        udp_sent.load(Ordering::Relaxed) > 1000,
+        "the UDP prober hardly ran"
+    );
+    assert!(
+        tcp_leak_tries.load(Ordering::Relaxed) > 100,
+        "the TCP prober hardly ran"
+    );
+    assert!(
+        must_pass.load(Ordering::Relaxed) > 200,
+        "the proxy prober hardly ran"
+    );
+    assert_eq!(udp_leaks, 0, "UDP leaked between backends");
+    assert_eq!(tcp_leaks.load(Ordering::Relaxed), 0, "TCP leaked");
+    assert_eq!(
+        wrongly_dropped.load(Ordering::Relaxed),
+        0,
+        "proxy traffic dropped"
+    );
+}
