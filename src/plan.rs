@@ -232,13 +232,44 @@ impl Ruleset {
     /// The same ruleset with every set emptied: what must match for an update to be a
     /// set-element change only.
     pub fn skeleton(&self) -> Ruleset {
-        let mut skeleton = self.clone();
-        for table in &mut skeleton.tables {
-            for set in &mut table.sets {
-                set.elements.clear();
-            }
+        Ruleset {
+            table_name: self.table_name.clone(),
+            tables: self
+                .tables
+                .iter()
+                .map(|t| Table {
+                    family: t.family,
+                    name: t.name.clone(),
+                    sets: t
+                        .sets
+                        .iter()
+                        .map(|s| Set {
+                            name: s.name.clone(),
+                            version: s.version,
+                            elements: BTreeSet::new(),
+                        })
+                        .collect(),
+                    chains: t.chains.clone(),
+                })
+                .collect(),
         }
-        skeleton
+    }
+
+    /// Whether `other` differs from this ruleset in set elements at most (the same as
+    /// comparing skeletons, without copying anything).
+    pub fn same_skeleton(&self, other: &Ruleset) -> bool {
+        self.table_name == other.table_name
+            && self.tables.len() == other.tables.len()
+            && self.tables.iter().zip(&other.tables).all(|(a, b)| {
+                a.family == b.family
+                    && a.name == b.name
+                    && a.chains == b.chains
+                    && a.sets.len() == b.sets.len()
+                    && a.sets
+                        .iter()
+                        .zip(&b.sets)
+                        .all(|(x, y)| x.name == y.name && x.version == y.version)
+            })
     }
 
     /// A stable 64-bit fingerprint of the skeleton (FNV-1a of its `nft` text), stored in the
@@ -804,12 +835,14 @@ mod tests {
         let wl_changed = plan(DEFAULT_TABLE, &[more]).unwrap();
         assert_ne!(base, wl_changed);
         assert_eq!(base.skeleton(), wl_changed.skeleton());
+        assert!(base.same_skeleton(&wl_changed));
         assert_eq!(base.fingerprint(), wl_changed.fingerprint());
 
         let mut host = public();
         host.allow_host_traffic = true;
         let structure_changed = plan(DEFAULT_TABLE, &[host]).unwrap();
         assert_ne!(base.fingerprint(), structure_changed.fingerprint());
+        assert!(!base.same_skeleton(&structure_changed));
     }
 
     #[test]

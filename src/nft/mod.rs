@@ -116,31 +116,28 @@ impl Nft {
         self.committed = None;
     }
 
-    /// Makes the kernel hold `desired`, in one transaction.
-    pub fn apply(&mut self, desired: &Ruleset) -> Result<ApplyReport, NftError> {
+    /// Makes the kernel hold `desired`, in one transaction. Takes the ruleset by value: it
+    /// becomes the record of what is committed (a large whitelist is not copied).
+    pub fn apply(&mut self, desired: Ruleset) -> Result<ApplyReport, NftError> {
         let (kind, messages) = match &self.committed {
-            Some(current) if current == desired => (ApplyKind::Unchanged, 0),
-            Some(current)
-                if !desired.tables.is_empty()
-                    && current.table_name == desired.table_name
-                    && current.skeleton() == desired.skeleton() =>
-            {
-                let (tx, added, removed) = element_transaction(current, desired)?;
+            Some(current) if *current == desired => (ApplyKind::Unchanged, 0),
+            Some(current) if !desired.tables.is_empty() && current.same_skeleton(&desired) => {
+                let (tx, added, removed) = element_transaction(current, &desired)?;
                 let messages = tx.len();
                 match tx.commit() {
                     Ok(()) => (ApplyKind::Elements { added, removed }, messages),
                     // The kernel no longer matches what we committed (someone flushed a set,
                     // say): replace everything instead.
-                    Err(_) => (ApplyKind::Full, full_replace(desired)?),
+                    Err(_) => (ApplyKind::Full, full_replace(&desired)?),
                 }
             }
-            _ => (ApplyKind::Full, full_replace(desired)?),
+            _ => (ApplyKind::Full, full_replace(&desired)?),
         };
-        self.committed = Some(desired.clone());
-        let bridges = managed_bridges(desired)
+        let bridges = managed_bridges(&desired)
             .into_iter()
             .map(|b| bridge_filtering(&b, self.bridge_netfilter))
             .collect();
+        self.committed = Some(desired);
         Ok(ApplyReport {
             kind,
             messages,

@@ -18,9 +18,13 @@ use std::time::Duration;
 
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
-/// How long a probe waits before it calls a path blocked. Namespaces on one machine answer
-/// in microseconds; this only bounds the cost of a blocked probe.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// How long a probe that should be blocked waits before it calls the path blocked.
+/// Namespaces on one machine answer in microseconds (or never, when a packet is dropped);
+/// this only bounds the cost of a blocked probe.
+pub const BLOCKED_TIMEOUT: Duration = Duration::from_millis(700);
+/// How long a probe that should pass may take: generous, so that a loaded CI machine is
+/// never mistaken for a drop. Passing probes return as soon as the answer arrives.
+pub const PASS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Fails (or, outside CI with TRAFFICJAM_ALLOW_SKIP=1, skips) when this tier cannot run.
 /// Returns false when the test should return early as skipped.
@@ -306,27 +310,26 @@ pub const ALL_PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
 
 /// Opens a connection (or sends a datagram, or a ping) from inside `from` to `to` and
 /// waits for the answer: true when the answer came back.
-pub fn probe(from: &Netns, to: IpAddr, proto: Proto) -> bool {
+pub fn probe(from: &Netns, to: IpAddr, proto: Proto, timeout: Duration) -> bool {
     match proto {
-        Proto::Tcp => from.enter(move || tcp_echo(to)),
-        Proto::Udp => from.enter(move || udp_echo(to)),
-        Proto::Icmp => ping(from, to),
+        Proto::Tcp => from.enter(move || tcp_echo(to, timeout)),
+        Proto::Udp => from.enter(move || udp_echo(to, timeout)),
+        Proto::Icmp => ping(from, to, timeout),
     }
 }
 
 /// TCP connect and one echoed byte, from the calling thread's namespace.
-pub fn tcp_echo(to: IpAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(to, TCP_PORT), PROBE_TIMEOUT)
-    else {
+pub fn tcp_echo(to: IpAddr, timeout: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(to, TCP_PORT), timeout) else {
         return false;
     };
-    stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok();
+    stream.set_read_timeout(Some(timeout)).ok();
     let mut answer = [0u8; 2];
     stream.write_all(b"tj").is_ok() && stream.read_exact(&mut answer).is_ok() && &answer == b"tj"
 }
 
 /// One UDP datagram and its echo, from the calling thread's namespace.
-pub fn udp_echo(to: IpAddr) -> bool {
+pub fn udp_echo(to: IpAddr, timeout: Duration) -> bool {
     let bind: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().expect("addr")
     } else {
@@ -335,7 +338,7 @@ pub fn udp_echo(to: IpAddr) -> bool {
     let Ok(sock) = UdpSocket::bind(bind) else {
         return false;
     };
-    sock.set_read_timeout(Some(PROBE_TIMEOUT)).ok();
+    sock.set_read_timeout(Some(timeout)).ok();
     if sock.send_to(b"tj", SocketAddr::new(to, UDP_PORT)).is_err() {
         return false;
     }
@@ -343,8 +346,8 @@ pub fn udp_echo(to: IpAddr) -> bool {
     matches!(sock.recv_from(&mut buf), Ok((2, _)))
 }
 
-pub fn ping(from: &Netns, to: IpAddr) -> bool {
-    let timeout = format!("{:.1}", PROBE_TIMEOUT.as_secs_f64());
+pub fn ping(from: &Netns, to: IpAddr, timeout: Duration) -> bool {
+    let timeout = format!("{:.1}", timeout.as_secs_f64());
     from.exec(
         "ping",
         &["-n", "-q", "-c", "1", "-W", &timeout, &to.to_string()],
@@ -459,7 +462,12 @@ pub fn check_all(lab: &Lab, expectations: &[Expect]) -> Vec<String> {
             let ns = ns_of(&e.from);
             let e = e.clone();
             std::thread::spawn(move || {
-                let got = probe(&ns, e.to, e.proto);
+                let timeout = if e.pass {
+                    PASS_TIMEOUT
+                } else {
+                    BLOCKED_TIMEOUT
+                };
+                let got = probe(&ns, e.to, e.proto, timeout);
                 (e, got)
             })
         })
