@@ -387,6 +387,10 @@ fn whitelist_changes_are_element_updates() {
     e.extend(expect("b2 not", "b2", &p.addrs("b1"), false));
     assert_probes(&p.lab, &e, &rs);
 
+    // The same ruleset again: nothing is sent.
+    let (nft, report) = apply(&p.lab, nft, &rs);
+    assert_eq!((report.kind, report.messages), (ApplyKind::Unchanged, 0));
+
     // And leaves it again.
     for a in p.addrs("b1") {
         net.whitelist.remove(&a);

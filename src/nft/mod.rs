@@ -120,15 +120,20 @@ impl Nft {
     /// becomes the record of what is committed (a large whitelist is not copied).
     pub fn apply(&mut self, desired: Ruleset) -> Result<ApplyReport, NftError> {
         let (kind, messages) = match &self.committed {
-            Some(current) if *current == desired => (ApplyKind::Unchanged, 0),
-            Some(current) if !desired.tables.is_empty() && current.same_skeleton(&desired) => {
+            // Same tables, chains and rules: at most set elements differ. One pass over the
+            // sets finds the difference; an empty one means nothing to do.
+            Some(current) if current.same_skeleton(&desired) => {
                 let (tx, added, removed) = element_transaction(current, &desired)?;
                 let messages = tx.len();
-                match tx.commit() {
-                    Ok(()) => (ApplyKind::Elements { added, removed }, messages),
-                    // The kernel no longer matches what we committed (someone flushed a set,
-                    // say): replace everything instead.
-                    Err(_) => (ApplyKind::Full, full_replace(&desired)?),
+                if messages == 0 {
+                    (ApplyKind::Unchanged, 0)
+                } else {
+                    match tx.commit() {
+                        Ok(()) => (ApplyKind::Elements { added, removed }, messages),
+                        // The kernel no longer matches what we committed (someone flushed
+                        // a set, say): replace everything instead.
+                        Err(_) => (ApplyKind::Full, full_replace(&desired)?),
+                    }
                 }
             }
             _ => (ApplyKind::Full, full_replace(&desired)?),
