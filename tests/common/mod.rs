@@ -5,6 +5,8 @@
 //! touches the namespace the tests run in.
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};

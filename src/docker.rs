@@ -1,0 +1,381 @@
+//! What trafficjam reads from Docker (bollard; never writes): the managed networks, their
+//! bridges and subnets, and the addresses of the containers matching their whitelists.
+//!
+//! [`DockerClient::snapshot`] gathers plain data ([`Snapshot`]); [`managed_networks`] turns
+//! it into the plan's input without I/O.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::EventMessage;
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions};
+use futures_util::Stream;
+use ipnetwork::IpNetwork;
+
+use crate::config::{Config, Filter, NetworkPolicy, PolicySource};
+use crate::plan::ManagedNetwork;
+
+/// Requests (not event streams) must answer within this time.
+const REQUEST_TIMEOUT_SECS: u64 = 10;
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot use Docker at {host}: {source}")]
+    Connect {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("Docker request failed ({what}): {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// A container attached to a managed network, with its addresses there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub container_id: String,
+    pub container_name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// One managed network as Docker describes it, with its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSnapshot {
+    pub name: String,
+    pub id: String,
+    pub bridge: String,
+    pub subnets: Vec<IpNetwork>,
+    pub endpoints: Vec<Endpoint>,
+    /// IDs of the running containers that match the whitelist filters (anywhere).
+    pub whitelisted_ids: BTreeSet<String>,
+    pub policy: NetworkPolicy,
+    pub source: PolicySource,
+}
+
+/// Everything one pass needs from Docker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub networks: Vec<NetworkSnapshot>,
+    /// Configured networks that do not exist (yet): waited for.
+    pub waiting: Vec<String>,
+    /// Problems to log, as (network, message).
+    pub warnings: Vec<(String, String)>,
+}
+
+impl NetworkSnapshot {
+    /// The whitelisted endpoints of this network.
+    pub fn whitelisted(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(|e| self.whitelisted_ids.contains(&e.container_id))
+    }
+}
+
+/// The plan's input: each managed network with the addresses of its whitelisted
+/// containers on that network.
+pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
+    snapshot
+        .networks
+        .iter()
+        .map(|n| ManagedNetwork {
+            name: n.name.clone(),
+            bridge: n.bridge.clone(),
+            subnets: n.subnets.clone(),
+            whitelist: n
+                .whitelisted()
+                .flat_map(|e| e.addrs.iter().copied())
+                .collect(),
+            allow_host_traffic: n.policy.allow_host_traffic,
+        })
+        .collect()
+}
+
+/// The Linux bridge behind a Docker bridge network.
+pub fn bridge_name(id: &str, options: &HashMap<String, String>) -> String {
+    match options.get(BRIDGE_NAME_OPTION) {
+        Some(name) if !name.is_empty() => name.clone(),
+        _ => format!("br-{}", &id[..id.len().min(12)]),
+    }
+}
+
+/// `172.18.0.2/16` (as Docker reports endpoint addresses) to the address.
+fn endpoint_addr(text: Option<&String>) -> Option<IpAddr> {
+    let text = text?;
+    text.split('/').next()?.parse().ok()
+}
+
+/// A connected Docker client (API version negotiated).
+#[derive(Debug, Clone)]
+pub struct DockerClient {
+    docker: Docker,
+    pub host: String,
+}
+
+impl DockerClient {
+    /// Connects to `host` (`unix://…` or `tcp://…`) and negotiates the API version, so that
+    /// both Debian 12's Docker 20.10 (API 1.41) and current engines answer.
+    pub async fn connect(host: &str) -> Result<DockerClient, DockerError> {
+        let err = |source| DockerError::Connect {
+            host: host.to_owned(),
+            source,
+        };
+        let docker = if host.starts_with("unix://") {
+            Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(err)?;
+        let docker = docker.negotiate_version().await.map_err(err)?;
+        Ok(DockerClient {
+            docker,
+            host: host.to_owned(),
+        })
+    }
+
+    fn request_err(what: &str) -> impl FnOnce(bollard::errors::Error) -> DockerError + '_ {
+        move |source| DockerError::Request {
+            what: what.to_owned(),
+            source,
+        }
+    }
+
+    /// Reads the managed networks and their whitelisted containers.
+    pub async fn snapshot(&self, config: &Config) -> Result<Snapshot, DockerError> {
+        let mut snapshot = Snapshot::default();
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(Self::request_err("list networks"))?;
+        let mut seen = BTreeSet::new();
+        for net in networks {
+            let (Some(name), Some(id)) = (net.name.clone(), net.id.clone()) else {
+                continue;
+            };
+            let labels = net.labels.clone().unwrap_or_default();
+            let Some((policy, source, problems)) = config.policy_for(&name, &labels) else {
+                continue;
+            };
+            seen.insert(name.clone());
+            for p in problems {
+                snapshot.warnings.push((name.clone(), p));
+            }
+            if net.driver.as_deref() != Some("bridge") {
+                snapshot.warnings.push((
+                    name.clone(),
+                    format!(
+                        "driver {:?} is not supported (only bridge networks): not isolated",
+                        net.driver.unwrap_or_default()
+                    ),
+                ));
+                continue;
+            }
+            // The list does not carry the attached containers: inspect the network.
+            let inspect = match self.docker.inspect_network(&id, None).await {
+                Ok(i) => i,
+                // Removed between the list and the inspect: the destroy event follows.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => continue,
+                Err(e) => return Err(Self::request_err("inspect network")(e)),
+            };
+            let subnets = inspect
+                .ipam
+                .and_then(|i| i.config)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| c.subnet)
+                .filter_map(|s| match s.parse::<IpNetwork>() {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        snapshot
+                            .warnings
+                            .push((name.clone(), format!("cannot read subnet {s:?}")));
+                        None
+                    }
+                })
+                .collect();
+            let endpoints = inspect
+                .containers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(container_id, e)| Endpoint {
+                    container_id,
+                    container_name: e.name.clone().unwrap_or_default(),
+                    addrs: [
+                        endpoint_addr(e.ipv4_address.as_ref()),
+                        endpoint_addr(e.ipv6_address.as_ref()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                })
+                .collect();
+            let whitelisted_ids = self.matching_containers(&policy.whitelist).await?;
+            let options = inspect.options.unwrap_or_default();
+            snapshot.networks.push(NetworkSnapshot {
+                bridge: bridge_name(&id, &options),
+                name,
+                id,
+                subnets,
+                endpoints,
+                whitelisted_ids,
+                policy,
+                source,
+            });
+        }
+        snapshot.waiting = config
+            .networks
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
+        Ok(snapshot)
+    }
+
+    /// IDs of the running containers `docker ps --filter …` would list.
+    async fn matching_containers(
+        &self,
+        filters: &[Filter],
+    ) -> Result<BTreeSet<String>, DockerError> {
+        if filters.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let options = ListContainersOptions {
+            filters: Some(Filter::to_docker(filters)),
+            ..Default::default()
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(Self::request_err("list containers"))?;
+        Ok(containers.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// The events that can change what is isolated or whitelisted, from `since` (Unix
+    /// seconds) on.
+    pub fn events_since(
+        &self,
+        since: &str,
+    ) -> impl Stream<Item = Result<EventMessage, bollard::errors::Error>> + use<> {
+        let filters = HashMap::from([
+            (
+                "type".to_owned(),
+                vec!["container".to_owned(), "network".to_owned()],
+            ),
+            (
+                "event".to_owned(),
+                [
+                    "start",
+                    "die",
+                    "destroy",
+                    "rename",
+                    "connect",
+                    "disconnect",
+                    "create",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        ]);
+        self.docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            since: Some(since.to_owned()),
+            ..Default::default()
+        }))
+    }
+
+    /// The engine's version string, for logs.
+    pub async fn version(&self) -> Option<String> {
+        let v = self.docker.version().await.ok()?;
+        Some(format!(
+            "{} (API {})",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        ))
+    }
+
+    /// Waits up to `timeout` for an answer to a ping.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.docker.ping()).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Filter;
+
+    fn endpoint(id: &str, addrs: &[&str]) -> Endpoint {
+        Endpoint {
+            container_id: id.into(),
+            container_name: format!("name-{id}"),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn bridge_names_follow_docker() {
+        let id = "0123456789abcdef0123";
+        assert_eq!(bridge_name(id, &HashMap::new()), "br-0123456789ab");
+        let opts = HashMap::from([(BRIDGE_NAME_OPTION.to_owned(), "docker0".to_owned())]);
+        assert_eq!(bridge_name(id, &opts), "docker0");
+    }
+
+    #[test]
+    fn endpoint_addresses_drop_the_prefix() {
+        assert_eq!(
+            endpoint_addr(Some(&"172.18.0.2/16".to_owned())),
+            Some("172.18.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            endpoint_addr(Some(&"fd00::2/64".to_owned())),
+            Some("fd00::2".parse().unwrap())
+        );
+        assert_eq!(endpoint_addr(Some(&String::new())), None);
+        assert_eq!(endpoint_addr(None), None);
+    }
+
+    #[test]
+    fn only_whitelisted_endpoints_of_the_network_are_whitelisted() {
+        let snapshot = Snapshot {
+            networks: vec![NetworkSnapshot {
+                name: "public".into(),
+                id: "abc".into(),
+                bridge: "br-abc".into(),
+                subnets: vec!["172.20.0.0/16".parse().unwrap()],
+                endpoints: vec![
+                    endpoint("proxy", &["172.20.0.2", "fd00::2"]),
+                    endpoint("web", &["172.20.0.3"]),
+                ],
+                // "elsewhere" matches the filter but is not on this network.
+                whitelisted_ids: BTreeSet::from(["proxy".into(), "elsewhere".into()]),
+                policy: NetworkPolicy {
+                    whitelist: vec![Filter::parse("name=proxy").unwrap()],
+                    allow_host_traffic: true,
+                },
+                source: PolicySource::Labels,
+            }],
+            ..Snapshot::default()
+        };
+        let nets = managed_networks(&snapshot);
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].bridge, "br-abc");
+        assert!(nets[0].allow_host_traffic);
+        assert_eq!(
+            nets[0].whitelist,
+            BTreeSet::from(["172.20.0.2".parse().unwrap(), "fd00::2".parse().unwrap()])
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! Docker tier support: networks and containers of a real Docker engine, the real
+//! `trafficjam run` daemon against it, and probes from inside the containers.
+//!
+//! Every name a test creates starts with its own prefix, every test uses its own nftables
+//! table, and everything is removed when the lab drops, pass or fail.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Once, RwLock};
+use std::time::{Duration, Instant};
+
+/// The local image the tier uses (built from busybox-static, no registry needed).
+pub const IMAGE: &str = "trafficjam-test/busybox:latest";
+/// Every test container runs this echo server on TCP 8080.
+pub const SERVER: &[&str] = &["nc", "-ll", "-p", "8080", "-e", "/bin/echo", "pong"];
+
+/// Tests that restart the Docker engine take this lock for writing; all others for
+/// reading, so they never run while the engine is down.
+pub static ENGINE: RwLock<()> = RwLock::new(());
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker: {e}"))
+}
+
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Fails (or, outside CI with TRAFFICJAM_ALLOW_SKIP=1, skips) when this tier cannot run.
+pub fn docker_tier_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let why = if !root {
+        Some("the docker tier needs root (the daemon under test changes nftables)".to_owned())
+    } else {
+        match Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output()
+        {
+            Err(e) => Some(format!("the docker tier needs the docker CLI: {e}")),
+            Ok(o) if !o.status.success() => Some(format!(
+                "no Docker engine answers at {} ({}); tests/run-all starts a private one",
+                std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into()),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Ok(_) => None,
+        }
+    };
+    match why {
+        None => {
+            ensure_image();
+            true
+        }
+        Some(why) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            let allow = std::env::var("TRAFFICJAM_ALLOW_SKIP").is_ok_and(|v| v == "1");
+            if allow && !ci {
+                eprintln!("SKIPPED (TRAFFICJAM_ALLOW_SKIP=1): {why}");
+                false
+            } else {
+                panic!("{why}; set TRAFFICJAM_ALLOW_SKIP=1 outside CI to skip this tier");
+            }
+        }
+    }
+}
+
+/// Builds the test image from the host's busybox-static when it is missing.
+fn ensure_image() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if docker(&["image", "inspect", IMAGE]).status.success() {
+            return;
+        }
+        let busybox = "/bin/busybox";
+        assert!(
+            std::path::Path::new(busybox).exists(),
+            "the docker tier builds its image from {busybox} (apt-get install busybox-static)"
+        );
+        let script = format!(
+            "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/tmp; cp {busybox} $d/bin/busybox; \
+             for c in sh nc ping ping6 sleep cat echo ip true; do ln -s busybox $d/bin/$c; done; \
+             tar -C $d -c . | docker import - {IMAGE} >/dev/null; rm -rf $d"
+        );
+        let status = Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .expect("sh");
+        assert!(status.success(), "building {IMAGE} failed");
+    });
+}
+
+fn unique() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A test's Docker objects, its configuration directory and its daemon.
+#[derive(Debug)]
+pub struct DockerLab {
+    pub prefix: String,
+    pub table: String,
+    pub config_dir: PathBuf,
+    pub log: PathBuf,
+    networks: Vec<String>,
+    containers: Vec<String>,
+    daemon: Option<Child>,
+}
+
+impl DockerLab {
+    pub fn new() -> DockerLab {
+        let n = unique();
+        let prefix = format!("tj{}x{n}", std::process::id());
+        let config_dir = std::env::temp_dir().join(format!("{prefix}-conf"));
+        std::fs::create_dir_all(&config_dir).expect("config dir");
+        DockerLab {
+            table: format!("tjtest_{}_{n}", std::process::id()),
+            log: std::env::temp_dir().join(format!("{prefix}-daemon.log")),
+            prefix,
+            config_dir,
+            networks: Vec::new(),
+            containers: Vec::new(),
+            daemon: None,
+        }
+    }
+
+    /// The full name of a test object (`proxy` → `tj123x0-proxy`).
+    pub fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// `docker network create ARGS… NAME`; returns the full name.
+    pub fn network(&mut self, short: &str, args: &[&str]) -> String {
+        let name = self.name(short);
+        let mut all = vec!["network", "create"];
+        all.extend_from_slice(args);
+        all.push(&name);
+        docker_ok(&all);
+        self.networks.push(name.clone());
+        name
+    }
+
+    /// Starts a container running the echo server on `network`; returns the full name.
+    pub fn container(&mut self, short: &str, network: &str, args: &[&str]) -> String {
+        let name = self.name(short);
+        let mut all = vec!["run", "-d", "--name", &name, "--network", network];
+        all.extend_from_slice(args);
+        all.push(IMAGE);
+        all.extend_from_slice(SERVER);
+        self.containers.push(name.clone());
+        docker_ok(&all);
+        name
+    }
+
+    pub fn remove_container(&mut self, name: &str) {
+        docker_ok(&["rm", "-f", name]);
+        self.containers.retain(|c| c != name);
+    }
+
+    pub fn connect(&self, container: &str, network: &str) {
+        docker_ok(&["network", "connect", network, container]);
+    }
+
+    fn inspect(&self, container: &str, network: &str, field: &str) -> String {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}");
+        docker_ok(&["inspect", "-f", &format, container])
+    }
+
+    pub fn ip4(&self, container: &str, network: &str) -> String {
+        self.inspect(container, network, "IPAddress")
+    }
+
+    pub fn ip6(&self, container: &str, network: &str) -> String {
+        self.inspect(container, network, "GlobalIPv6Address")
+    }
+
+    pub fn gateway4(&self, network: &str) -> String {
+        docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            network,
+        ])
+    }
+
+    /// The host port Docker published for the container's 8080.
+    pub fn published_port(&self, container: &str) -> String {
+        let out = docker_ok(&["port", container, "8080/tcp"]);
+        let first = out.lines().next().expect("a published port");
+        first.rsplit(':').next().expect("port").to_owned()
+    }
+
+    /// Writes the test's configuration: `00-daemon.toml` (its table, the engine) and
+    /// `trafficjam.toml` = `body`, so that line numbers in `body` are the file's own.
+    pub fn write_config(&self, body: &str) {
+        let mut daemon = format!("[daemon]\ntable = \"{}\"\n", self.table);
+        if let Ok(host) = std::env::var("DOCKER_HOST")
+            && !host.is_empty()
+        {
+            daemon.push_str(&format!("docker_host = \"{host}\"\n"));
+        }
+        std::fs::write(self.config_dir.join("00-daemon.toml"), daemon).expect("write config");
+        std::fs::write(self.config_dir.join("trafficjam.toml"), body).expect("write config");
+    }
+
+    /// Starts `trafficjam run` on the lab's configuration and waits for its first pass.
+    pub fn start_daemon(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+            .args(["run", "--config-dir"])
+            .arg(&self.config_dir)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start trafficjam run");
+        self.daemon = Some(child);
+        self.wait_for_log("connected to Docker", 1, Duration::from_secs(20));
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.daemon_pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Stops the daemon with SIGTERM and waits for its exit status.
+    pub fn stop_daemon(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut child = self.daemon.take().expect("daemon running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `needle` appears at least `count` times in the daemon's log.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_text().matches(needle).count() < count {
+            if let Some(child) = self.daemon.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("the daemon exited ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not appear {count} time(s) in the daemon's log within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `nft list table inet TABLE` succeeds.
+    pub fn table_present(&self) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "inet", &self.table])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for DockerLab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+            .args(["clear", "--table", &self.table])
+            .output();
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+        let _ = std::fs::remove_dir_all(&self.config_dir);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A probe from inside a container (docker exec): TCP to the echo server, or a ping.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub from: String,
+    pub to: String,
+    pub port: String,
+    pub tcp: bool,
+    pub pass: bool,
+}
+
+impl Probe {
+    pub fn tcp(from: &str, to: &str, pass: bool) -> Probe {
+        Probe::tcp_port(from, to, "8080", pass)
+    }
+    pub fn tcp_port(from: &str, to: &str, port: &str, pass: bool) -> Probe {
+        Probe {
+            from: from.into(),
+            to: to.into(),
+            port: port.into(),
+            tcp: true,
+            pass,
+        }
+    }
+    pub fn ping(from: &str, to: &str, pass: bool) -> Probe {
+        Probe {
+            from: from.into(),
+            to: to.into(),
+            port: String::new(),
+            tcp: false,
+            pass,
+        }
+    }
+
+    /// True when the answer came back. Passing probes get 3 s, blocked ones 1 s.
+    pub fn run(&self) -> bool {
+        let wait = if self.pass { "3" } else { "1" };
+        if self.tcp {
+            let out = docker(&["exec", &self.from, "nc", "-w", wait, &self.to, &self.port]);
+            String::from_utf8_lossy(&out.stdout).contains("pong")
+        } else {
+            docker(&["exec", &self.from, "ping", "-c", "1", "-W", wait, &self.to])
+                .status
+                .success()
+        }
+    }
+}
+
+/// Runs the probes concurrently; panics listing every one whose outcome was wrong.
+pub fn assert_probes(what: &str, probes: &[Probe], lab: &DockerLab) {
+    let handles: Vec<_> = probes
+        .iter()
+        .cloned()
+        .map(|p| std::thread::spawn(move || (p.run(), p)))
+        .collect();
+    let wrong: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().expect("probe"))
+        .filter(|(got, p)| *got != p.pass)
+        .map(|(got, p)| {
+            format!(
+                "{} {} -> {}{} {}",
+                if p.tcp { "tcp" } else { "ping" },
+                p.from,
+                p.to,
+                if p.port.is_empty() {
+                    String::new()
+                } else {
+                    format!(":{}", p.port)
+                },
+                if got {
+                    "passed, should be blocked"
+                } else {
+                    "was blocked, should pass"
+                }
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} of {} probes wrong:\n{}\ndaemon log:\n{}",
+        wrong.len(),
+        probes.len(),
+        wrong.join("\n"),
+        lab.log_text()
+    );
+}

@@ -1,0 +1,427 @@
+//! Docker tier: the real `trafficjam run` daemon against a real Docker engine, checked with
+//! connections made from inside real containers.
+//!
+//! Needs root and a Docker engine (`tests/run-all` starts a private one when none
+//! answers). Every test uses its own networks, containers and nftables table.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::docker::*;
+
+/// The scenario of the old tool's users: a network `public` with a proxy (also on a second
+/// network `private`) and two backends with published ports; `private1` on `private`.
+struct Public {
+    lab: DockerLab,
+    public: String,
+    private: String,
+    proxy: String,
+    public1: String,
+    public2: String,
+    private1: String,
+}
+
+impl Public {
+    fn new(network_args: &[&str]) -> Public {
+        let mut lab = DockerLab::new();
+        let public = lab.network("public", network_args);
+        let private = lab.network("private", &[]);
+        let proxy = lab.container("proxy", &public, &[]);
+        lab.connect(&proxy, &private);
+        let public1 = lab.container("public1", &public, &["-p", "8080"]);
+        let public2 = lab.container("public2", &public, &["-p", "8080"]);
+        let private1 = lab.container("private1", &private, &[]);
+        Public {
+            lab,
+            public,
+            private,
+            proxy,
+            public1,
+            public2,
+            private1,
+        }
+    }
+
+    fn config(&self, allow_host_traffic: bool) -> String {
+        format!(
+            "[network.{}]\nwhitelist = \"name={}\"\nallow_host_traffic = {allow_host_traffic}\n",
+            self.public, self.proxy
+        )
+    }
+
+    /// The isolation matrix over the address family `ip` reads (ip4 or ip6).
+    fn matrix(&self, ip: impl Fn(&DockerLab, &str, &str) -> String) -> Vec<Probe> {
+        let l = &self.lab;
+        let (p1, p2) = (
+            ip(l, &self.public1, &self.public),
+            ip(l, &self.public2, &self.public),
+        );
+        let proxy_public = ip(l, &self.proxy, &self.public);
+        let mut probes = Vec::new();
+        for (to, pass) in [(&p1, true), (&p2, true)] {
+            probes.push(Probe::tcp(&self.proxy, to, pass));
+            probes.push(Probe::ping(&self.proxy, to, pass));
+        }
+        for (from, to) in [
+            (&self.public1, &p2),
+            (&self.public2, &p1),
+            (&self.public1, &proxy_public),
+        ] {
+            probes.push(Probe::tcp(from, to, false));
+            probes.push(Probe::ping(from, to, false));
+        }
+        probes
+    }
+}
+
+fn ip4(lab: &DockerLab, c: &str, n: &str) -> String {
+    lab.ip4(c, n)
+}
+
+fn ip6(lab: &DockerLab, c: &str, n: &str) -> String {
+    lab.ip6(c, n)
+}
+
+#[test]
+fn public_network_is_isolated_private_is_not() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = ENGINE.read().unwrap();
+    let mut s = Public::new(&[]);
+    s.lab.write_config(&s.config(false));
+    s.lab.start_daemon();
+    s.lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+
+    let gateway = s.lab.gateway4(&s.public);
+    let port2 = s.lab.published_port(&s.public2);
+    let mut probes = s.matrix(ip4);
+    // The published port of public2, through the host: closed to public1.
+    probes.push(Probe::tcp_port(&s.public1, &gateway, &port2, false));
+    // The unmanaged network is untouched, both ways.
+    let private1 = s.lab.ip4(&s.private1, &s.private);
+    let proxy_private = s.lab.ip4(&s.proxy, &s.private);
+    probes.push(Probe::tcp(&s.proxy, &private1, true));
+    probes.push(Probe::tcp(&s.private1, &proxy_private, true));
+    probes.push(Probe::ping(&s.private1, &proxy_private, true));
+    assert_probes("public isolated", &probes, &s.lab);
+
+    // allow_host_traffic, by a reload (SIGHUP): the published port opens, nothing else.
+    s.lab.write_config(&s.config(true));
+    s.lab.signal("HUP");
+    s.lab
+        .wait_for_log("configuration reloaded", 1, Duration::from_secs(10));
+    s.lab.wait_for_log("isolated:", 2, Duration::from_secs(10));
+    let p2 = s.lab.ip4(&s.public2, &s.public);
+    assert_probes(
+        "allow_host_traffic",
+        &[
+            Probe::tcp_port(&s.public1, &gateway, &port2, true),
+            Probe::tcp(&s.public1, &p2, false),
+        ],
+        &s.lab,
+    );
+}
+
+#[test]
+fn dual_stack_network_is_isolated_over_ipv6_too() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = ENGINE.read().unwrap();
+    let subnet = format!("fd00:7a:{:x}::/64", std::process::id() & 0xffff);
+    let mut s = Public::new(&["--ipv6", "--subnet", &subnet]);
+    s.lab.write_config(&s.config(false));
+    s.lab.start_daemon();
+    s.lab
+        .wait_for_log("isolated: 2 subnets", 1, Duration::from_secs(10));
+    let mut probes = s.matrix(ip6);
+    probes.extend(s.matrix(ip4));
+    assert_probes("dual stack", &probes, &s.lab);
+}
+
+/// A whitelisted container started after the daemon is let through at once (the resync
+/// timer is an hour away); when it goes, a plain container that takes over its address
+/// can reach nothing.
+#[test]
+fn whitelist_follows_containers_and_not_addresses() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = ENGINE.read().unwrap();
+    let mut lab = DockerLab::new();
+    let subnet_octet = 100 + (std::process::id() % 100);
+    let subnet = format!("10.{subnet_octet}.0.0/24");
+    let net = lab.network("net", &["--subnet", &subnet]);
+    let backend = lab.container(
+        "backend",
+        &net,
+        &["--ip", &format!("10.{subnet_octet}.0.10")],
+    );
+    let proxy_name = lab.name("proxy");
+    lab.write_config(&format!(
+        "[network.{net}]\nwhitelist = \"name={proxy_name}\"\n"
+    ));
+    std::fs::write(
+        lab.config_dir.join("timer.toml"),
+        "[daemon]\nresync_interval = \"1h\"\n",
+    )
+    .unwrap();
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+
+    let backend_ip = lab.ip4(&backend, &net);
+    let shared_ip = format!("10.{subnet_octet}.0.20");
+    let started = Instant::now();
+    let proxy = lab.container("proxy", &net, &["--ip", &shared_ip]);
+    lab.wait_for_log("whitelisted: [", 2, Duration::from_secs(5));
+    assert_probes("late proxy", &[Probe::tcp(&proxy, &backend_ip, true)], &lab);
+    eprintln!("late proxy reachable after {:?}", started.elapsed());
+
+    lab.remove_container(&proxy);
+    let impostor = lab.container("impostor", &net, &["--ip", &shared_ip]);
+    assert_eq!(lab.ip4(&impostor, &net), shared_ip);
+    assert_probes(
+        "same address, not whitelisted",
+        &[
+            Probe::tcp(&impostor, &backend_ip, false),
+            Probe::ping(&impostor, &backend_ip, false),
+        ],
+        &lab,
+    );
+}
+
+#[test]
+fn label_managed_network_needs_no_toml() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = ENGINE.read().unwrap();
+    let mut lab = DockerLab::new();
+    let proxy_name = lab.name("proxy");
+    let label = format!("trafficjam.whitelist=name={proxy_name}");
+    let net = lab.network("labelled", &["--label", &label]);
+    let proxy = lab.container("proxy", &net, &[]);
+    let a = lab.container("a", &net, &[]);
+    let b = lab.container("b", &net, &[]);
+    lab.write_config("");
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let (ip_a, ip_b) = (lab.ip4(&a, &net), lab.ip4(&b, &net));
+    assert_probes(
+        "labels",
+        &[
+            Probe::tcp(&proxy, &ip_a, true),
+            Probe::tcp(&a, &ip_b, false),
+            Probe::ping(&b, &ip_a, false),
+        ],
+        &lab,
+    );
+}
+
+#[test]
+fn a_deleted_table_is_restored_and_a_stopped_daemon_leaves_its_rules() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = ENGINE.read().unwrap();
+    let mut lab = DockerLab::new();
+    let net = lab.network("net", &[]);
+    let a = lab.container("a", &net, &[]);
+    let b = lab.container("b", &net, &[]);
+    lab.write_config(&format!(
+        "[network.{net}]\nwhitelist = \"name=nobody-at-all\"\n"
+    ));
+    std::fs::write(
+        lab.config_dir.join("timer.toml"),
+        "[daemon]\nresync_interval = \"1s\"\n",
+    )
+    .unwrap();
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    assert!(lab.table_present());
+
+    let status = std::process::Command::new("nft")
+        .args(["delete", "table", "inet", &lab.table])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    lab.wait_for_log("no longer holds our ruleset", 1, Duration::from_secs(10));
+    assert!(lab.table_present(), "the table was not restored");
+    let ip_b = lab.ip4(&b, &net);
+    assert_probes("restored", &[Probe::tcp(&a, &ip_b, false)], &lab);
+
+    // SIGTERM: a clean exit that leaves the rules in force.
+    let status = lab.stop_daemon();
+    assert!(status.success(), "{status}");
+    assert!(lab.table_present(), "the rules went with the daemon");
+    assert_probes(
+        "after the daemon stopped",
+        &[Probe::tcp(&a, &ip_b, false)],
+        &lab,
+    );
+
+    // `trafficjam clear` (no daemon): straight to the kernel.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+        .args(["clear", "--config-dir"])
+        .arg(&lab.config_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lab.table_present());
+    assert_probes("cleared", &[Probe::tcp(&a, &ip_b, true)], &lab);
+}
+
+#[test]
+fn check_prints_the_ruleset_or_the_error() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = ENGINE.read().unwrap();
+    let mut lab = DockerLab::new();
+    let net = lab.network("net", &[]);
+    let proxy = lab.container("proxy", &net, &[]);
+    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    let check = |lab: &DockerLab| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+            .args(["check", "--config-dir"])
+            .arg(&lab.config_dir)
+            .output()
+            .unwrap()
+    };
+    let out = check(&lab);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bridge = format!(
+        "br-{}",
+        &docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net])[..12]
+    );
+    assert!(
+        stdout.contains(&format!("table inet {} {{", lab.table)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("iifname \"{bridge}\"")),
+        "{stdout}"
+    );
+    let proxy_ip = lab.ip4(&proxy, &net);
+    assert!(
+        stdout.contains(&format!("elements = {{ {proxy_ip} }}")),
+        "{stdout}"
+    );
+    assert!(!lab.table_present(), "check must not apply anything");
+
+    for (body, expected) in [
+        (
+            "[network.x]\nwhitelist = []\n",
+            ":2:13: network \"x\": the whitelist is empty",
+        ),
+        (
+            "[network.x]\nwhitelist = \"colour=red\"\n",
+            ":2:13: network \"x\": whitelist entry",
+        ),
+        (
+            "[network.x]\nwhitelist = \"name=a\"\nbogus = true\n",
+            ":3:1: unknown field `bogus`",
+        ),
+        ("\n[oops\n", ":2:"),
+    ] {
+        lab.write_config(body);
+        let out = check(&lab);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{body:?}: {stderr}");
+        let file = lab.config_dir.join("trafficjam.toml");
+        assert!(
+            stderr.starts_with(&format!("{}{expected}", file.display())),
+            "{body:?}: {stderr}"
+        );
+    }
+}
+
+/// The engine restarts under the daemon: the rules stay in force while it is down, the
+/// daemon reconnects, and later changes are applied. Needs the private engine that
+/// tests/run-all starts (it knows how to restart it).
+#[test]
+fn docker_restart_keeps_rules_and_reconnects() {
+    if !docker_tier_available() {
+        return;
+    }
+    let Ok(restart) = std::env::var("TRAFFICJAM_TEST_DOCKERD_RESTART") else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        let allow = std::env::var("TRAFFICJAM_ALLOW_SKIP").is_ok_and(|v| v == "1");
+        assert!(
+            allow && !ci,
+            "TRAFFICJAM_TEST_DOCKERD_RESTART is not set: run through tests/run-all, which starts a restartable engine"
+        );
+        eprintln!("SKIPPED: no restartable engine");
+        return;
+    };
+    let _engine = ENGINE.write().unwrap_or_else(|e| e.into_inner());
+    let mut lab = DockerLab::new();
+    let net = lab.network("net", &[]);
+    let a = lab.container("a", &net, &["--restart", "always"]);
+    let b = lab.container("b", &net, &["--restart", "always"]);
+    let proxy_name = lab.name("proxy");
+    lab.write_config(&format!(
+        "[network.{net}]\nwhitelist = \"name={proxy_name}\"\n"
+    ));
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ip_b = lab.ip4(&b, &net);
+    let pid_a = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &a]);
+
+    // Stop the engine (live-restore keeps the containers running), probe from inside
+    // container a's namespace with the host's tools while it is down, start it again.
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("{restart} stop")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait_for_log("Docker is unreachable", 1, Duration::from_secs(10));
+    assert!(lab.table_present(), "rules gone while Docker is down");
+    let probe = std::process::Command::new("nsenter")
+        .args(["-t", &pid_a, "-n", "timeout", "2", "bash", "-c"])
+        .arg(format!("echo > /dev/tcp/{ip_b}/8080"))
+        .status()
+        .unwrap();
+    assert!(!probe.success(), "a reached b while Docker was down");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("{restart} start")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait_for_log("connected to Docker", 2, Duration::from_secs(60));
+
+    // A change after the restart is applied.
+    let proxy = lab.container("proxy", &net, &[]);
+    lab.wait_for_log(
+        &format!("whitelisted: [{proxy}]"),
+        1,
+        Duration::from_secs(10),
+    );
+    assert_probes(
+        "after the restart",
+        &[
+            Probe::tcp(&proxy, &ip_b, true),
+            Probe::tcp(&a, &ip_b, false),
+        ],
+        &lab,
+    );
+}
