@@ -361,7 +361,8 @@ impl Daemon {
                 );
                 for net in &snapshot.networks {
                     let names: Vec<&str> = net
-                        .whitelisted()
+                        .whitelisted
+                        .iter()
                         .map(|e| e.container_name.as_str())
                         .collect();
                     info!(
@@ -371,7 +372,7 @@ impl Daemon {
                         net.subnets.len(),
                         names.join(", ")
                     );
-                    for e in net.whitelisted() {
+                    for e in &net.whitelisted {
                         debug!(
                             network = %net.name,
                             container_id = %e.container_id,

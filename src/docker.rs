@@ -52,9 +52,8 @@ pub struct NetworkSnapshot {
     pub id: String,
     pub bridge: String,
     pub subnets: Vec<IpNetwork>,
-    pub endpoints: Vec<Endpoint>,
-    /// IDs of the running containers that match the whitelist filters (anywhere).
-    pub whitelisted_ids: BTreeSet<String>,
+    /// The containers matching the whitelist that have an address on this network.
+    pub whitelisted: Vec<Endpoint>,
     pub policy: NetworkPolicy,
     pub source: PolicySource,
 }
@@ -69,15 +68,6 @@ pub struct Snapshot {
     pub warnings: Vec<(String, String)>,
 }
 
-impl NetworkSnapshot {
-    /// The whitelisted endpoints of this network.
-    pub fn whitelisted(&self) -> impl Iterator<Item = &Endpoint> {
-        self.endpoints
-            .iter()
-            .filter(|e| self.whitelisted_ids.contains(&e.container_id))
-    }
-}
-
 /// The plan's input: each managed network with the addresses of its whitelisted
 /// containers on that network.
 pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
@@ -89,7 +79,8 @@ pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
             bridge: n.bridge.clone(),
             subnets: n.subnets.clone(),
             whitelist: n
-                .whitelisted()
+                .whitelisted
+                .iter()
                 .flat_map(|e| e.addrs.iter().copied())
                 .collect(),
             allow_host_traffic: n.policy.allow_host_traffic,
@@ -103,12 +94,6 @@ pub fn bridge_name(id: &str, options: &HashMap<String, String>) -> String {
         Some(name) if !name.is_empty() => name.clone(),
         _ => format!("br-{}", &id[..id.len().min(12)]),
     }
-}
-
-/// `172.18.0.2/16` (as Docker reports endpoint addresses) to the address.
-fn endpoint_addr(text: Option<&String>) -> Option<IpAddr> {
-    let text = text?;
-    text.split('/').next()?.parse().ok()
 }
 
 /// A connected Docker client (API version negotiated).
@@ -202,31 +187,14 @@ impl DockerClient {
                     }
                 })
                 .collect();
-            let endpoints = inspect
-                .containers
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(container_id, e)| Endpoint {
-                    container_id,
-                    container_name: e.name.clone().unwrap_or_default(),
-                    addrs: [
-                        endpoint_addr(e.ipv4_address.as_ref()),
-                        endpoint_addr(e.ipv6_address.as_ref()),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-                })
-                .collect();
-            let whitelisted_ids = self.matching_containers(&policy.whitelist).await?;
+            let whitelisted = self.whitelisted_on(&policy.whitelist, &id).await?;
             let options = inspect.options.unwrap_or_default();
             snapshot.networks.push(NetworkSnapshot {
                 bridge: bridge_name(&id, &options),
                 name,
                 id,
                 subnets,
-                endpoints,
-                whitelisted_ids,
+                whitelisted,
                 policy,
                 source,
             });
@@ -240,13 +208,19 @@ impl DockerClient {
         Ok(snapshot)
     }
 
-    /// IDs of the running containers `docker ps --filter …` would list.
-    async fn matching_containers(
+    /// The containers `docker ps --filter …` lists (running ones, exactly as Docker filters
+    /// them) that have an address on the network `network_id`.
+    ///
+    /// Docker makes a container's address visible only once its process runs (its `start`
+    /// event), so a container that connects in its very first milliseconds races with us:
+    /// its first SYN may be dropped, and TCP retries a second later.
+    async fn whitelisted_on(
         &self,
         filters: &[Filter],
-    ) -> Result<BTreeSet<String>, DockerError> {
+        network_id: &str,
+    ) -> Result<Vec<Endpoint>, DockerError> {
         if filters.is_empty() {
-            return Ok(BTreeSet::new());
+            return Ok(Vec::new());
         }
         let options = ListContainersOptions {
             filters: Some(Filter::to_docker(filters)),
@@ -257,7 +231,40 @@ impl DockerClient {
             .list_containers(Some(options))
             .await
             .map_err(Self::request_err("list containers"))?;
-        Ok(containers.into_iter().filter_map(|c| c.id).collect())
+        let mut endpoints = Vec::new();
+        for c in containers {
+            let Some(container_id) = c.id else { continue };
+            let networks = c
+                .network_settings
+                .and_then(|n| n.networks)
+                .unwrap_or_default();
+            let Some(settings) = networks
+                .into_values()
+                .find(|s| s.network_id.as_deref() == Some(network_id))
+            else {
+                continue;
+            };
+            let addrs: Vec<IpAddr> = [settings.ip_address, settings.global_ipv6_address]
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            let container_name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default();
+            endpoints.push(Endpoint {
+                container_id,
+                container_name,
+                addrs,
+            });
+        }
+        endpoints.sort_by(|a, b| a.container_name.cmp(&b.container_name));
+        Ok(endpoints)
     }
 
     /// The events that can change what is isolated or whitelisted, from `since` (Unix
@@ -334,33 +341,17 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_addresses_drop_the_prefix() {
-        assert_eq!(
-            endpoint_addr(Some(&"172.18.0.2/16".to_owned())),
-            Some("172.18.0.2".parse().unwrap())
-        );
-        assert_eq!(
-            endpoint_addr(Some(&"fd00::2/64".to_owned())),
-            Some("fd00::2".parse().unwrap())
-        );
-        assert_eq!(endpoint_addr(Some(&String::new())), None);
-        assert_eq!(endpoint_addr(None), None);
-    }
-
-    #[test]
-    fn only_whitelisted_endpoints_of_the_network_are_whitelisted() {
+    fn whitelisted_endpoints_give_the_network_whitelist() {
         let snapshot = Snapshot {
             networks: vec![NetworkSnapshot {
                 name: "public".into(),
                 id: "abc".into(),
                 bridge: "br-abc".into(),
                 subnets: vec!["172.20.0.0/16".parse().unwrap()],
-                endpoints: vec![
+                whitelisted: vec![
                     endpoint("proxy", &["172.20.0.2", "fd00::2"]),
-                    endpoint("web", &["172.20.0.3"]),
+                    endpoint("proxy2", &["172.20.0.3"]),
                 ],
-                // "elsewhere" matches the filter but is not on this network.
-                whitelisted_ids: BTreeSet::from(["proxy".into(), "elsewhere".into()]),
                 policy: NetworkPolicy {
                     whitelist: vec![Filter::parse("name=proxy").unwrap()],
                     allow_host_traffic: true,
@@ -375,7 +366,11 @@ mod tests {
         assert!(nets[0].allow_host_traffic);
         assert_eq!(
             nets[0].whitelist,
-            BTreeSet::from(["172.20.0.2".parse().unwrap(), "fd00::2".parse().unwrap()])
+            BTreeSet::from([
+                "172.20.0.2".parse().unwrap(),
+                "172.20.0.3".parse().unwrap(),
+                "fd00::2".parse().unwrap(),
+            ])
         );
     }
 }

@@ -1,0 +1,142 @@
+//! Benchmark of the daemon against a real Docker engine (`cargo bench --bench daemon`, as
+//! root, with DOCKER_HOST pointing at an engine; `tests/private-dockerd start` gives one).
+//!
+//! - reaction latency: from the `start` event of a whitelisted container to the committed
+//!   rules (the daemon logs it per apply), and end to end from `docker run -d` returning to
+//!   the first successful connection from that container to a backend;
+//! - idle CPU time of the daemon over 60 s with nothing changing, and its peak RSS.
+//!
+//! `BENCH_RUNS` sets the number of runs (default 25); `BENCH_IDLE_SECS` the idle window.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::docker::*;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(label: &str, mut v: Vec<f64>) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "| {label} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        v.len(),
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v[0],
+        v[v.len() - 1]
+    );
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).expect("proc");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .expect("field")
+        .trim()
+        .to_owned()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect(")") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted from the state field (3).
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn main() {
+    if !docker_tier_available() {
+        return;
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let idle: u64 = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let mut lab = DockerLab::new();
+    let proxy_prefix = lab.name("proxy");
+    let label = format!("trafficjam.whitelist=name={proxy_prefix}");
+    let net = lab.network("bench", &["--label", &label]);
+    let backend = lab.container("backend", &net, &[]);
+    let backend_ip = lab.ip4(&backend, &net);
+    lab.write_config("");
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+
+    let mut end_to_end = Vec::new();
+    for i in 0..runs {
+        let name = format!("{proxy_prefix}-{i}");
+        // The container tries to connect until it succeeds, then exits.
+        let script =
+            format!("until nc -w 3 {backend_ip} 8080 </dev/null | grep -q pong; do :; done");
+        let out = docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &net,
+            IMAGE,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let returned = Instant::now();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let waited = docker_ok(&["wait", &name]);
+        end_to_end.push(returned.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(waited, "0");
+        docker_ok(&["rm", "-f", &name]);
+        // Let the removal's apply finish before the next run.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = lab.log_text();
+    let after_event: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("added: ") && !l.contains("added: 0"))
+        .filter_map(|l| {
+            let head = l.split(" ms after the event").next()?;
+            head.rsplit(", ").next()?.parse().ok()
+        })
+        .collect();
+
+    println!("## reaction latency (milliseconds)");
+    println!("| measure | runs | median | p99 | min | max |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    summary("start event → rules committed", after_event);
+    summary(
+        "`docker run -d` returned → first connection made (includes container start)",
+        end_to_end,
+    );
+
+    let pid = lab.daemon_pid();
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(idle));
+    let used = cpu_seconds(pid) - before;
+    println!("\n## idle daemon");
+    println!(
+        "- CPU time over {idle} s with nothing changing: {:.3} s ({:.3} %)",
+        used,
+        used / idle as f64 * 100.0
+    );
+    println!(
+        "- peak RSS (VmHWM): {}",
+        proc_field(pid, "status", "VmHWM:")
+    );
+}
