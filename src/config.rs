@@ -662,6 +662,32 @@ whitelist = "name=proxy"
         );
     }
 
+    /// The shipped default parses, and so does every example in it once uncommented.
+    #[test]
+    fn shipped_default_and_its_examples_parse() {
+        let shipped = include_str!("../etc/trafficjam/trafficjam.toml");
+        let c = parse(&[("trafficjam.toml", shipped)]).unwrap();
+        assert_eq!(c.daemon, DaemonConfig::default());
+        assert!(c.networks.is_empty());
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&[("trafficjam.toml", &uncommented)]).unwrap();
+        assert_eq!(c.daemon.docker_host.as_deref(), Some(DEFAULT_DOCKER_HOST));
+        assert_eq!(c.daemon.resync_interval, DEFAULT_RESYNC_INTERVAL);
+        assert_eq!(c.daemon.table, DEFAULT_TABLE);
+        let (p, _) = &c.networks["traefik_public"];
+        assert_eq!(p.whitelist[0].to_string(), "ancestor=traefik:latest");
+        assert!(!p.allow_host_traffic);
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));

@@ -425,3 +425,42 @@ fn docker_restart_keeps_rules_and_reconnects() {
         &lab,
     );
 }
+
+/// A network configured before it exists is waited for; recreated (compose down/up), it is
+/// followed to its new bridge and subnet.
+#[test]
+fn configured_network_is_waited_for_and_followed_when_recreated() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = ENGINE.read().unwrap();
+    let mut lab = DockerLab::new();
+    let net = lab.name("later");
+    lab.write_config(&format!(
+        "[network.{net}]\nwhitelist = \"name=nobody-at-all\"\n"
+    ));
+    lab.start_daemon();
+    lab.wait_for_log("does not exist (yet)", 1, Duration::from_secs(10));
+    assert!(!lab.table_present(), "nothing to isolate yet");
+
+    for round in 1..=2 {
+        lab.network("later", &[]);
+        let a = lab.container(&format!("a{round}"), &net, &[]);
+        let b = lab.container(&format!("b{round}"), &net, &[]);
+        let id = docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
+        lab.wait_for_log(
+            &format!("bridge=br-{}", &id[..12]),
+            1,
+            Duration::from_secs(10),
+        );
+        let ip_b = lab.ip4(&b, &net);
+        assert_probes(
+            &format!("round {round}"),
+            &[Probe::tcp(&a, &ip_b, false)],
+            &lab,
+        );
+        lab.remove_container(&a);
+        lab.remove_container(&b);
+        lab.remove_network(&net);
+    }
+}

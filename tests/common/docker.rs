@@ -150,6 +150,11 @@ impl DockerLab {
         name
     }
 
+    pub fn remove_network(&mut self, name: &str) {
+        docker_ok(&["network", "rm", name]);
+        self.networks.retain(|n| n != name);
+    }
+
     /// Starts a container running the echo server on `network`; returns the full name.
     pub fn container(&mut self, short: &str, network: &str, args: &[&str]) -> String {
         let name = self.name(short);
