@@ -7,16 +7,19 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_DIR};
-use crate::daemon::{self, Daemon};
+use crate::daemon::{self, Daemon, Status};
+use crate::dbus::{self, ManagerClientProxy};
 use crate::docker::{self, DockerClient};
 use crate::plan::{DEFAULT_TABLE, plan, validate_table_name};
-use crate::{logging, nft};
+use crate::{caps, logging, nft};
 
 const EXAMPLES: &str = "\
 Examples:
   trafficjam run                         run the daemon on /etc/trafficjam/*.toml
   trafficjam check --config-dir ./conf   validate a configuration, print its ruleset
-  trafficjam clear                       remove trafficjam's nftables tables
+  trafficjam reload                      make the running daemon re-read its configuration
+  trafficjam status                      what is isolated, whitelisted and dropped
+  trafficjam clear                       remove trafficjam's rules (enforcement pauses)
 
 Exit codes:
   0  success
@@ -50,11 +53,24 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
     },
-    /// Remove trafficjam's nftables tables from the kernel (isolation stops).
+    /// Ask the running daemon (over D-Bus) to re-read its configuration.
+    ///
+    /// Exits 1 with the daemon's error (FILE:LINE:COL: message) when the new configuration
+    /// is refused; the running rules then stay as they are.
+    Reload,
+    /// Show the daemon's state: one block per isolated network.
+    Status {
+        /// The daemon's JSON, as Status() returns it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove trafficjam's rules: through the daemon when it runs (enforcement pauses until
+    /// the next reload), directly from the kernel when it does not.
     Clear {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
-        /// Table name to remove, instead of the configured one.
+        /// Table name to remove directly from the kernel, instead of asking the daemon
+        /// or using the configured one.
         #[arg(long, value_name = "NAME")]
         table: Option<String>,
     },
@@ -65,8 +81,155 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config_dir } => run(&config_dir),
         Command::Check { config_dir } => check(&config_dir),
+        Command::Reload => reload(),
+        Command::Status { json } => status(json),
         Command::Clear { config_dir, table } => clear(&config_dir, table),
     }
+}
+
+/// A failed call to the daemon.
+#[derive(Debug)]
+enum CallError {
+    /// No system bus, or nobody owns `org.trafficjam1`: the daemon is not running.
+    Unreachable(String),
+    /// The daemon answered with an error.
+    Refused(String),
+}
+
+fn call_error(e: zbus::Error) -> CallError {
+    match e {
+        zbus::Error::MethodError(name, message, _) => {
+            let name = name.as_str();
+            if matches!(
+                name,
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ) {
+                return CallError::Unreachable(message.unwrap_or_default());
+            }
+            let short = name.trim_start_matches("org.trafficjam1.Error.");
+            CallError::Refused(format!("{} ({short})", message.unwrap_or_default()))
+        }
+        other => CallError::Refused(other.to_string()),
+    }
+}
+
+/// Runs `f` against the daemon's D-Bus object on the system bus.
+fn with_daemon<T>(
+    f: impl AsyncFnOnce(ManagerClientProxy<'static>) -> zbus::Result<T>,
+) -> Result<T, CallError> {
+    runtime().block_on(async {
+        let conn = zbus::Connection::system()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let proxy = ManagerClientProxy::new(&conn).await.map_err(call_error)?;
+        f(proxy).await.map_err(call_error)
+    })
+}
+
+const NOT_RUNNING: &str =
+    "the trafficjam daemon is not reachable on the system bus (is trafficjam.service running?)";
+
+fn reload() -> ExitCode {
+    match with_daemon(async |p| p.reload().await) {
+        Ok(()) => {
+            eprintln!("configuration reloaded");
+            ExitCode::SUCCESS
+        }
+        Err(CallError::Unreachable(e)) => {
+            eprintln!("{NOT_RUNNING}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(CallError::Refused(e)) => {
+            eprintln!("reload refused: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(json: bool) -> ExitCode {
+    match with_daemon(async |p| p.status().await) {
+        Ok(text) if json => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(text) => match serde_json::from_str::<Status>(&text) {
+            Ok(status) => {
+                print!("{}", render_status(&status));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot read the daemon's status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(CallError::Unreachable(e)) => {
+            eprintln!("{NOT_RUNNING}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(CallError::Refused(e)) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Human status, one block per network (in the manner of `wg show`).
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!("state: {}\n", s.state);
+    if let Some(reason) = &s.reason {
+        out.push_str(&format!("  reason: {reason}\n"));
+    }
+    out.push_str(&format!(
+        "  docker: {}\n  table: {}\n",
+        s.docker_host, s.table
+    ));
+    if let Some(a) = &s.last_apply {
+        out.push_str(&format!(
+            "  last apply: {} batch, {} messages, {:.1} ms (unix time {})\n",
+            a.kind, a.messages, a.duration_ms, a.at
+        ));
+    }
+    if let Some(e) = &s.last_error {
+        out.push_str(&format!("  last error: {e}\n"));
+    }
+    for n in &s.networks {
+        out.push_str(&format!("\nnetwork: {}\n", n.name));
+        let filtering = match n.stateful {
+            Some(true) => "stateful",
+            Some(false) => "stateless backstop only (load br_netfilter)",
+            None => "unknown",
+        };
+        out.push_str(&format!("  bridge: {} ({filtering})\n", n.bridge));
+        out.push_str(&format!("  subnets: {}\n", n.subnets.join(", ")));
+        out.push_str(&format!(
+            "  host traffic: {}\n",
+            if n.allow_host_traffic {
+                "allowed"
+            } else {
+                "blocked"
+            }
+        ));
+        out.push_str(&format!("  configured by: {}\n", n.source));
+        if n.whitelisted.is_empty() {
+            out.push_str("  whitelisted: (none)\n");
+        }
+        for c in &n.whitelisted {
+            out.push_str(&format!(
+                "  whitelisted: {} ({}) {}\n",
+                c.name,
+                &c.id[..c.id.len().min(12)],
+                c.addresses.join(", ")
+            ));
+        }
+        out.push_str(&format!("  dropped: {} packets\n", n.dropped_packets));
+    }
+    for w in &s.waiting {
+        out.push_str(&format!(
+            "\nnetwork: {w}\n  waiting: it does not exist (yet)\n"
+        ));
+    }
+    out
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -86,6 +249,11 @@ fn run(config_dir: &Path) -> ExitCode {
         }
     };
     logging::init(config.daemon.log_level.as_deref());
+    // Before any thread exists: capabilities are per thread, and threads inherit them.
+    if let Err(e) = caps::keep_net_admin_only() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config_dir = %config_dir.display(),
@@ -99,6 +267,19 @@ fn run(config_dir: &Path) -> ExitCode {
             eprintln!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
+        // Without a system bus the daemon still isolates; only D-Bus control is missing.
+        let _bus = match dbus::serve(daemon.sender(), daemon.status()).await {
+            Ok(conn) => {
+                tracing::info!("D-Bus: {} owned on the system bus", dbus::BUS_NAME);
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "D-Bus control unavailable ({e}): isolating anyway; reload with SIGHUP, clear with SIGUSR1"
+                );
+                None
+            }
+        };
         daemon.run().await;
         ExitCode::SUCCESS
     })
@@ -164,6 +345,21 @@ fn check(config_dir: &Path) -> ExitCode {
 }
 
 fn clear(config_dir: &Path, table: Option<String>) -> ExitCode {
+    if table.is_none() {
+        match with_daemon(async |p| p.clear().await) {
+            Ok(()) => {
+                eprintln!(
+                    "the daemon removed its rules: no isolation until `trafficjam reload` (or systemctl reload trafficjam)"
+                );
+                return ExitCode::SUCCESS;
+            }
+            Err(CallError::Unreachable(_)) => {} // no daemon: straight to the kernel
+            Err(CallError::Refused(e)) => {
+                eprintln!("clear refused: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let table = match table {
         Some(t) => t,
         // Clearing must work even with a broken configuration: fall back to the default.

@@ -10,14 +10,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, PolicySource};
 use crate::docker::{self, DockerClient, Snapshot};
-use crate::nft::{self, ApplyKind, Nft};
-use crate::plan::plan;
+use crate::nft::{self, ApplyKind, ApplyReport, InstalledRuleset, Nft};
+use crate::notify;
+use crate::plan::{Family, plan};
 
 /// Reconnection backoff when Docker is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -39,10 +41,12 @@ pub enum Msg {
     Resync,
     Reload(Option<Reply>),
     Clear(Option<Reply>),
+    /// Time to tell systemd's watchdog the loop is alive.
+    Watchdog,
     Shutdown,
 }
 
-/// Where the daemon stands, for logs and (later) status.
+/// Where the daemon stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     Starting,
@@ -51,6 +55,111 @@ pub enum State {
     Cleared,
     /// Rules kept as they were; something is wrong.
     Degraded(String),
+}
+
+/// What `Status()` answers (JSON), published by the loop after every change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// `starting`, `active`, `cleared` or `degraded`.
+    pub state: String,
+    /// Why the state is not `active`.
+    pub reason: Option<String>,
+    pub docker_host: String,
+    pub table: String,
+    pub networks: Vec<NetworkStatus>,
+    /// Configured networks that do not exist (yet).
+    pub waiting: Vec<String>,
+    pub last_apply: Option<ApplyStatus>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub bridge: String,
+    pub subnets: Vec<String>,
+    pub allow_host_traffic: bool,
+    /// `labels`, or the file of its `[network.NAME]` section.
+    pub source: String,
+    /// Whether br_netfilter gives the bridge stateful filtering (None before an apply).
+    pub stateful: Option<bool>,
+    pub whitelisted: Vec<ContainerStatus>,
+    /// Packets dropped by this network's rules (read from the kernel's counters).
+    pub dropped_packets: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApplyStatus {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// `full` or `elements`.
+    pub kind: String,
+    pub messages: usize,
+    pub duration_ms: f64,
+}
+
+impl Status {
+    pub fn network_names(&self) -> Vec<String> {
+        self.networks.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Fills `dropped_packets` from our tables' counters.
+    pub fn add_drop_counters(&mut self, installed: &InstalledRuleset) {
+        for net in &mut self.networks {
+            let chains = [
+                (Family::Inet, format!("fwd_{}", net.name)),
+                (Family::Inet, format!("host_{}", net.name)),
+                (Family::Bridge, format!("iso_{}", net.name)),
+            ];
+            net.dropped_packets = chains
+                .iter()
+                .filter_map(|(family, chain)| {
+                    installed.tables.get(family)?.dropped_per_chain.get(chain)
+                })
+                .sum();
+        }
+    }
+
+    /// The one-line summary systemd shows (STATUS=).
+    pub fn summary(&self) -> String {
+        match self.state.as_str() {
+            "active" => {
+                let containers: usize = self.networks.iter().map(|n| n.whitelisted.len()).sum();
+                let stateless: Vec<&str> = self
+                    .networks
+                    .iter()
+                    .filter(|n| n.stateful == Some(false))
+                    .map(|n| n.bridge.as_str())
+                    .collect();
+                let mut line = format!(
+                    "{} network{} isolated, {containers} whitelisted container{}",
+                    self.networks.len(),
+                    if self.networks.len() == 1 { "" } else { "s" },
+                    if containers == 1 { "" } else { "s" },
+                );
+                if !stateless.is_empty() {
+                    line.push_str(&format!(
+                        "; stateless only on {} (load br_netfilter)",
+                        stateless.join(", ")
+                    ));
+                }
+                line
+            }
+            "cleared" => "rules cleared: run systemctl reload trafficjam to re-apply".into(),
+            "starting" => "starting".into(),
+            _ => format!(
+                "{}; the rules in force are kept",
+                self.reason.as_deref().unwrap_or("degraded")
+            ),
+        }
+    }
 }
 
 pub struct Daemon {
@@ -66,6 +175,13 @@ pub struct Daemon {
     warned: BTreeSet<(String, String)>,
     waiting_logged: BTreeSet<String>,
     docker_lost_logged: bool,
+    status_tx: watch::Sender<Status>,
+    /// READY=1 goes out once, after the first reconcile was attempted.
+    ready_sent: bool,
+    last_snapshot: Option<Snapshot>,
+    last_report: Option<ApplyReport>,
+    last_apply: Option<ApplyStatus>,
+    last_error: Option<String>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -138,6 +254,103 @@ impl Daemon {
             warned: BTreeSet::new(),
             waiting_logged: BTreeSet::new(),
             docker_lost_logged: false,
+            status_tx: watch::Sender::new(Status::default()),
+            ready_sent: false,
+            last_snapshot: None,
+            last_report: None,
+            last_apply: None,
+            last_error: None,
+        }
+    }
+
+    /// The published status, for D-Bus.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status_tx.subscribe()
+    }
+
+    fn build_status(&self) -> Status {
+        let (state, reason) = match &self.state {
+            State::Starting => ("starting", None),
+            State::Active => ("active", None),
+            State::Cleared => ("cleared", Some("cleared on request".to_owned())),
+            State::Degraded(why) => ("degraded", Some(why.clone())),
+        };
+        let stateful = |bridge: &str| {
+            self.last_report
+                .as_ref()?
+                .bridges
+                .iter()
+                .find(|b| b.bridge == bridge)
+                .map(|b| b.stateful)
+        };
+        let networks = if self.state == State::Cleared {
+            Vec::new()
+        } else {
+            self.last_snapshot
+                .iter()
+                .flat_map(|s| &s.networks)
+                .map(|n| NetworkStatus {
+                    name: n.name.clone(),
+                    bridge: n.bridge.clone(),
+                    subnets: n.subnets.iter().map(|s| s.to_string()).collect(),
+                    allow_host_traffic: n.policy.allow_host_traffic,
+                    source: match &n.source {
+                        PolicySource::Labels => "labels".into(),
+                        PolicySource::File(f) => f.display().to_string(),
+                    },
+                    stateful: stateful(&n.bridge),
+                    whitelisted: n
+                        .whitelisted
+                        .iter()
+                        .map(|e| ContainerStatus {
+                            id: e.container_id.clone(),
+                            name: e.container_name.clone(),
+                            addresses: e.addrs.iter().map(|a| a.to_string()).collect(),
+                        })
+                        .collect(),
+                    dropped_packets: 0,
+                })
+                .collect()
+        };
+        Status {
+            state: state.into(),
+            reason,
+            docker_host: self.config.daemon.docker_host(),
+            table: self.config.daemon.table.clone(),
+            networks,
+            waiting: self
+                .last_snapshot
+                .as_ref()
+                .map(|s| s.waiting.clone())
+                .unwrap_or_default(),
+            last_apply: self.last_apply.clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Publishes the status (D-Bus, systemd's STATUS=) when it changed.
+    fn publish(&mut self) {
+        let status = self.build_status();
+        let summary = status.summary();
+        let changed = self.status_tx.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+        if changed {
+            notify::status(&summary);
+        }
+    }
+
+    /// READY=1 after the first reconcile attempt (whatever its outcome).
+    fn first_reconcile_attempted(&mut self) {
+        self.publish();
+        if !self.ready_sent {
+            self.ready_sent = true;
+            notify::ready(&self.status_tx.borrow().summary());
         }
     }
 
@@ -166,6 +379,9 @@ impl Daemon {
         let tx = self.tx.clone();
         let interval = self.config.daemon.resync_interval;
         let mut resync = tokio::spawn(resync_timer(interval, tx.clone()));
+        let watchdog = notify::watchdog_period()
+            .map(|period| tokio::spawn(watchdog_timer(period, tx.clone())));
+        self.publish();
         while let Some(msg) = self.rx.recv().await {
             match msg {
                 Msg::Shutdown => break,
@@ -175,6 +391,7 @@ impl Daemon {
                     self.docker = Some(client);
                     self.docker_lost_logged = false;
                     self.pass(true, None).await;
+                    self.first_reconcile_attempted();
                 }
                 Msg::DockerLost(reason) => {
                     self.docker = None;
@@ -186,8 +403,12 @@ impl Daemon {
                         self.docker_lost_logged = true;
                     }
                     if self.state != State::Cleared {
-                        self.state = State::Degraded(format!("waiting for Docker: {reason}"));
+                        self.state = State::Degraded(format!(
+                            "waiting for Docker at {}",
+                            self.config.daemon.docker_host()
+                        ));
                     }
+                    self.first_reconcile_attempted();
                 }
                 Msg::Changed(first) => {
                     // Coalesce: every event already queued is covered by this one pass.
@@ -205,14 +426,22 @@ impl Daemon {
                         }
                     }
                     self.pass(false, earliest).await;
+                    self.publish();
                     for m in deferred {
                         // Re-queue in order; the loop handles them next.
                         let _ = self.tx.send(m);
                     }
                 }
-                Msg::Resync => self.pass(true, None).await,
+                Msg::Resync => {
+                    self.pass(true, None).await;
+                    self.publish();
+                }
+                Msg::Watchdog => notify::watchdog(),
                 Msg::Reload(reply) => {
+                    notify::reloading();
                     let result = self.reload().await;
+                    self.publish();
+                    notify::ready(&self.status_tx.borrow().summary());
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
@@ -226,13 +455,18 @@ impl Daemon {
                 }
                 Msg::Clear(reply) => {
                     let result = self.clear();
+                    self.publish();
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
                 }
             }
         }
+        notify::stopping();
         resync.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         if let Some(w) = self.watcher.take() {
             w.abort();
         }
@@ -318,6 +552,7 @@ impl Daemon {
             Err(e) => {
                 warn!("cannot read Docker ({e}); the rules in force stay as they are");
                 self.state = State::Degraded(e.to_string());
+                self.last_error = Some(e.to_string());
                 return;
             }
         };
@@ -328,6 +563,7 @@ impl Daemon {
             Err(e) => {
                 error!("cannot plan the ruleset ({e}); the rules in force stay as they are");
                 self.state = State::Degraded(e.to_string());
+                self.last_error = Some(e.to_string());
                 return;
             }
         };
@@ -347,9 +583,24 @@ impl Daemon {
         match self.nft.apply(ruleset) {
             Ok(report) => {
                 self.state = State::Active;
-                if report.kind == ApplyKind::Unchanged {
+                let kind = report.kind.clone();
+                let messages = report.messages;
+                self.last_report = Some(report.clone());
+                self.last_snapshot = Some(snapshot.clone());
+                if kind == ApplyKind::Unchanged {
                     return;
                 }
+                self.last_apply = Some(ApplyStatus {
+                    at: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    kind: match kind {
+                        ApplyKind::Full => "full".into(),
+                        _ => "elements".into(),
+                    },
+                    messages,
+                    duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                });
                 let latency = event_time
                     .map(|t| format!(", {:.1} ms after the event", (now_nanos() - t) as f64 / 1e6))
                     .unwrap_or_default();
@@ -389,7 +640,18 @@ impl Daemon {
             Err(e) => {
                 error!("the kernel refused the ruleset ({e}); the previous rules stay in force");
                 self.state = State::Degraded(e.to_string());
+                self.last_error = Some(e.to_string());
             }
+        }
+    }
+}
+
+async fn watchdog_timer(period: Duration, tx: mpsc::UnboundedSender<Msg>) {
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        if tx.send(Msg::Watchdog).is_err() {
+            return;
         }
     }
 }

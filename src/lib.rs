@@ -5,10 +5,13 @@
 //! managed networks go through [`plan`] (pure) into a [`plan::Ruleset`], which [`nft`]
 //! applies to the kernel in one netlink batch.
 
+pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod docker;
 pub mod logging;
 pub mod nft;
+pub mod notify;
 pub mod plan;

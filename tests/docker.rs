@@ -265,6 +265,10 @@ fn a_deleted_table_is_restored_and_a_stopped_daemon_leaves_its_rules() {
     // `trafficjam clear` (no daemon): straight to the kernel.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
         .args(["clear", "--config-dir"])
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/nonexistent/trafficjam-test-bus",
+        )
         .arg(&lab.config_dir)
         .output()
         .unwrap();

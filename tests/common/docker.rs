@@ -115,6 +115,8 @@ pub struct DockerLab {
     networks: Vec<String>,
     containers: Vec<String>,
     daemon: Option<Child>,
+    /// Environment for the daemon, on top of the test's (set before start_daemon).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl DockerLab {
@@ -131,6 +133,11 @@ impl DockerLab {
             networks: Vec::new(),
             containers: Vec::new(),
             daemon: None,
+            // Never a real system bus unless a test brings its own.
+            daemon_env: vec![(
+                "DBUS_SYSTEM_BUS_ADDRESS".into(),
+                "unix:path=/nonexistent/trafficjam-test-bus".into(),
+            )],
         }
     }
 
@@ -226,6 +233,7 @@ impl DockerLab {
             .args(["run", "--config-dir"])
             .arg(&self.config_dir)
             .env("RUST_LOG", "debug")
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,186 @@
+//! D-Bus control on the system bus: `org.trafficjam1` at `/org/trafficjam1`, interface
+//! `org.trafficjam1.Manager`. The methods are thin shims that send a message to the daemon
+//! loop and wait for its answer; mutations are for root only (checked here as well as by
+//! the bus policy); Status is read-only.
+
+use tokio::sync::{mpsc, oneshot, watch};
+use zbus::message::Header;
+use zbus::names::BusName;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, interface};
+
+use crate::daemon::{Msg, Status};
+use crate::nft;
+
+pub const BUS_NAME: &str = "org.trafficjam1";
+pub const OBJECT_PATH: &str = "/org/trafficjam1";
+pub const INTERFACE: &str = "org.trafficjam1.Manager";
+
+/// Errors returned over D-Bus, named `org.trafficjam1.Error.*`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.trafficjam1.Error")]
+pub enum Error {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The new configuration was refused; the message is `FILE:LINE:COL: what is wrong`.
+    ConfigRejected(String),
+    /// Only root may change what trafficjam enforces.
+    AccessDenied(String),
+    /// The operation failed (the message says why); nothing changed.
+    Failed(String),
+}
+
+impl From<zbus::fdo::Error> for Error {
+    fn from(e: zbus::fdo::Error) -> Self {
+        Error::ZBus(zbus::Error::FDO(Box::new(e)))
+    }
+}
+
+/// The object served at `/org/trafficjam1`.
+#[derive(Debug)]
+pub struct Manager {
+    tx: mpsc::UnboundedSender<Msg>,
+    status: watch::Receiver<Status>,
+}
+
+async fn require_root(conn: &Connection, header: &Header<'_>) -> Result<(), Error> {
+    let sender = header
+        .sender()
+        .ok_or_else(|| Error::AccessDenied("the call has no sender".into()))?;
+    let bus = zbus::fdo::DBusProxy::new(conn).await?;
+    let uid = bus
+        .get_connection_unix_user(BusName::from(sender.to_owned()))
+        .await?;
+    if uid != 0 {
+        return Err(Error::AccessDenied(format!(
+            "uid {uid} may not change trafficjam's rules: only root may"
+        )));
+    }
+    Ok(())
+}
+
+impl Manager {
+    async fn ask(&self, make: impl FnOnce(crate::daemon::Reply) -> Msg) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| "the daemon is stopping".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the daemon is stopping".to_owned())?
+    }
+}
+
+#[interface(name = "org.trafficjam1.Manager")]
+impl Manager {
+    /// Re-reads the configuration and re-applies. A refused configuration changes nothing.
+    async fn reload(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        require_root(conn, &header).await?;
+        self.ask(|r| Msg::Reload(Some(r)))
+            .await
+            .map_err(Error::ConfigRejected)
+    }
+
+    /// Removes every rule of ours; enforcement pauses until the next Reload or restart.
+    async fn clear(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        require_root(conn, &header).await?;
+        self.ask(|r| Msg::Clear(Some(r)))
+            .await
+            .map_err(Error::Failed)
+    }
+
+    /// The daemon's state as JSON (see README), with current drop counters.
+    async fn status(&self) -> Result<String, Error> {
+        let mut status = self.status.borrow().clone();
+        // Counters are read now, from the kernel; a failure leaves them at 0.
+        let table = status.table.clone();
+        if let Ok(Ok(installed)) =
+            tokio::task::spawn_blocking(move || nft::read_installed(&table)).await
+        {
+            status.add_drop_counters(&installed);
+        }
+        serde_json::to_string(&status).map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    /// `active`, `cleared`, `degraded` or `starting`.
+    #[zbus(property)]
+    async fn state(&self) -> String {
+        self.status.borrow().state.clone()
+    }
+
+    /// Names of the isolated networks.
+    #[zbus(property)]
+    async fn networks(&self) -> Vec<String> {
+        self.status
+            .borrow()
+            .networks
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    }
+}
+
+/// Serves the Manager on the system bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured) and owns
+/// the name; the object is served before the name is taken. Emits PropertiesChanged when
+/// the state or the network list changes.
+pub async fn serve(
+    tx: mpsc::UnboundedSender<Msg>,
+    status: watch::Receiver<Status>,
+) -> zbus::Result<Connection> {
+    let manager = Manager {
+        tx,
+        status: status.clone(),
+    };
+    let conn = zbus::connection::Builder::system()
+        .serve_at(OBJECT_PATH, manager)
+        .name(BUS_NAME)
+        .build()
+        .await?;
+    let iface = conn
+        .object_server()
+        .interface::<_, Manager>(OBJECT_PATH)
+        .await?;
+    let mut changes = status;
+    tokio::spawn(async move {
+        let mut last = {
+            let s = changes.borrow();
+            (s.state.clone(), s.network_names())
+        };
+        while changes.changed().await.is_ok() {
+            let now = {
+                let s = changes.borrow();
+                (s.state.clone(), s.network_names())
+            };
+            let emitter: &SignalEmitter<'_> = iface.signal_emitter();
+            let manager = iface.get().await;
+            if now.0 != last.0 {
+                let _ = manager.state_changed(emitter).await;
+            }
+            if now.1 != last.1 {
+                let _ = manager.networks_changed(emitter).await;
+            }
+            last = now;
+        }
+    });
+    Ok(conn)
+}
+
+/// The client side, for the CLI.
+#[zbus::proxy(
+    interface = "org.trafficjam1.Manager",
+    default_service = "org.trafficjam1",
+    default_path = "/org/trafficjam1"
+)]
+pub trait ManagerClient {
+    fn reload(&self) -> zbus::Result<()>;
+    fn clear(&self) -> zbus::Result<()>;
+    fn status(&self) -> zbus::Result<String>;
+}
