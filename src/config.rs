@@ -117,6 +117,8 @@ pub struct DaemonConfig {
     pub resync_interval: Duration,
     pub table: String,
     pub log_level: Option<String>,
+    /// Whether networks opt in with `trafficjam.*` labels (else TOML sections only).
+    pub label_opt_in: bool,
 }
 
 impl Default for DaemonConfig {
@@ -126,6 +128,7 @@ impl Default for DaemonConfig {
             resync_interval: DEFAULT_RESYNC_INTERVAL,
             table: DEFAULT_TABLE.to_owned(),
             log_level: None,
+            label_opt_in: true,
         }
     }
 }
@@ -233,6 +236,7 @@ struct RawDaemon {
     resync_interval: Option<Spanned<String>>,
     table: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
+    label_opt_in: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,14 +264,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
         let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number * 60),
-            "h" => Duration::from_secs(number * 3600),
+        let millis_per_unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
             _ => return Err(bad()),
         };
-        total += part;
+        // At most a year: anything longer is a typo, and must not overflow.
+        total = number
+            .checked_mul(millis_per_unit)
+            .map(Duration::from_millis)
+            .and_then(|part| total.checked_add(part))
+            .filter(|t| *t <= Duration::from_secs(366 * 24 * 3600))
+            .ok_or_else(|| format!("{text:?} is longer than a year"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -356,6 +366,10 @@ impl Config {
                         .map_err(|e| ConfigError::at(file, text, table.span(), e.to_string()))?;
                     config.daemon.table = table.into_inner();
                 }
+                if let Some(labels) = d.label_opt_in {
+                    claim("label_opt_in", labels.span())?;
+                    config.daemon.label_opt_in = labels.into_inner();
+                }
                 if let Some(level) = d.log_level {
                     claim("log_level", level.span())?;
                     if !LOG_LEVELS.contains(&level.get_ref().as_str()) {
@@ -441,6 +455,9 @@ impl Config {
     ) -> Option<(NetworkPolicy, PolicySource, Vec<String>)> {
         if let Some((policy, source)) = self.networks.get(name) {
             return Some((policy.clone(), source.clone(), Vec::new()));
+        }
+        if !self.daemon.label_opt_in {
+            return None;
         }
         let mut keys: Vec<&String> = labels
             .keys()
@@ -561,7 +578,7 @@ whitelist = "name=proxy"
     fn errors_name_file_line_and_column() {
         assert_eq!(
             error(&[("a.toml", "[daemon]\ntable = \"x\"\nbogus = 1\n")]),
-            "/etc/trafficjam/a.toml:3:1: unknown field `bogus`, expected one of `docker_host`, `resync_interval`, `table`, `log_level`"
+            "/etc/trafficjam/a.toml:3:1: unknown field `bogus`, expected one of `docker_host`, `resync_interval`, `table`, `log_level`, `label_opt_in`"
         );
         let e = error(&[("a.toml", "[network.n]\nwhitelist = 5\n")]);
         assert!(
@@ -697,6 +714,8 @@ whitelist = "name=proxy"
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1s18446744073709551615s").is_err());
+        assert!(parse_duration("99999999h").is_err());
     }
 
     fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -734,6 +753,15 @@ whitelist = "name=proxy"
             c.policy_for("plain", &labels(&[("com.example", "x")]))
                 .is_none()
         );
+
+        // With label_opt_in = false only sections count.
+        let c = parse(&[(
+            "a.toml",
+            "[daemon]\nlabel_opt_in = false\n[network.web]\nwhitelist = \"name=proxy\"\n",
+        )])
+        .unwrap();
+        assert!(c.policy_for("api", &l).is_none());
+        assert!(c.policy_for("web", &l).is_some());
     }
 
     #[test]

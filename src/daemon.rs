@@ -176,6 +176,8 @@ pub struct Daemon {
     waiting_logged: BTreeSet<String>,
     docker_lost_logged: bool,
     status_tx: watch::Sender<Status>,
+    /// A table name a reload replaced: removed after the first apply under the new name.
+    retired_table: Option<String>,
     /// READY=1 goes out once, after the first reconcile was attempted.
     ready_sent: bool,
     last_snapshot: Option<Snapshot>,
@@ -212,10 +214,12 @@ async fn watch_docker(host: String, tx: mpsc::UnboundedSender<Msg>) {
                 if tx.send(Msg::DockerConnected(client)).is_err() {
                     return;
                 }
-                backoff = BACKOFF_MIN;
+                let connected = Instant::now();
                 let reason = loop {
                     match events.next().await {
                         Some(Ok(event)) => {
+                            // The stream works: the next loss starts the backoff afresh.
+                            backoff = BACKOFF_MIN;
                             if tx.send(Msg::Changed(event.time_nano)).is_err() {
                                 return;
                             }
@@ -224,6 +228,9 @@ async fn watch_docker(host: String, tx: mpsc::UnboundedSender<Msg>) {
                         None => break "the event stream ended".to_owned(),
                     }
                 };
+                if connected.elapsed() > BACKOFF_MAX {
+                    backoff = BACKOFF_MIN;
+                }
                 if tx.send(Msg::DockerLost(reason)).is_err() {
                     return;
                 }
@@ -255,6 +262,7 @@ impl Daemon {
             waiting_logged: BTreeSet::new(),
             docker_lost_logged: false,
             status_tx: watch::Sender::new(Status::default()),
+            retired_table: None,
             ready_sent: false,
             last_snapshot: None,
             last_report: None,
@@ -377,12 +385,21 @@ impl Daemon {
     pub async fn run(mut self) {
         self.start_watcher();
         let tx = self.tx.clone();
-        let interval = self.config.daemon.resync_interval;
+        let mut interval = self.config.daemon.resync_interval;
         let mut resync = tokio::spawn(resync_timer(interval, tx.clone()));
         let watchdog = notify::watchdog_period()
             .map(|period| tokio::spawn(watchdog_timer(period, tx.clone())));
         self.publish();
-        while let Some(msg) = self.rx.recv().await {
+        // Messages taken out of the channel while coalescing events; served first.
+        let mut pending = std::collections::VecDeque::new();
+        loop {
+            let msg = match pending.pop_front() {
+                Some(m) => m,
+                None => match self.rx.recv().await {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
             match msg {
                 Msg::Shutdown => break,
                 Msg::DockerConnected(client) => {
@@ -411,9 +428,9 @@ impl Daemon {
                     self.first_reconcile_attempted();
                 }
                 Msg::Changed(first) => {
-                    // Coalesce: every event already queued is covered by this one pass.
+                    // Coalesce: every event already queued is covered by this one pass; other
+                    // messages keep their order, ahead of anything newer.
                     let mut earliest = first;
-                    let mut deferred = Vec::new();
                     while let Ok(next) = self.rx.try_recv() {
                         match next {
                             Msg::Changed(t) => {
@@ -422,15 +439,11 @@ impl Daemon {
                                     (a, b) => a.or(b),
                                 }
                             }
-                            other => deferred.push(other),
+                            other => pending.push_back(other),
                         }
                     }
                     self.pass(false, earliest).await;
                     self.publish();
-                    for m in deferred {
-                        // Re-queue in order; the loop handles them next.
-                        let _ = self.tx.send(m);
-                    }
                 }
                 Msg::Resync => {
                     self.pass(true, None).await;
@@ -446,11 +459,9 @@ impl Daemon {
                         let _ = reply.send(result);
                     }
                     if self.config.daemon.resync_interval != interval {
+                        interval = self.config.daemon.resync_interval;
                         resync.abort();
-                        resync = tokio::spawn(resync_timer(
-                            self.config.daemon.resync_interval,
-                            tx.clone(),
-                        ));
+                        resync = tokio::spawn(resync_timer(interval, tx.clone()));
                     }
                 }
                 Msg::Clear(reply) => {
@@ -484,6 +495,10 @@ impl Daemon {
         };
         let old_table = self.config.daemon.table.clone();
         let host_changed = new.daemon.docker_host() != self.config.daemon.docker_host();
+        if new.daemon.table != old_table {
+            // Removed once the new table is in force, never before (see pass).
+            self.retired_table = Some(old_table);
+        }
         self.config = new;
         self.warned.clear();
         self.waiting_logged.clear();
@@ -498,12 +513,6 @@ impl Daemon {
         }
         self.nft.forget();
         self.pass(true, None).await;
-        if self.config.daemon.table != old_table {
-            // The new table is in force (or nothing is): the old one can go.
-            if let Err(e) = nft::clear(&old_table) {
-                warn!("could not remove the previous table {old_table}: {e}");
-            }
-        }
         Ok(())
     }
 
@@ -557,7 +566,13 @@ impl Daemon {
             }
         };
         self.log_snapshot_news(&snapshot);
-        let networks = docker::managed_networks(&snapshot);
+        let (networks, rejected) =
+            crate::plan::retain_plannable(docker::managed_networks(&snapshot));
+        for e in rejected {
+            if self.warned.insert((String::new(), e.to_string())) {
+                error!("{e}: that network is not isolated");
+            }
+        }
         let ruleset = match plan(&self.config.daemon.table, &networks) {
             Ok(r) => r,
             Err(e) => {
@@ -583,6 +598,13 @@ impl Daemon {
         match self.nft.apply(ruleset) {
             Ok(report) => {
                 self.state = State::Active;
+                if let Some(old) = self.retired_table.take() {
+                    // The new table is committed: the old one can go.
+                    match nft::clear(&old) {
+                        Ok(()) => info!("removed the previous table {old}"),
+                        Err(e) => warn!("could not remove the previous table {old}: {e}"),
+                    }
+                }
                 let kind = report.kind.clone();
                 let messages = report.messages;
                 self.last_report = Some(report.clone());

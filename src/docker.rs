@@ -162,16 +162,8 @@ impl DockerClient {
                 ));
                 continue;
             }
-            // The list does not carry the attached containers: inspect the network.
-            let inspect = match self.docker.inspect_network(&id, None).await {
-                Ok(i) => i,
-                // Removed between the list and the inspect: the destroy event follows.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => continue,
-                Err(e) => return Err(Self::request_err("inspect network")(e)),
-            };
-            let subnets = inspect
+            // The list carries IPAM and options: no inspect needed.
+            let subnets = net
                 .ipam
                 .and_then(|i| i.config)
                 .unwrap_or_default()
@@ -188,7 +180,7 @@ impl DockerClient {
                 })
                 .collect();
             let whitelisted = self.whitelisted_on(&policy.whitelist, &id).await?;
-            let options = inspect.options.unwrap_or_default();
+            let options = net.options.clone().unwrap_or_default();
             snapshot.networks.push(NetworkSnapshot {
                 bridge: bridge_name(&id, &options),
                 name,
@@ -285,6 +277,9 @@ impl DockerClient {
                     "die",
                     "destroy",
                     "rename",
+                    "pause",
+                    "unpause",
+                    "health_status",
                     "connect",
                     "disconnect",
                     "create",

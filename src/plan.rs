@@ -162,6 +162,9 @@ pub enum Match {
     TcpSyn,
     /// `icmp type echo-request` / `icmpv6 type echo-request`
     EchoRequest(IpVersion),
+    /// `ip frag-off & 0x3fff != 0`: an IPv4 fragment, whose transport header cannot be
+    /// read (so the TCP and ICMP matches above cannot judge it).
+    Ipv4Fragment,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,7 +475,9 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             wl(Dir::Src, IpVersion::V6),
             neighbour_discovery(),
             // Without conntrack, a non-whitelisted source may still answer a whitelisted
-            // peer, but never open TCP or ping, whoever the destination.
+            // peer, but never open TCP or ping, whoever the destination; nor send IPv4
+            // fragments, which could hide a SYN.
+            Rule::counted(vec![Match::Ipv4Fragment], Verdict::Drop),
             Rule::counted(vec![Match::TcpSyn], Verdict::Drop),
             Rule::counted(vec![Match::EchoRequest(IpVersion::V4)], Verdict::Drop),
             Rule::counted(vec![Match::EchoRequest(IpVersion::V6)], Verdict::Drop),
@@ -495,6 +500,30 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         sets,
         chains: all_chains,
     }
+}
+
+/// Splits networks into those `plan` accepts and the errors of the others, so that one
+/// odd network (a name Docker allows but nftables cannot carry, two networks of one name)
+/// does not stop the isolation of all the rest. The first of a name or a bridge wins.
+pub fn retain_plannable(networks: Vec<ManagedNetwork>) -> (Vec<ManagedNetwork>, Vec<PlanError>) {
+    let mut kept: Vec<ManagedNetwork> = Vec::new();
+    let mut rejected = Vec::new();
+    for net in networks {
+        if let Err(e) = validate_network(&net) {
+            rejected.push(e);
+        } else if kept.iter().any(|k| k.name == net.name) {
+            rejected.push(PlanError::DuplicateNetwork(net.name));
+        } else if let Some(k) = kept.iter().find(|k| k.bridge == net.bridge) {
+            rejected.push(PlanError::SharedBridge {
+                first: k.name.clone(),
+                second: net.name,
+                bridge: net.bridge,
+            });
+        } else {
+            kept.push(net);
+        }
+    }
+    (kept, rejected)
 }
 
 /// Turns the managed networks into the ruleset that isolates them.
@@ -569,6 +598,7 @@ impl fmt::Display for Match {
             Match::TcpSyn => f.write_str("tcp flags & (fin | syn | rst | ack) == syn"),
             Match::EchoRequest(IpVersion::V4) => f.write_str("icmp type echo-request"),
             Match::EchoRequest(IpVersion::V6) => f.write_str("icmpv6 type echo-request"),
+            Match::Ipv4Fragment => f.write_str("ip frag-off & 0x3fff != 0"),
         }
     }
 }
@@ -797,6 +827,7 @@ mod tests {
                 "ip saddr @wl4_public return",
                 "ip6 saddr @wl6_public return",
                 "icmpv6 type 133-136 return",
+                "ip frag-off & 0x3fff != 0 counter drop",
                 "tcp flags & (fin | syn | rst | ack) == syn counter drop",
                 "icmp type echo-request counter drop",
                 "icmpv6 type echo-request counter drop",
@@ -877,6 +908,21 @@ mod tests {
             plan("bad name", &[]),
             Err(PlanError::BadTableName(_))
         ));
+    }
+
+    #[test]
+    fn odd_networks_are_set_aside_not_fatal() {
+        let (kept, rejected) = retain_plannable(vec![
+            net("a", "br0", &[], &[]),
+            net("-bad", "br1", &[], &[]),
+            net("a", "br2", &[], &[]),
+            net("b", "br0", &[], &[]),
+            net("c", "br3", &[], &[]),
+        ]);
+        let names: Vec<&str> = kept.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(plan(DEFAULT_TABLE, &kept).is_ok());
     }
 
     #[test]

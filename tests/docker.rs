@@ -88,7 +88,7 @@ fn public_network_is_isolated_private_is_not() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut s = Public::new(&[]);
     s.lab.write_config(&s.config(false));
     s.lab.start_daemon();
@@ -129,7 +129,7 @@ fn dual_stack_network_is_isolated_over_ipv6_too() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let subnet = format!("fd00:7a:{:x}::/64", std::process::id() & 0xffff);
     let mut s = Public::new(&["--ipv6", "--subnet", &subnet]);
     s.lab.write_config(&s.config(false));
@@ -149,7 +149,7 @@ fn whitelist_follows_containers_and_not_addresses() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let subnet_octet = 100 + (std::process::id() % 100);
     let subnet = format!("10.{subnet_octet}.0.0/24");
@@ -197,8 +197,9 @@ fn label_managed_network_needs_no_toml() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut lab = DockerLab::new();
+    lab.label_opt_in = true;
     let proxy_name = lab.name("proxy");
     let label = format!("trafficjam.whitelist=name={proxy_name}");
     let net = lab.network("labelled", &["--label", &label]);
@@ -225,14 +226,13 @@ fn a_deleted_table_is_restored_and_a_stopped_daemon_leaves_its_rules() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let net = lab.network("net", &[]);
+    let proxy = lab.container("proxy", &net, &[]);
     let a = lab.container("a", &net, &[]);
     let b = lab.container("b", &net, &[]);
-    lab.write_config(&format!(
-        "[network.{net}]\nwhitelist = \"name=nobody-at-all\"\n"
-    ));
+    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
     std::fs::write(
         lab.config_dir.join("timer.toml"),
         "[daemon]\nresync_interval = \"1s\"\n",
@@ -250,17 +250,17 @@ fn a_deleted_table_is_restored_and_a_stopped_daemon_leaves_its_rules() {
     lab.wait_for_log("no longer holds our ruleset", 1, Duration::from_secs(10));
     assert!(lab.table_present(), "the table was not restored");
     let ip_b = lab.ip4(&b, &net);
-    assert_probes("restored", &[Probe::tcp(&a, &ip_b, false)], &lab);
+    let restored = [
+        Probe::tcp(&a, &ip_b, false),
+        Probe::tcp(&proxy, &ip_b, true),
+    ];
+    assert_probes("restored", &restored, &lab);
 
     // SIGTERM: a clean exit that leaves the rules in force.
     let status = lab.stop_daemon();
     assert!(status.success(), "{status}");
     assert!(lab.table_present(), "the rules went with the daemon");
-    assert_probes(
-        "after the daemon stopped",
-        &[Probe::tcp(&a, &ip_b, false)],
-        &lab,
-    );
+    assert_probes("after the daemon stopped", &restored, &lab);
 
     // `trafficjam clear` (no daemon): straight to the kernel.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
@@ -286,7 +286,7 @@ fn check_prints_the_ruleset_or_the_error() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let net = lab.network("net", &[]);
     let proxy = lab.container("proxy", &net, &[]);
@@ -369,22 +369,34 @@ fn docker_restart_keeps_rules_and_reconnects() {
         eprintln!("SKIPPED: no restartable engine");
         return;
     };
-    let _engine = ENGINE.write().unwrap_or_else(|e| e.into_inner());
+    let _engine = engine_exclusive();
     let mut lab = DockerLab::new();
     let net = lab.network("net", &[]);
-    let a = lab.container("a", &net, &["--restart", "always"]);
-    let b = lab.container("b", &net, &["--restart", "always"]);
+    let early = lab.container("early", &net, &[]);
+    let a = lab.container("a", &net, &[]);
+    let b = lab.container("b", &net, &[]);
     let proxy_name = lab.name("proxy");
     lab.write_config(&format!(
-        "[network.{net}]\nwhitelist = \"name={proxy_name}\"\n"
+        "[network.{net}]\nwhitelist = [\"name={early}\", \"name={proxy_name}\"]\n"
     ));
     lab.start_daemon();
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
     let ip_b = lab.ip4(&b, &net);
-    let pid_a = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &a]);
+    let pid = |c: &str| docker_ok(&["inspect", "-f", "{{.State.Pid}}", c]);
+    let (pid_a, pid_early) = (pid(&a), pid(&early));
 
-    // Stop the engine (live-restore keeps the containers running), probe from inside
-    // container a's namespace with the host's tools while it is down, start it again.
+    // Stop the engine (live-restore keeps the containers running), probe from inside the
+    // containers' namespaces with the host's tools while it is down, start it again. The
+    // guard starts the engine again whatever happens, for the tests after this one.
+    struct Restart<'a>(&'a str);
+    impl Drop for Restart<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("{} start", self.0)])
+                .status();
+        }
+    }
+    let _restart = Restart(&restart);
     let out = std::process::Command::new("sh")
         .args(["-c", &format!("{restart} stop")])
         .output()
@@ -396,12 +408,25 @@ fn docker_restart_keeps_rules_and_reconnects() {
     );
     lab.wait_for_log("Docker is unreachable", 1, Duration::from_secs(10));
     assert!(lab.table_present(), "rules gone while Docker is down");
-    let probe = std::process::Command::new("nsenter")
-        .args(["-t", &pid_a, "-n", "timeout", "2", "bash", "-c"])
-        .arg(format!("echo > /dev/tcp/{ip_b}/8080"))
-        .status()
-        .unwrap();
-    assert!(!probe.success(), "a reached b while Docker was down");
+    let connect = |pid: &str| {
+        std::process::Command::new("nsenter")
+            .args(["-t", pid, "-n", "timeout", "2", "bash", "-c"])
+            .arg(format!("echo > /dev/tcp/{ip_b}/8080"))
+            .status()
+            .unwrap()
+            .code()
+    };
+    // 124: timeout's own code, the SYN went unanswered (not refused, not an error).
+    assert_eq!(
+        connect(&pid_a),
+        Some(124),
+        "a must not reach b while Docker is down"
+    );
+    assert_eq!(
+        connect(&pid_early),
+        Some(0),
+        "the proxy must reach b while Docker is down"
+    );
     let out = std::process::Command::new("sh")
         .args(["-c", &format!("{restart} start")])
         .output()
@@ -416,7 +441,7 @@ fn docker_restart_keeps_rules_and_reconnects() {
     // A change after the restart is applied.
     let proxy = lab.container("proxy", &net, &[]);
     lab.wait_for_log(
-        &format!("whitelisted: [{proxy}]"),
+        &format!("whitelisted: [{early}, {proxy}]"),
         1,
         Duration::from_secs(10),
     );
@@ -437,7 +462,7 @@ fn configured_network_is_waited_for_and_followed_when_recreated() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let net = lab.name("later");
     lab.write_config(&format!(
@@ -467,4 +492,44 @@ fn configured_network_is_waited_for_and_followed_when_recreated() {
         lab.remove_container(&b);
         lab.remove_network(&net);
     }
+}
+
+/// A reload that renames the table applies the new table first, then removes the old one
+/// (never the other way round); no table of ours is left behind.
+#[test]
+fn reload_to_another_table_name_hands_over_without_a_gap() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let net = lab.network("net", &[]);
+    let proxy = lab.container("proxy", &net, &[]);
+    let a = lab.container("a", &net, &[]);
+    let b = lab.container("b", &net, &[]);
+    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let old_table = lab.table.clone();
+    lab.table = format!("{old_table}_new");
+    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    lab.signal("HUP");
+    lab.wait_for_log("removed the previous table", 1, Duration::from_secs(10));
+    assert!(lab.table_present(), "the new table is missing");
+    let old_present = std::process::Command::new("nft")
+        .args(["list", "table", "inet", &old_table])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(!old_present, "the old table was left behind");
+    let ip_b = lab.ip4(&b, &net);
+    assert_probes(
+        "under the new table",
+        &[
+            Probe::tcp(&a, &ip_b, false),
+            Probe::tcp(&proxy, &ip_b, true),
+        ],
+        &lab,
+    );
 }

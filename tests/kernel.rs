@@ -719,4 +719,43 @@ fn updates_are_atomic_under_traffic() {
         0,
         "proxy traffic dropped"
     );
+    assert_eq!(
+        retrans, 0,
+        "proxy TCP segments were retransmitted: some were dropped"
+    );
+}
+
+/// A table of our configured name that trafficjam did not create (`table = "filter"` by
+/// mistake, say) is never replaced nor deleted.
+#[test]
+fn a_foreign_table_with_our_name_is_refused() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let foreign = "table inet tjforeign {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tcounter accept\n\t}\n}\n";
+    p.lab.host.exec_ok(
+        "sh",
+        &["-c", &format!("printf '%s' '{foreign}' | nft -f -")],
+    );
+    let before = p.lab.host.nft(&["-s", "list", "ruleset"]);
+    let rs = plan("tjforeign", &[p.network(false)]).unwrap();
+    let err = p.lab.host.enter(move || {
+        Nft::default()
+            .apply(rs)
+            .expect_err("applying over a foreign table must fail")
+    });
+    assert!(
+        matches!(err, trafficjam::nft::NftError::NotOurs { .. }),
+        "{err}"
+    );
+    let err = p
+        .lab
+        .host
+        .enter(|| trafficjam::nft::clear("tjforeign").expect_err("clearing it must fail"));
+    assert!(
+        err.to_string().contains("not created by trafficjam"),
+        "{err}"
+    );
+    assert_eq!(p.lab.host.nft(&["-s", "list", "ruleset"]), before);
 }

@@ -184,7 +184,7 @@ fn dbus_control_under_the_shipped_policy() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let bus = Bus::start(true);
     let (mut lab, net, a, ip_b) = isolated_lab(&bus);
 
@@ -351,7 +351,7 @@ fn daemon_refuses_non_root_mutations_even_on_an_open_bus() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let bus = Bus::start(false);
     let (mut lab, _net, _a, _ip_b) = isolated_lab(&bus);
     for method in ["Reload", "Clear"] {
@@ -380,7 +380,7 @@ fn sd_notify_messages_in_order_and_watchdog_pings() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let net = lab.network("net", &[]);
     lab.write_config(&format!(
@@ -468,7 +468,7 @@ fn started_as_root_it_keeps_cap_net_admin_only() {
     if !docker_tier_available() {
         return;
     }
-    let _engine = ENGINE.read().unwrap();
+    let _engine = engine_shared();
     let mut lab = DockerLab::new();
     lab.write_config("");
     lab.start_daemon();

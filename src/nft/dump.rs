@@ -17,10 +17,28 @@ use super::NftError;
 use super::netlink::{netlink_socket, send_all, set_receive_timeout};
 use crate::plan::Family;
 
-/// One of our tables as the kernel holds it.
+/// What trafficjam writes at the start of its tables' user data: the mark of a table it
+/// created. A table of the configured name without it belongs to someone else.
+pub const OWNER_MARK: &[u8] = b"trafficjam1:";
+
+/// Our user data: the owner mark, then the skeleton fingerprint.
+pub fn table_userdata(fingerprint: u64) -> Vec<u8> {
+    let mut data = OWNER_MARK.to_vec();
+    data.extend_from_slice(&fingerprint.to_be_bytes());
+    data
+}
+
+/// The fingerprint in a table's user data, when the table is ours.
+fn owned_fingerprint(userdata: Option<&[u8]>) -> Option<u64> {
+    let rest = userdata?.strip_prefix(OWNER_MARK)?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
+/// One table with our name as the kernel holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstalledTable {
-    /// The skeleton fingerprint we stored in the table's user data.
+    /// The skeleton fingerprint we stored in the table's user data; `None` when the table
+    /// does not carry our mark (it is not ours).
     pub fingerprint: Option<u64>,
     /// Every chain, with its number of rules.
     pub rules_per_chain: BTreeMap<String, usize>,
@@ -136,7 +154,10 @@ fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError
             match kind as libc::c_int {
                 libc::NLMSG_DONE => return Ok(answers),
                 libc::NLMSG_ERROR => {
-                    let errno = -i32::from_ne_bytes(body[..4].try_into().expect("4"));
+                    let Some(errno) = body.get(..4) else {
+                        return Err(NftError::Receive(io::Error::other("short netlink error")));
+                    };
+                    let errno = -i32::from_ne_bytes(errno.try_into().expect("4"));
                     if errno == 0 {
                         return Ok(answers);
                     }
@@ -173,7 +194,7 @@ fn read_table(
     userdata: Option<&[u8]>,
 ) -> Result<InstalledTable, NftError> {
     let mut installed = InstalledTable {
-        fingerprint: userdata.and_then(|u| u.try_into().ok().map(u64::from_be_bytes)),
+        fingerprint: owned_fingerprint(userdata),
         ..InstalledTable::default()
     };
     for chain in dump(NFT_MSG_GETCHAIN, family, &[])? {
@@ -228,6 +249,24 @@ fn read_table(
         installed.sets.insert(name, elements);
     }
     Ok(installed)
+}
+
+/// For each family where a table named `table` exists: whether it carries our mark.
+/// Cheap (table dumps only): checked before every batch that deletes or replaces tables.
+pub fn table_owners(table: &str) -> Result<BTreeMap<Family, bool>, NftError> {
+    let mut owners = BTreeMap::new();
+    for family in Family::ALL {
+        if let Some(t) = dump(NFT_MSG_GETTABLE, family, &[])?
+            .into_iter()
+            .find(|t| attribute(t, NFTA_TABLE_NAME).map(string).as_deref() == Some(table))
+        {
+            owners.insert(
+                family,
+                owned_fingerprint(attribute(&t, NFTA_TABLE_USERDATA)).is_some(),
+            );
+        }
+    }
+    Ok(owners)
 }
 
 /// Reads our tables (named `table`, `inet` and `bridge` families) back from the kernel.

@@ -28,7 +28,7 @@ use rustables::sys::{NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER};
 use rustables::{ChainPolicy, ChainType, HookClass, ProtocolFamily};
 
 pub use bridge::{BridgeFiltering, BridgeNetfilter, bridge_filtering, set_nf_call};
-pub use dump::{InstalledRuleset, InstalledTable, read_installed};
+pub use dump::{InstalledRuleset, InstalledTable, OWNER_MARK, read_installed, table_owners};
 
 use crate::plan::{Dir, Family, Hook, IpVersion, Match, Ruleset, Set, Verdict};
 use netlink::Transaction;
@@ -55,6 +55,11 @@ pub enum NftError {
     NoSuchBridge(String),
     #[error("cannot build {what}: {reason}")]
     Build { what: String, reason: String },
+    #[error(
+        "table {family} {name} exists and was not created by trafficjam: refusing to replace or \
+         delete it (choose another `table` name)"
+    )]
+    NotOurs { family: &'static str, name: String },
 }
 
 /// How an apply reached the kernel.
@@ -200,9 +205,18 @@ fn table_object(family: Family, name: &str) -> rustables::Table {
 }
 
 /// Builds the batch that replaces our tables with `desired`; returns its message count.
+/// Refuses when a table of that name exists without our mark: it is someone else's.
 fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
+    for (family, ours) in table_owners(&desired.table_name)? {
+        if !ours {
+            return Err(NftError::NotOurs {
+                family: family.keyword(),
+                name: desired.table_name.clone(),
+            });
+        }
+    }
     let mut tx = Transaction::new();
-    let fingerprint = desired.fingerprint().to_be_bytes().to_vec();
+    let userdata = dump::table_userdata(desired.fingerprint());
     let mut set_id = 0u32;
     for family in Family::ALL {
         let label = format!("table {} {}", family.keyword(), desired.table_name);
@@ -212,7 +226,7 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
         let Some(table) = desired.table(family) else {
             continue;
         };
-        let nft_table = table_object(family, &table.name).with_userdata(fingerprint.clone());
+        let nft_table = table_object(family, &table.name).with_userdata(userdata.clone());
         tx.add(&nft_table, label);
 
         let mut sets = HashMap::new();
@@ -458,6 +472,12 @@ fn add_match(
             rule.add_expr(Bitwise::new([0x17u8], [0u8]).map_err(|e| e.to_string())?);
             rule.add_expr(Cmp::new(CmpOp::Eq, [0x02u8]));
         }
+        Match::Ipv4Fragment => {
+            add_l3_dependency(rule, family, IpVersion::V4);
+            rule.add_expr(payload(NFT_PAYLOAD_NETWORK_HEADER, 6, 2));
+            rule.add_expr(Bitwise::new([0x3fu8, 0xff], [0u8, 0]).map_err(|e| e.to_string())?);
+            rule.add_expr(Cmp::new(CmpOp::Neq, [0u8, 0]));
+        }
         Match::EchoRequest(version) => {
             let (proto, echo) = match version {
                 IpVersion::V4 => (libc::IPPROTO_ICMP, 8u8),
@@ -485,8 +505,12 @@ pub fn drift(desired: &Ruleset) -> Result<Vec<String>, NftError> {
             (None, Some(_)) => problems.push(format!("{name} should not exist")),
             (Some(_), None) => problems.push(format!("{name} is missing")),
             (Some(want), Some(have)) => {
-                if have.fingerprint != Some(desired.fingerprint()) {
-                    problems.push(format!("{name} was not written by this ruleset"));
+                match have.fingerprint {
+                    None => problems.push(format!("{name} is not ours (no trafficjam mark)")),
+                    Some(f) if f != desired.fingerprint() => {
+                        problems.push(format!("{name} was not written by this ruleset"))
+                    }
+                    Some(_) => {}
                 }
                 let want_chains: BTreeMap<&str, usize> = want
                     .chains

@@ -66,6 +66,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let mut lab = DockerLab::new();
+    lab.label_opt_in = true;
     let proxy_prefix = lab.name("proxy");
     let label = format!("trafficjam.whitelist=name={proxy_prefix}");
     let net = lab.network("bench", &["--label", &label]);

@@ -18,6 +18,16 @@ pub const SERVER: &[&str] = &["nc", "-ll", "-p", "8080", "-e", "/bin/echo", "pon
 /// reading, so they never run while the engine is down.
 pub static ENGINE: RwLock<()> = RwLock::new(());
 
+/// Shared access to the engine (a test that panicked holding it does not matter here).
+pub fn engine_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    ENGINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Exclusive access to the engine, for tests that stop it.
+pub fn engine_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    ENGINE.write().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn docker(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
@@ -117,6 +127,9 @@ pub struct DockerLab {
     daemon: Option<Child>,
     /// Environment for the daemon, on top of the test's (set before start_daemon).
     pub daemon_env: Vec<(String, String)>,
+    /// Whether the daemon isolates label-opted networks: off by default, so that daemons
+    /// of tests running side by side never pick up each other's labelled networks.
+    pub label_opt_in: bool,
 }
 
 impl DockerLab {
@@ -134,6 +147,7 @@ impl DockerLab {
             containers: Vec::new(),
             daemon: None,
             // Never a real system bus unless a test brings its own.
+            label_opt_in: false,
             daemon_env: vec![(
                 "DBUS_SYSTEM_BUS_ADDRESS".into(),
                 "unix:path=/nonexistent/trafficjam-test-bus".into(),
@@ -216,7 +230,10 @@ impl DockerLab {
     /// Writes the test's configuration: `00-daemon.toml` (its table, the engine) and
     /// `trafficjam.toml` = `body`, so that line numbers in `body` are the file's own.
     pub fn write_config(&self, body: &str) {
-        let mut daemon = format!("[daemon]\ntable = \"{}\"\n", self.table);
+        let mut daemon = format!(
+            "[daemon]\ntable = \"{}\"\nlabel_opt_in = {}\n",
+            self.table, self.label_opt_in
+        );
         if let Ok(host) = std::env::var("DOCKER_HOST")
             && !host.is_empty()
         {
@@ -229,7 +246,16 @@ impl DockerLab {
     /// Starts `trafficjam run` on the lab's configuration and waits for its first pass.
     pub fn start_daemon(&mut self) {
         let log = std::fs::File::create(&self.log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trafficjam"));
+        // The daemon dies with the test process, even when that one is killed.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["run", "--config-dir"])
             .arg(&self.config_dir)
             .env("RUST_LOG", "debug")
@@ -358,16 +384,26 @@ impl Probe {
         }
     }
 
-    /// True when the answer came back. Passing probes get 3 s, blocked ones 1 s.
+    /// True when the answer came back. Passing probes get 3 s, blocked ones 1 s. A probe
+    /// that could not even run (the container is gone) panics rather than count as
+    /// "blocked".
     pub fn run(&self) -> bool {
         let wait = if self.pass { "3" } else { "1" };
-        if self.tcp {
-            let out = docker(&["exec", &self.from, "nc", "-w", wait, &self.to, &self.port]);
-            String::from_utf8_lossy(&out.stdout).contains("pong")
+        let out = if self.tcp {
+            docker(&["exec", &self.from, "nc", "-w", wait, &self.to, &self.port])
         } else {
             docker(&["exec", &self.from, "ping", "-c", "1", "-W", wait, &self.to])
-                .status
-                .success()
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("Error response from daemon") && out.status.code() != Some(126),
+            "the probe could not run in {}: {stderr}",
+            self.from
+        );
+        if self.tcp {
+            String::from_utf8_lossy(&out.stdout).contains("pong")
+        } else {
+            out.status.success()
         }
     }
 }
