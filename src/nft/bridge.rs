@@ -12,7 +12,7 @@ use std::io;
 use std::path::Path;
 
 use super::NftError;
-use super::netlink::{netlink_socket, read_acks, send_all, set_receive_timeout};
+use super::netlink::{netlink_socket, push_attr, read_acks, send_all, set_receive_timeout};
 
 // From <linux/if_link.h>; not all of them are in the libc crate.
 const IFLA_LINKINFO: u16 = 18;
@@ -80,14 +80,6 @@ pub fn bridge_filtering(bridge: &str, policy: BridgeNetfilter) -> BridgeFilterin
             "bridge-nf-call-ip(6)tables is off: stateless backstop only".into(),
         ),
     }
-}
-
-fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
 /// Sets `nf_call_iptables` and `nf_call_ip6tables` on a bridge (RTM_NEWLINK on an

@@ -14,7 +14,7 @@ use rustables::sys::{
 };
 
 use super::NftError;
-use super::netlink::{netlink_socket, send_all, set_receive_timeout};
+use super::netlink::{netlink_socket, push_attr, read_answers, send_all, set_receive_timeout};
 use crate::plan::Family;
 
 /// What trafficjam writes at the start of its tables' user data: the mark of a table it
@@ -90,14 +90,6 @@ fn string(payload: &[u8]) -> String {
     String::from_utf8_lossy(&payload[..end]).into_owned()
 }
 
-fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
 fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
@@ -122,56 +114,27 @@ fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError
     set_receive_timeout(&sock)?;
     send_all(&sock, &req)?;
     let mut answers = Vec::new();
-    let mut buf = vec![0u8; 1 << 17];
-    loop {
-        // SAFETY: buf is valid for writes of its whole length.
-        let n = unsafe {
-            libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+    read_answers(&sock, |answer| match answer.kind as libc::c_int {
+        _ if answer.flags & libc::NLM_F_DUMP_INTR as u16 != 0 => Some(Err(NftError::Receive(
+            io::Error::other("the ruleset changed during the dump; read again"),
+        ))),
+        libc::NLMSG_DONE => Some(Ok(())),
+        libc::NLMSG_ERROR => Some(match answer.errno() {
+            Ok(0) => Ok(()),
+            Ok(errno) => Err(NftError::Refused {
+                what: "a dump of our tables".into(),
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            Err(e) => Err(e),
+        }),
+        _ => {
+            if let Some(attrs) = answer.body.get(NFGENMSG..) {
+                answers.push(attrs.to_vec());
             }
-            return Err(NftError::Receive(err));
+            None
         }
-        let data = &buf[..n as usize];
-        let mut offset = 0;
-        while offset + HDR <= data.len() {
-            let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().expect("4")) as usize;
-            let kind = u16::from_ne_bytes(data[offset + 4..offset + 6].try_into().expect("2"));
-            if len < HDR || offset + len > data.len() {
-                return Err(NftError::Receive(io::Error::other(
-                    "malformed netlink dump",
-                )));
-            }
-            let body = &data[offset + HDR..offset + len];
-            match kind as libc::c_int {
-                libc::NLMSG_DONE => return Ok(answers),
-                libc::NLMSG_ERROR => {
-                    let Some(errno) = body.get(..4) else {
-                        return Err(NftError::Receive(io::Error::other("short netlink error")));
-                    };
-                    let errno = -i32::from_ne_bytes(errno.try_into().expect("4"));
-                    if errno == 0 {
-                        return Ok(answers);
-                    }
-                    return Err(NftError::Refused {
-                        what: "a dump of our tables".into(),
-                        source: io::Error::from_raw_os_error(errno),
-                    });
-                }
-                _ if body.len() >= NFGENMSG => answers.push(body[NFGENMSG..].to_vec()),
-                _ => {}
-            }
-            offset += len.next_multiple_of(4);
-        }
-    }
+    })?;
+    Ok(answers)
 }
 
 /// Packets counted by the `counter` expressions of one rule.

@@ -199,14 +199,33 @@ pub(crate) fn send_all(sock: &OwnedFd, bytes: &[u8]) -> Result<(), NftError> {
     Ok(())
 }
 
-/// Reads netlink messages, calling `on_ack(seq, errno)` for every NLMSG_ERROR (errno 0 is
-/// a success ack) until it returns true. Other message types are ignored.
-pub(crate) fn read_acks(
+/// One netlink message as read back: its header fields and its payload.
+pub(crate) struct Answer<'a> {
+    pub kind: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub body: &'a [u8],
+}
+
+impl Answer<'_> {
+    /// The errno of an NLMSG_ERROR message (0 for a success acknowledgement).
+    pub fn errno(&self) -> Result<i32, NftError> {
+        // struct nlmsgerr starts with the (negative) errno.
+        let bytes = self
+            .body
+            .get(..4)
+            .ok_or_else(|| NftError::Receive(io::Error::other("short netlink error")))?;
+        Ok(-i32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
+    }
+}
+
+/// Reads netlink messages and hands each to `on_answer` until it returns a result.
+pub(crate) fn read_answers<T>(
     sock: &OwnedFd,
-    mut on_ack: impl FnMut(u32, i32) -> bool,
-) -> Result<(), NftError> {
-    let mut buf = vec![0u8; 1 << 16];
+    mut on_answer: impl FnMut(Answer<'_>) -> Option<Result<T, NftError>>,
+) -> Result<T, NftError> {
     const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+    let mut buf = vec![0u8; 1 << 17];
     loop {
         // SAFETY: buf is valid for writes of its whole length.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -220,28 +239,49 @@ pub(crate) fn read_acks(
         let data = &buf[..n as usize];
         let mut offset = 0;
         while offset + HDR <= data.len() {
-            let len =
-                u32::from_ne_bytes(data[offset..offset + 4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(data[offset + 4..offset + 6].try_into().expect("2"));
-            let seq =
-                u32::from_ne_bytes(data[offset + 8..offset + 12].try_into().expect("4 bytes"));
+            let field = |at: usize, len: usize| &data[offset + at..offset + at + len];
+            let len = u32::from_ne_bytes(field(0, 4).try_into().expect("4 bytes")) as usize;
             if len < HDR || offset + len > data.len() {
                 return Err(NftError::Receive(io::Error::other(
                     "malformed netlink answer",
                 )));
             }
-            if kind == libc::NLMSG_ERROR as u16 && len >= HDR + 4 {
-                // struct nlmsgerr starts with the (negative) errno.
-                let error = i32::from_ne_bytes(
-                    data[offset + HDR..offset + HDR + 4]
-                        .try_into()
-                        .expect("4 bytes"),
-                );
-                if on_ack(seq, -error) {
-                    return Ok(());
-                }
+            let answer = Answer {
+                kind: u16::from_ne_bytes(field(4, 2).try_into().expect("2 bytes")),
+                flags: u16::from_ne_bytes(field(6, 2).try_into().expect("2 bytes")),
+                seq: u32::from_ne_bytes(field(8, 4).try_into().expect("4 bytes")),
+                body: &data[offset + HDR..offset + len],
+            };
+            if let Some(result) = on_answer(answer) {
+                return result;
             }
-            offset += (len + 3) & !3;
+            offset += len.next_multiple_of(4);
         }
     }
+}
+
+/// Reads acknowledgements, calling `on_ack(seq, errno)` for every NLMSG_ERROR (errno 0 is
+/// a success ack) until it returns true. Other message types are ignored.
+pub(crate) fn read_acks(
+    sock: &OwnedFd,
+    mut on_ack: impl FnMut(u32, i32) -> bool,
+) -> Result<(), NftError> {
+    read_answers(sock, |answer| {
+        if answer.kind != libc::NLMSG_ERROR as u16 {
+            return None;
+        }
+        match answer.errno() {
+            Ok(errno) => on_ack(answer.seq, errno).then_some(Ok(())),
+            Err(e) => Some(Err(e)),
+        }
+    })
+}
+
+/// Appends one netlink attribute (type, length, payload, padding to 4 bytes).
+pub(crate) fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(buf.len().next_multiple_of(4), 0);
 }

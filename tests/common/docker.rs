@@ -66,22 +66,11 @@ pub fn docker_tier_available() -> bool {
             Ok(_) => None,
         }
     };
-    match why {
-        None => {
-            ensure_image();
-            true
-        }
-        Some(why) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            let allow = std::env::var("TRAFFICJAM_ALLOW_SKIP").is_ok_and(|v| v == "1");
-            if allow && !ci {
-                eprintln!("SKIPPED (TRAFFICJAM_ALLOW_SKIP=1): {why}");
-                false
-            } else {
-                panic!("{why}; set TRAFFICJAM_ALLOW_SKIP=1 outside CI to skip this tier");
-            }
-        }
+    let runs = super::tier_runs(why);
+    if runs {
+        ensure_image();
     }
+    runs
 }
 
 /// Builds the test image from the host's busybox-static when it is missing.

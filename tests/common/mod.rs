@@ -42,20 +42,24 @@ pub fn kernel_tier_available() -> bool {
     } else {
         None
     };
-    match why {
-        None => true,
-        Some(why) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            let allow = std::env::var("TRAFFICJAM_ALLOW_SKIP").is_ok_and(|v| v == "1");
-            if allow && !ci {
-                eprintln!("SKIPPED (TRAFFICJAM_ALLOW_SKIP=1): {why}");
-                false
-            } else {
-                panic!(
-                    "{why}; run the tests as root (see README), or set TRAFFICJAM_ALLOW_SKIP=1 outside CI to skip this tier"
-                );
-            }
-        }
+    tier_runs(why.map(String::from))
+}
+
+/// True when a tier can run (`why_not` is None). Otherwise it fails the test, unless
+/// TRAFFICJAM_ALLOW_SKIP=1 outside CI, where it prints why and returns false (skip).
+pub fn tier_runs(why_not: Option<String>) -> bool {
+    let Some(why) = why_not else {
+        return true;
+    };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let allow = std::env::var("TRAFFICJAM_ALLOW_SKIP").is_ok_and(|v| v == "1");
+    if allow && !ci {
+        eprintln!("SKIPPED (TRAFFICJAM_ALLOW_SKIP=1): {why}");
+        false
+    } else {
+        panic!(
+            "{why}; run the tests as root through tests/run-all (see README), or set TRAFFICJAM_ALLOW_SKIP=1 outside CI to skip"
+        );
     }
 }
 
