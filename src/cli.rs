@@ -386,3 +386,94 @@ fn clear(config_dir: &Path, table: Option<String>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::{ApplyStatus, ContainerStatus, NetworkStatus};
+
+    fn sample() -> Status {
+        Status {
+            state: "active".into(),
+            reason: None,
+            docker_host: "unix:///var/run/docker.sock".into(),
+            table: "trafficjam".into(),
+            networks: vec![NetworkStatus {
+                name: "web".into(),
+                bridge: "br-0123456789ab".into(),
+                subnets: vec!["172.20.0.0/16".into(), "fd00::/64".into()],
+                allow_host_traffic: false,
+                source: "/etc/trafficjam/web.toml".into(),
+                stateful: Some(false),
+                whitelisted: vec![ContainerStatus {
+                    id: "0123456789abcdef0123".into(),
+                    name: "traefik".into(),
+                    addresses: vec!["172.20.0.2".into(), "fd00::2".into()],
+                }],
+                dropped_packets: 42,
+            }],
+            waiting: vec!["later".into()],
+            last_apply: Some(ApplyStatus {
+                at: 1_800_000_000,
+                kind: "full".into(),
+                messages: 38,
+                duration_ms: 12.5,
+            }),
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn human_status_has_a_block_per_network() {
+        let text = render_status(&sample());
+        assert_eq!(
+            text,
+            "state: active
+  docker: unix:///var/run/docker.sock
+  table: trafficjam
+  last apply: full batch, 38 messages, 12.5 ms (unix time 1800000000)
+
+network: web
+  bridge: br-0123456789ab (stateless backstop only (load br_netfilter))
+  subnets: 172.20.0.0/16, fd00::/64
+  host traffic: blocked
+  configured by: /etc/trafficjam/web.toml
+  whitelisted: traefik (0123456789ab) 172.20.0.2, fd00::2
+  dropped: 42 packets
+
+network: later
+  waiting: it does not exist (yet)
+"
+        );
+    }
+
+    #[test]
+    fn status_summaries_for_systemd() {
+        let mut s = sample();
+        assert_eq!(
+            s.summary(),
+            "1 network isolated, 1 whitelisted container; stateless only on br-0123456789ab (load br_netfilter)"
+        );
+        s.networks[0].stateful = Some(true);
+        s.networks.push(s.networks[0].clone());
+        assert_eq!(s.summary(), "2 networks isolated, 2 whitelisted containers");
+        s.state = "cleared".into();
+        assert_eq!(
+            s.summary(),
+            "rules cleared: run systemctl reload trafficjam to re-apply"
+        );
+        s.state = "degraded".into();
+        s.reason = Some("waiting for Docker at unix:///run/docker.sock".into());
+        assert_eq!(
+            s.summary(),
+            "waiting for Docker at unix:///run/docker.sock; the rules in force are kept"
+        );
+    }
+
+    #[test]
+    fn status_json_round_trips() {
+        let s = sample();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+    }
+}
