@@ -98,6 +98,13 @@ enum CallError {
 
 fn call_error(e: zbus::Error) -> CallError {
     match e {
+        // zbus reports the bus's own standard errors as FDO errors.
+        zbus::Error::FDO(fdo) => match *fdo {
+            zbus::fdo::Error::ServiceUnknown(m) | zbus::fdo::Error::NameHasNoOwner(m) => {
+                CallError::Unreachable(m)
+            }
+            other => CallError::Refused(other.to_string()),
+        },
         zbus::Error::MethodError(name, message, _) => {
             let name = name.as_str();
             if matches!(
@@ -468,6 +475,16 @@ network: later
             s.summary(),
             "waiting for Docker at unix:///run/docker.sock; the rules in force are kept"
         );
+    }
+
+    #[test]
+    fn a_missing_daemon_is_unreachable_not_a_refusal() {
+        let missing = zbus::Error::FDO(Box::new(zbus::fdo::Error::ServiceUnknown(
+            "The name org.trafficjam1 was not provided by any .service files".into(),
+        )));
+        assert!(matches!(call_error(missing), CallError::Unreachable(_)));
+        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("no".into())));
+        assert!(matches!(call_error(denied), CallError::Refused(_)));
     }
 
     #[test]

@@ -1,0 +1,423 @@
+//! System tier: the built .deb installed in a Debian 12 rootfs booted by a real systemd
+//! (`debootstrap` + `systemd-nspawn --boot --keep-unit --register=no`, host network, the
+//! Docker socket bound in), and the .rpm built and linted.
+//!
+//! The README's set-up commands are the ones used here: `packaging/build-deb` builds the
+//! package and `apt install ./trafficjam_*.deb` installs it. Needs root, Docker, network
+//! access to Debian's mirror (debootstrap), and a few minutes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::docker::*;
+
+const MIRROR: &str = "http://deb.debian.org/debian";
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A Debian 12 rootfs, made once per machine and copied for each run.
+fn rootfs(work: &Path) -> PathBuf {
+    let base = Path::new("/var/tmp/trafficjam-system-base");
+    if !base.join(".complete").exists() {
+        let _ = std::fs::remove_dir_all(base);
+        ok(Command::new("debootstrap")
+            .args([
+                "--variant=minbase",
+                "--include=systemd,systemd-sysv,dbus,libpam-systemd,iproute2,procps",
+                "bookworm",
+            ])
+            .arg(base)
+            .arg(MIRROR));
+        std::fs::write(base.join(".complete"), "").unwrap();
+    }
+    let root = work.join("rootfs");
+    ok(Command::new("cp").arg("-a").arg(base).arg(&root));
+    root
+}
+
+/// A booted container; its init's PID is the door in (`nsenter -t PID -a`).
+struct Machine {
+    nspawn: Child,
+    leader: String,
+}
+
+impl Machine {
+    fn boot(root: &Path, docker_socket: &str) -> Machine {
+        let name = format!("tjsys{}", std::process::id());
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["--boot", "--keep-unit", "--register=no", "--quiet"])
+            .arg(format!("--machine={name}"))
+            .arg("-D")
+            .arg(root)
+            // The host network; CAP_NET_ADMIN for trafficjam's nftables and bridges.
+            .arg("--capability=CAP_NET_ADMIN")
+            .arg(format!("--bind={docker_socket}:/run/docker.sock"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-nspawn (apt-get install systemd-container)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let leader = loop {
+            let child = run(Command::new("pgrep").args(["-P", &nspawn.id().to_string()]));
+            let pid = String::from_utf8_lossy(&child.stdout).trim().to_owned();
+            if !pid.is_empty() {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the container did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let machine = Machine { nspawn, leader };
+        // Wait for boot to finish (running, or degraded when some unit fails).
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let state = machine.sh("systemctl is-system-running 2>/dev/null || true");
+            let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "boot did not finish: {state}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        machine
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        run(Command::new("nsenter")
+            .args(["-t", &self.leader, "-a", "/bin/sh", "-c", script])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+    }
+
+    fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(out.status.success(), "{script}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn journal(&self) -> String {
+        String::from_utf8_lossy(&self.sh("journalctl -u trafficjam --no-pager -o cat").stdout)
+            .into_owned()
+    }
+
+    /// Waits until `script` succeeds.
+    fn wait_for(&self, what: &str, script: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.sh(script);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}\nlast try: {}\njournal:\n{}",
+                text(&out),
+                self.journal()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // SIGTERM asks nspawn to shut the container down cleanly.
+        let _ = Command::new("kill")
+            .arg(self.nspawn.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+fn table_present() -> bool {
+    run(Command::new("nft").args(["list", "table", "inet", "trafficjam"]))
+        .status
+        .success()
+}
+
+#[test]
+fn deb_installed_and_run_under_a_booted_systemd() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let missing: Vec<&str> = [
+        "debootstrap",
+        "systemd-nspawn",
+        "dpkg-buildpackage",
+        "lintian",
+        "rpmbuild",
+        "rpmlint",
+    ]
+    .into_iter()
+    .filter(|tool| {
+        !run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+            .status
+            .success()
+    })
+    .collect();
+    if !common::tier_runs(
+        (!missing.is_empty())
+            .then(|| format!("the system tier needs {missing:?} (tests/run-all installs them)")),
+    ) {
+        return;
+    }
+    assert!(
+        !table_present(),
+        "a table named trafficjam already exists on this host: the system tier uses the default name"
+    );
+    let work = std::env::temp_dir().join(format!("tj-system-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+                .args(["clear", "--table", "trafficjam"])
+                .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
+                .output();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(work.clone());
+
+    // The packages, with the README's command; lintian and rpmlint on them.
+    let deb = ok(&mut Command::new(repo().join("packaging/build-deb")));
+    let deb = PathBuf::from(deb.lines().last().unwrap());
+    let lint = run(Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(&deb));
+    assert!(lint.status.success(), "lintian: {}", text(&lint));
+    let rpm = ok(&mut Command::new(repo().join("packaging/build-rpm")));
+    let rpm = rpm.lines().last().unwrap().to_owned();
+    let lint = run(Command::new("rpmlint")
+        .arg("-r")
+        .arg(repo().join("rpm/rpmlintrc"))
+        .arg(repo().join("rpm/trafficjam.spec"))
+        .arg(&rpm));
+    assert!(
+        String::from_utf8_lossy(&lint.stdout).contains(" 0 errors"),
+        "rpmlint: {}",
+        text(&lint)
+    );
+
+    // A Debian 12 machine with the Docker socket and its group.
+    let root = rootfs(&work);
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(String::from))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let gid = ok(Command::new("stat").args(["-c", "%g", &socket]));
+    std::fs::copy(&deb, root.join("root").join(deb.file_name().unwrap())).unwrap();
+    let machine = Machine::boot(&root, &socket);
+    machine.sh_ok(&format!("getent group docker || groupadd -g {gid} docker"));
+
+    // apt install ./trafficjam_*.deb: the service runs, ready (Type=notify).
+    let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    machine.sh_ok(&format!(
+        "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y ./{deb_name}"
+    ));
+    machine.wait_for(
+        "trafficjam active",
+        "systemctl is-active trafficjam",
+        Duration::from_secs(30),
+    );
+    let pid = machine.sh_ok("systemctl show -p MainPID --value trafficjam");
+    let status = machine.sh_ok(&format!("cat /proc/{pid}/status"));
+    let uid = machine.sh_ok("id -u trafficjam");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid.as_str())),
+        "not running as trafficjam: {status}"
+    );
+    for field in ["CapEff:", "CapPrm:"] {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        assert!(line.ends_with("0000000000001000"), "{line}");
+    }
+    let security = machine.sh("systemd-analyze security trafficjam --no-pager");
+    let report = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for trafficjam.service: ")
+                .nth(1)
+        })
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", text(&security)));
+    eprintln!("systemd-analyze security trafficjam (booted): {exposure}");
+    assert!(exposure <= 1.5, "{report}");
+
+    // A network labelled for isolation is isolated, on the default configuration.
+    let mut lab = DockerLab::new();
+    let proxy_name = lab.name("proxy");
+    let labelled = lab.network(
+        "labelled",
+        &[
+            "--label",
+            &format!("trafficjam.whitelist=name={proxy_name}"),
+        ],
+    );
+    let proxy = lab.container("proxy", &labelled, &[]);
+    let a = lab.container("a", &labelled, &[]);
+    let b = lab.container("b", &labelled, &[]);
+    let ip_b = lab.ip4(&b, &labelled);
+    machine.wait_for(
+        "labelled network isolated",
+        &format!("trafficjam status | tee /dev/stderr | grep -q 'network: {labelled}' && trafficjam status | grep -q 'whitelisted: {proxy}'"),
+        Duration::from_secs(20),
+    );
+    assert_probes(
+        "labelled",
+        &[
+            Probe::tcp(&a, &ip_b, false),
+            Probe::tcp(&proxy, &ip_b, true),
+        ],
+        &lab,
+    );
+
+    // A TOML section + systemctl reload: applied.
+    let web = lab.network("web", &[]);
+    let web1 = lab.container("web1", &web, &[]);
+    let web2 = lab.container("web2", &web, &[]);
+    let ip_web2 = lab.ip4(&web2, &web);
+    let section = root.join("etc/trafficjam/50-web.toml");
+    std::fs::write(
+        &section,
+        format!("[network.{web}]\nwhitelist = \"name=nobody-at-all\"\n"),
+    )
+    .unwrap();
+    machine.sh_ok("systemctl reload trafficjam");
+    machine.wait_for(
+        "web isolated",
+        &format!("trafficjam status | grep -q 'network: {web}'"),
+        Duration::from_secs(10),
+    );
+    assert_probes("toml section", &[Probe::tcp(&web1, &ip_web2, false)], &lab);
+
+    // A broken TOML: the reload fails, the journal says where, the rules hold.
+    std::fs::write(&section, format!("[network.{web}]\nwhitelist = []\n")).unwrap();
+    let reload = machine.sh("systemctl reload trafficjam");
+    assert!(!reload.status.success(), "a broken reload succeeded");
+    machine.wait_for(
+        "FILE:LINE:COL in the journal",
+        "journalctl -u trafficjam --no-pager -o cat | grep -q '/etc/trafficjam/50-web.toml:2:13:'",
+        Duration::from_secs(10),
+    );
+    assert!(table_present());
+    assert_probes(
+        "after a refused reload",
+        &[Probe::tcp(&web1, &ip_web2, false)],
+        &lab,
+    );
+
+    // busctl Clear: rules gone, systemctl status says so; reload: back.
+    std::fs::write(
+        &section,
+        format!("[network.{web}]\nwhitelist = \"name=nobody-at-all\"\n"),
+    )
+    .unwrap();
+    machine.sh_ok("busctl call org.trafficjam1 /org/trafficjam1 org.trafficjam1.Manager Clear");
+    assert!(!table_present(), "Clear left our table");
+    machine.wait_for(
+        "cleared status",
+        "systemctl status trafficjam --no-pager | grep -q 'rules cleared'",
+        Duration::from_secs(10),
+    );
+    assert_probes("cleared", &[Probe::tcp(&web1, &ip_web2, true)], &lab);
+    machine.sh_ok("systemctl reload trafficjam");
+    assert!(table_present(), "reload did not restore the rules");
+    assert_probes("restored", &[Probe::tcp(&web1, &ip_web2, false)], &lab);
+
+    // The journal has the structured NETWORK field.
+    let by_network = machine.sh_ok(&format!(
+        "journalctl -u trafficjam --no-pager -o cat NETWORK={web}"
+    ));
+    assert!(
+        by_network.contains("isolated:"),
+        "journalctl NETWORK={web}: {by_network:?}"
+    );
+
+    // systemctl restart: the table never disappears, backends never meet.
+    let watcher = std::thread::spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        let mut checks = 0;
+        while Instant::now() < deadline {
+            assert!(table_present(), "no table during the restart");
+            checks += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        checks
+    });
+    let prober = {
+        let (from, to) = (a.clone(), ip_b.clone());
+        std::thread::spawn(move || {
+            let script = format!("for i in 1 2 3 4 5; do nc -w 1 {to} 8080 </dev/null; done");
+            let out = docker(&["exec", &from, "sh", "-c", &script]);
+            String::from_utf8_lossy(&out.stdout).matches("pong").count()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    machine.sh_ok("systemctl restart trafficjam");
+    machine.sh_ok("systemctl is-active trafficjam");
+    let checks = watcher
+        .join()
+        .expect("the table vanished during the restart");
+    assert_eq!(
+        prober.join().unwrap(),
+        0,
+        "a backend reached another during the restart"
+    );
+    eprintln!("restart: table present in all {checks} checks");
+
+    // apt remove: no table of ours; apt purge: configuration and user gone.
+    machine.sh_ok("DEBIAN_FRONTEND=noninteractive apt-get remove -y trafficjam");
+    assert!(!table_present(), "apt remove left our table");
+    assert!(
+        !run(Command::new("nft").args(["list", "table", "bridge", "trafficjam"]))
+            .status
+            .success(),
+        "apt remove left our bridge table"
+    );
+    machine.sh_ok("DEBIAN_FRONTEND=noninteractive apt-get purge -y trafficjam");
+    assert!(
+        !root.join("etc/trafficjam").exists(),
+        "purge left /etc/trafficjam"
+    );
+    assert!(
+        !machine.sh("getent passwd trafficjam").status.success(),
+        "purge left the user"
+    );
+}
