@@ -160,9 +160,7 @@ fn whitelist_follows_containers_and_not_addresses() {
         &["--ip", &format!("10.{subnet_octet}.0.10")],
     );
     let proxy_name = lab.name("proxy");
-    lab.write_config(&format!(
-        "[network.{net}]\nwhitelist = \"name={proxy_name}\"\n"
-    ));
+    lab.write_config(&whitelist_section(&net, &format!("name={proxy_name}")));
     std::fs::write(
         lab.config_dir.join("timer.toml"),
         "[daemon]\nresync_interval = \"1h\"\n",
@@ -228,11 +226,7 @@ fn a_deleted_table_is_restored_and_a_stopped_daemon_leaves_its_rules() {
     }
     let _engine = engine_shared();
     let mut lab = DockerLab::new();
-    let net = lab.network("net", &[]);
-    let proxy = lab.container("proxy", &net, &[]);
-    let a = lab.container("a", &net, &[]);
-    let b = lab.container("b", &net, &[]);
-    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    let Trio { net, proxy, a, b } = lab.trio();
     std::fs::write(
         lab.config_dir.join("timer.toml"),
         "[daemon]\nresync_interval = \"1s\"\n",
@@ -290,7 +284,7 @@ fn check_prints_the_ruleset_or_the_error() {
     let mut lab = DockerLab::new();
     let net = lab.network("net", &[]);
     let proxy = lab.container("proxy", &net, &[]);
-    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    lab.write_config(&whitelist_section(&net, &format!("name={proxy}")));
     let check = |lab: &DockerLab| {
         std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
             .args(["check", "--config-dir"])
@@ -461,9 +455,7 @@ fn configured_network_is_waited_for_and_followed_when_recreated() {
     let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let net = lab.name("later");
-    lab.write_config(&format!(
-        "[network.{net}]\nwhitelist = \"name=nobody-at-all\"\n"
-    ));
+    lab.write_config(&whitelist_section(&net, "name=nobody-at-all"));
     lab.start_daemon();
     lab.wait_for_log("does not exist (yet)", 1, Duration::from_secs(10));
     assert!(!lab.table_present(), "nothing to isolate yet");
@@ -499,16 +491,12 @@ fn reload_to_another_table_name_hands_over_without_a_gap() {
     }
     let _engine = engine_shared();
     let mut lab = DockerLab::new();
-    let net = lab.network("net", &[]);
-    let proxy = lab.container("proxy", &net, &[]);
-    let a = lab.container("a", &net, &[]);
-    let b = lab.container("b", &net, &[]);
-    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    let Trio { net, proxy, a, b } = lab.trio();
     lab.start_daemon();
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
     let old_table = lab.table.clone();
     lab.table = format!("{old_table}_new");
-    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    lab.write_config(&whitelist_section(&net, &format!("name={proxy}")));
     lab.signal("HUP");
     lab.wait_for_log("removed the previous table", 1, Duration::from_secs(10));
     assert!(lab.table_present(), "the new table is missing");

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use common::*;
 use trafficjam::nft::{ApplyKind, ApplyReport, BridgeNetfilter, Nft, drift, read_installed};
-use trafficjam::plan::{DEFAULT_TABLE, ManagedNetwork, Ruleset, plan};
+use trafficjam::plan::{DEFAULT_TABLE, Family, ManagedNetwork, Ruleset, plan};
 
 const TABLE: &str = DEFAULT_TABLE;
 
@@ -110,14 +110,19 @@ fn assert_no_drift(lab: &Lab, ruleset: &Ruleset) {
     assert!(problems.is_empty(), "drift: {problems:?}\n{ruleset}");
 }
 
-/// The neighbour entry `from` holds for `to` has a link-layer address: ARP (or neighbour
-/// discovery) worked even though the traffic itself was blocked.
-fn assert_neighbour_resolved(lab: &Lab, from: &str, to: IpAddr) {
-    let out = lab.get(from).ns.ip(&["neigh", "show", &to.to_string()]);
-    assert!(
-        out.contains("lladdr"),
-        "{from} could not resolve {to}: {out:?}"
-    );
+/// b1's neighbour entries for b2 (IPv4 and IPv6) have a link-layer address: ARP and
+/// neighbour discovery worked even though the traffic itself was blocked.
+fn assert_neighbours_resolved(p: &PublicLab) {
+    for to in p.addrs("b2") {
+        let out = p.lab.get("b1").ns.ip(&["neigh", "show", &to.to_string()]);
+        assert!(out.contains("lladdr"), "b1 could not resolve {to}: {out:?}");
+    }
+}
+
+/// Packets counted by the drop rules of one of our chains, read from the kernel.
+fn dropped(lab: &Lab, family: Family, chain: &'static str) -> u64 {
+    let installed = lab.host.enter(|| read_installed(TABLE).unwrap());
+    installed.tables[&family].dropped_per_chain[chain]
 }
 
 /// Every path the isolation promises, on the public lab.
@@ -199,14 +204,10 @@ fn stateful_isolation_with_br_netfilter_on() {
     assert!(report.stateful(), "{report:?}");
     assert_no_drift(&p.lab, &rs);
     assert_probes(&p.lab, &isolation_matrix(&p, true), &rs);
-    for to in p.addrs("b2") {
-        assert_neighbour_resolved(&p.lab, "b1", to);
-    }
+    assert_neighbours_resolved(&p);
     // The drops were counted where they happened.
-    let installed = p.lab.host.enter(|| read_installed(TABLE).unwrap());
-    let inet = &installed.tables[&trafficjam::plan::Family::Inet];
-    assert!(inet.dropped_per_chain["fwd_public"] > 0, "{installed:?}");
-    assert!(inet.dropped_per_chain["host_public"] > 0, "{installed:?}");
+    assert!(dropped(&p.lab, Family::Inet, "fwd_public") > 0);
+    assert!(dropped(&p.lab, Family::Inet, "host_public") > 0);
 }
 
 #[test]
@@ -219,12 +220,8 @@ fn stateless_backstop_with_br_netfilter_off() {
     let (_nft, report) = apply(&p.lab, Nft::new(BridgeNetfilter::Leave), &rs);
     assert!(!report.stateful(), "br_netfilter is off, yet {report:?}");
     assert_probes(&p.lab, &isolation_matrix(&p, false), &rs);
-    for to in p.addrs("b2") {
-        assert_neighbour_resolved(&p.lab, "b1", to);
-    }
-    let installed = p.lab.host.enter(|| read_installed(TABLE).unwrap());
-    let bridge = &installed.tables[&trafficjam::plan::Family::Bridge];
-    assert!(bridge.dropped_per_chain["iso_public"] > 0, "{installed:?}");
+    assert_neighbours_resolved(&p);
+    assert!(dropped(&p.lab, Family::Bridge, "iso_public") > 0);
 }
 
 #[test]

@@ -154,15 +154,28 @@ fn ruleset(lab: &DockerLab) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Reload and Clear called by `nobody` fail, with `why` in the error.
+fn assert_mutations_refused(bus: &Bus, why: &str) {
+    for method in ["Reload", "Clear"] {
+        let out = bus.call(true, method);
+        assert!(
+            !out.status.success(),
+            "nobody called {method}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
 /// A lab with one isolated network (`proxy` whitelisted, backends `a` and `b`) and the
 /// daemon on `bus`.
 fn isolated_lab(bus: &Bus) -> (DockerLab, String, String, String) {
     let mut lab = DockerLab::new();
-    let net = lab.network("net", &[]);
-    let proxy = lab.container("proxy", &net, &[]);
-    let a = lab.container("a", &net, &[]);
-    let b = lab.container("b", &net, &[]);
-    lab.write_config(&format!("[network.{net}]\nwhitelist = \"name={proxy}\"\n"));
+    let Trio { net, a, b, .. } = lab.trio();
     lab.daemon_env = vec![("DBUS_SYSTEM_BUS_ADDRESS".into(), bus.address())];
     lab.start_daemon();
     lab.wait_for_log("owned on the system bus", 1, Duration::from_secs(10));
@@ -216,19 +229,7 @@ fn dbus_control_under_the_shipped_policy() {
     );
 
     // nobody may neither change anything nor own the name.
-    for method in ["Reload", "Clear"] {
-        let out = bus.call(true, method);
-        assert!(
-            !out.status.success(),
-            "nobody called {method}: {}",
-            text(&out)
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("ccess denied"),
-            "{}",
-            text(&out)
-        );
-    }
+    assert_mutations_refused(&bus, "ccess denied");
     let out = bus.busctl(
         true,
         &[
@@ -267,9 +268,9 @@ fn dbus_control_under_the_shipped_policy() {
     assert_eq!(ruleset(&lab), before, "a refused reload changed the rules");
 
     // Clear: the rules go, the state says so, and PropertiesChanged is emitted.
-    lab.write_config(&format!(
-        "[network.{net}]\nwhitelist = \"name={}\"\n",
-        lab.name("proxy")
+    lab.write_config(&whitelist_section(
+        &net,
+        &format!("name={}", lab.name("proxy")),
     ));
     let changed = watch_state_changes(&bus);
     let out = cli(&bus, &["clear"]);
@@ -346,19 +347,7 @@ fn daemon_refuses_non_root_mutations_even_on_an_open_bus() {
     let _engine = engine_shared();
     let bus = Bus::start(false);
     let (mut lab, _net, _a, _ip_b) = isolated_lab(&bus);
-    for method in ["Reload", "Clear"] {
-        let out = bus.call(true, method);
-        assert!(
-            !out.status.success(),
-            "nobody called {method}: {}",
-            text(&out)
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("only root may"),
-            "{}",
-            text(&out)
-        );
-    }
+    assert_mutations_refused(&bus, "only root may");
     assert!(lab.table_present(), "a refused Clear removed the rules");
     assert!(
         bus.call(false, "Reload").status.success(),
@@ -375,9 +364,7 @@ fn sd_notify_messages_in_order_and_watchdog_pings() {
     let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let net = lab.network("net", &[]);
-    lab.write_config(&format!(
-        "[network.{net}]\nwhitelist = \"name=nobody-at-all\"\n"
-    ));
+    lab.write_config(&whitelist_section(&net, "name=nobody-at-all"));
     let socket_path = std::env::temp_dir().join(format!("{}-notify", lab.prefix));
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket

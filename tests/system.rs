@@ -296,11 +296,7 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     let web2 = lab.container("web2", &web, &[]);
     let ip_web2 = lab.ip4(&web2, &web);
     let section = root.join("etc/trafficjam/50-web.toml");
-    std::fs::write(
-        &section,
-        format!("[network.{web}]\nwhitelist = \"name=nobody-at-all\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&section, whitelist_section(&web, "name=nobody-at-all")).unwrap();
     machine.sh_ok("systemctl reload trafficjam");
     machine.wait_for(
         "web isolated",
@@ -326,11 +322,7 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     );
 
     // busctl Clear: rules gone, systemctl status says so; reload: back.
-    std::fs::write(
-        &section,
-        format!("[network.{web}]\nwhitelist = \"name=nobody-at-all\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&section, whitelist_section(&web, "name=nobody-at-all")).unwrap();
     machine.sh_ok("busctl call org.trafficjam1 /org/trafficjam1 org.trafficjam1.Manager Clear");
     assert!(!table_present(), "Clear left our table");
     machine.wait_for(

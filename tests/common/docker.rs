@@ -340,6 +340,32 @@ impl Drop for DockerLab {
     }
 }
 
+/// `[network.NET]` whitelisting `filter`, as a config body.
+pub fn whitelist_section(net: &str, filter: &str) -> String {
+    format!("[network.{net}]\nwhitelist = \"{filter}\"\n")
+}
+
+/// The usual scene: network `net` with a whitelisted `proxy` and backends `a` and `b`.
+#[derive(Debug)]
+pub struct Trio {
+    pub net: String,
+    pub proxy: String,
+    pub a: String,
+    pub b: String,
+}
+
+impl DockerLab {
+    /// Creates the usual scene and configures it (the daemon is not started).
+    pub fn trio(&mut self) -> Trio {
+        let net = self.network("net", &[]);
+        let proxy = self.container("proxy", &net, &[]);
+        let a = self.container("a", &net, &[]);
+        let b = self.container("b", &net, &[]);
+        self.write_config(&whitelist_section(&net, &format!("name={proxy}")));
+        Trio { net, proxy, a, b }
+    }
+}
+
 /// A probe from inside a container (docker exec): TCP to the echo server, or a ping.
 #[derive(Debug, Clone)]
 pub struct Probe {
