@@ -7,11 +7,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_DIR};
-use crate::daemon::{self, Daemon, Status};
+use crate::daemon::reconcile::reconcile;
+use crate::daemon::{self, Daemon};
 use crate::dbus::{self, ManagerClientProxy};
-use crate::docker::{self, DockerClient};
-use crate::plan::{DEFAULT_TABLE, plan, validate_table_name};
-use crate::{caps, logging, nft};
+use crate::docker::DockerClient;
+use crate::firewall::{Firewall, Worker};
+use crate::nft::Netlink;
+use crate::plan::{DEFAULT_TABLE, validate_table_name};
+use crate::status::Status;
+use crate::{caps, logging};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -162,7 +166,7 @@ fn status(json: bool) -> ExitCode {
         }
         Ok(text) => match serde_json::from_str::<Status>(&text) {
             Ok(status) => {
-                print!("{}", render_status(&status));
+                print!("{}", status.render());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -179,64 +183,6 @@ fn status(json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Human status, one block per network (in the manner of `wg show`).
-pub fn render_status(s: &Status) -> String {
-    let mut out = format!("state: {}\n", s.state);
-    if let Some(reason) = &s.reason {
-        out.push_str(&format!("  reason: {reason}\n"));
-    }
-    out.push_str(&format!(
-        "  docker: {}\n  table: {}\n",
-        s.docker_host, s.table
-    ));
-    if let Some(a) = &s.last_apply {
-        out.push_str(&format!(
-            "  last apply: {} batch, {} messages, {:.1} ms (unix time {})\n",
-            a.kind, a.messages, a.duration_ms, a.at
-        ));
-    }
-    if let Some(e) = &s.last_error {
-        out.push_str(&format!("  last error: {e}\n"));
-    }
-    for n in &s.networks {
-        out.push_str(&format!("\nnetwork: {}\n", n.name));
-        let filtering = match n.stateful {
-            Some(true) => "stateful",
-            Some(false) => "stateless backstop only (load br_netfilter)",
-            None => "unknown",
-        };
-        out.push_str(&format!("  bridge: {} ({filtering})\n", n.bridge));
-        out.push_str(&format!("  subnets: {}\n", n.subnets.join(", ")));
-        out.push_str(&format!(
-            "  host traffic: {}\n",
-            if n.allow_host_traffic {
-                "allowed"
-            } else {
-                "blocked"
-            }
-        ));
-        out.push_str(&format!("  configured by: {}\n", n.source));
-        if n.whitelisted.is_empty() {
-            out.push_str("  whitelisted: (none)\n");
-        }
-        for c in &n.whitelisted {
-            out.push_str(&format!(
-                "  whitelisted: {} ({}) {}\n",
-                c.name,
-                &c.id[..c.id.len().min(12)],
-                c.addresses.join(", ")
-            ));
-        }
-        out.push_str(&format!("  dropped: {} packets\n", n.dropped_packets));
-    }
-    for w in &s.waiting {
-        out.push_str(&format!(
-            "\nnetwork: {w}\n  waiting: it does not exist (yet)\n"
-        ));
-    }
-    out
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -269,7 +215,8 @@ fn run(config_dir: &Path) -> ExitCode {
         config.daemon.table
     );
     runtime().block_on(async {
-        let daemon = Daemon::new(config_dir.to_owned(), config);
+        let firewall = Worker::spawn(Netlink::default());
+        let daemon = Daemon::new(config_dir.to_owned(), config, firewall);
         if let Err(e) = daemon::forward_signals(daemon.sender()) {
             eprintln!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
@@ -334,13 +281,17 @@ fn check(config_dir: &Path) -> ExitCode {
         for network in &snapshot.waiting {
             eprintln!("note: network {network} does not exist (yet)");
         }
-        match plan(&config.daemon.table, &docker::managed_networks(&snapshot)) {
-            Ok(ruleset) if ruleset.tables.is_empty() => {
-                println!("# no network to isolate: trafficjam would hold no table");
-                ExitCode::SUCCESS
-            }
-            Ok(ruleset) => {
-                print!("{ruleset}");
+        // As the daemon would: odd networks are set aside, the others isolated.
+        match reconcile(&config.daemon.table, &snapshot, None) {
+            Ok(reconciled) => {
+                for e in &reconciled.rejected {
+                    eprintln!("warning: {e}: that network would not be isolated");
+                }
+                if reconciled.ruleset.tables.is_empty() {
+                    println!("# no network to isolate: trafficjam would hold no table");
+                } else {
+                    print!("{}", reconciled.ruleset);
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -382,7 +333,7 @@ fn clear(config_dir: &Path, table: Option<String>) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
-    match nft::clear(&table) {
+    match Netlink::default().clear(&table) {
         Ok(()) => {
             eprintln!("removed the {table} tables (inet and bridge): no isolation is in force");
             ExitCode::SUCCESS
@@ -397,85 +348,6 @@ fn clear(config_dir: &Path, table: Option<String>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::{ApplyStatus, ContainerStatus, NetworkStatus};
-
-    fn sample() -> Status {
-        Status {
-            state: "active".into(),
-            reason: None,
-            docker_host: "unix:///var/run/docker.sock".into(),
-            table: "trafficjam".into(),
-            networks: vec![NetworkStatus {
-                name: "web".into(),
-                bridge: "br-0123456789ab".into(),
-                subnets: vec!["172.20.0.0/16".into(), "fd00::/64".into()],
-                allow_host_traffic: false,
-                source: "/etc/trafficjam/web.toml".into(),
-                stateful: Some(false),
-                whitelisted: vec![ContainerStatus {
-                    id: "0123456789abcdef0123".into(),
-                    name: "traefik".into(),
-                    addresses: vec!["172.20.0.2".into(), "fd00::2".into()],
-                }],
-                dropped_packets: 42,
-            }],
-            waiting: vec!["later".into()],
-            last_apply: Some(ApplyStatus {
-                at: 1_800_000_000,
-                kind: "full".into(),
-                messages: 38,
-                duration_ms: 12.5,
-            }),
-            last_error: None,
-        }
-    }
-
-    #[test]
-    fn human_status_has_a_block_per_network() {
-        let text = render_status(&sample());
-        assert_eq!(
-            text,
-            "state: active
-  docker: unix:///var/run/docker.sock
-  table: trafficjam
-  last apply: full batch, 38 messages, 12.5 ms (unix time 1800000000)
-
-network: web
-  bridge: br-0123456789ab (stateless backstop only (load br_netfilter))
-  subnets: 172.20.0.0/16, fd00::/64
-  host traffic: blocked
-  configured by: /etc/trafficjam/web.toml
-  whitelisted: traefik (0123456789ab) 172.20.0.2, fd00::2
-  dropped: 42 packets
-
-network: later
-  waiting: it does not exist (yet)
-"
-        );
-    }
-
-    #[test]
-    fn status_summaries_for_systemd() {
-        let mut s = sample();
-        assert_eq!(
-            s.summary(),
-            "1 network isolated, 1 whitelisted container; stateless only on br-0123456789ab (load br_netfilter)"
-        );
-        s.networks[0].stateful = Some(true);
-        s.networks.push(s.networks[0].clone());
-        assert_eq!(s.summary(), "2 networks isolated, 2 whitelisted containers");
-        s.state = "cleared".into();
-        assert_eq!(
-            s.summary(),
-            "rules cleared: run systemctl reload trafficjam to re-apply"
-        );
-        s.state = "degraded".into();
-        s.reason = Some("waiting for Docker at unix:///run/docker.sock".into());
-        assert_eq!(
-            s.summary(),
-            "waiting for Docker at unix:///run/docker.sock; the rules in force are kept"
-        );
-    }
 
     #[test]
     fn a_missing_daemon_is_unreachable_not_a_refusal() {
@@ -485,12 +357,5 @@ network: later
         assert!(matches!(call_error(missing), CallError::Unreachable(_)));
         let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("no".into())));
         assert!(matches!(call_error(denied), CallError::Refused(_)));
-    }
-
-    #[test]
-    fn status_json_round_trips() {
-        let s = sample();
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
     }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
-use crate::plan::{DEFAULT_TABLE, validate_table_name};
+use crate::plan::{DEFAULT_TABLE, valid_network_name, validate_table_name};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -52,24 +52,37 @@ pub struct Filter {
     pub value: String,
 }
 
+/// Why a whitelist entry is not a `docker ps --filter`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("empty whitelist entry")]
+    Empty,
+    #[error(
+        "whitelist entry {0:?} is not a filter: expected KEY=VALUE, as in `docker ps --filter`"
+    )]
+    NotKeyValue(String),
+    #[error("whitelist entry {entry:?}: unknown filter {key:?} (one of {})", FILTER_KEYS.join(", "))]
+    UnknownKey { entry: String, key: String },
+    #[error("whitelist entry {0:?} has an empty value")]
+    EmptyValue(String),
+}
+
 impl Filter {
-    pub fn parse(text: &str) -> Result<Filter, String> {
+    pub fn parse(text: &str) -> Result<Filter, FilterError> {
         if text.trim().is_empty() {
-            return Err("empty whitelist entry".into());
+            return Err(FilterError::Empty);
         }
         let Some((key, value)) = text.split_once('=') else {
-            return Err(format!(
-                "whitelist entry {text:?} is not a filter: expected KEY=VALUE, as in `docker ps --filter`"
-            ));
+            return Err(FilterError::NotKeyValue(text.to_owned()));
         };
         if !FILTER_KEYS.contains(&key) {
-            return Err(format!(
-                "whitelist entry {text:?}: unknown filter {key:?} (one of {})",
-                FILTER_KEYS.join(", ")
-            ));
+            return Err(FilterError::UnknownKey {
+                entry: text.to_owned(),
+                key: key.to_owned(),
+            });
         }
         if value.is_empty() {
-            return Err(format!("whitelist entry {text:?} has an empty value"));
+            return Err(FilterError::EmptyValue(text.to_owned()));
         }
         Ok(Filter {
             key: key.to_owned(),
@@ -247,10 +260,18 @@ struct RawNetwork {
     allow_host_traffic: bool,
 }
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration (examples: \"30s\", \"5m\", \"1m30s\", \"500ms\")")]
+    Invalid(String),
+    #[error("{0:?} is longer than a year")]
+    TooLong(String),
+}
+
 /// Parses `30s`, `5m`, `1h`, `500ms`, or sums of them (`1m30s`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("{text:?} is not a duration (examples: \"30s\", \"5m\", \"1m30s\", \"500ms\")");
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let bad = || DurationError::Invalid(text.to_owned());
     let mut total = Duration::ZERO;
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -277,17 +298,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map(Duration::from_millis)
             .and_then(|part| total.checked_add(part))
             .filter(|t| *t <= Duration::from_secs(366 * 24 * 3600))
-            .ok_or_else(|| format!("{text:?} is longer than a year"))?;
+            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
-}
-
-/// Docker's own rule for network names.
-pub fn valid_network_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 impl Config {
@@ -349,7 +363,7 @@ impl Config {
                 if let Some(interval) = d.resync_interval {
                     claim("resync_interval", interval.span())?;
                     let parsed = parse_duration(interval.get_ref())
-                        .map_err(|m| ConfigError::at(file, text, interval.span(), m))?;
+                        .map_err(|e| ConfigError::at(file, text, interval.span(), e.to_string()))?;
                     if parsed < Duration::from_secs(1) {
                         return Err(ConfigError::at(
                             file,
@@ -424,8 +438,8 @@ impl Config {
                     } else {
                         item.span()
                     };
-                    let filter = Filter::parse(item.get_ref()).map_err(|m| {
-                        ConfigError::at(file, text, span, format!("network {name:?}: {m}"))
+                    let filter = Filter::parse(item.get_ref()).map_err(|e| {
+                        ConfigError::at(file, text, span, format!("network {name:?}: {e}"))
                     })?;
                     whitelist.push(filter);
                 }
@@ -708,6 +722,14 @@ whitelist = "name=proxy"
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            parse_duration("99999999h"),
+            Err(DurationError::TooLong("99999999h".into()))
+        );
+        assert_eq!(
+            parse_duration("5d"),
+            Err(DurationError::Invalid("5d".into()))
+        );
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1h2m3s"), Ok(Duration::from_secs(3723)));
         assert!(parse_duration("").is_err());

@@ -9,8 +9,8 @@ use zbus::names::BusName;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
 
-use crate::daemon::{Msg, Status};
-use crate::nft;
+use crate::daemon::{ControlError, Msg, Reply};
+use crate::status::Status;
 
 pub const BUS_NAME: &str = "org.trafficjam1";
 pub const OBJECT_PATH: &str = "/org/trafficjam1";
@@ -28,6 +28,18 @@ pub enum Error {
     AccessDenied(String),
     /// The operation failed (the message says why); nothing changed.
     Failed(String),
+    /// The daemon is shutting down and takes no more requests.
+    Stopping(String),
+}
+
+impl From<ControlError> for Error {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::ConfigRejected(e) => Error::ConfigRejected(e.to_string()),
+            ControlError::Failed(e) => Error::Failed(e.to_string()),
+            ControlError::Stopping => Error::Stopping(e.to_string()),
+        }
+    }
 }
 
 impl From<zbus::fdo::Error> for Error {
@@ -60,14 +72,16 @@ async fn require_root(conn: &Connection, header: &Header<'_>) -> Result<(), Erro
 }
 
 impl Manager {
-    async fn ask(&self, make: impl FnOnce(crate::daemon::Reply) -> Msg) -> Result<(), String> {
+    /// Sends a request to the daemon loop and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .map_err(|_| "the daemon is stopping".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the daemon is stopping".to_owned())?
+        let stopping = || Error::from(ControlError::Stopping);
+        self.tx.send(make(reply)).map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())
+    }
+
+    async fn control(&self, make: impl FnOnce(Reply) -> Msg) -> Result<(), Error> {
+        Ok(self.ask(make).await??)
     }
 }
 
@@ -80,9 +94,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
         require_root(conn, &header).await?;
-        self.ask(|r| Msg::Reload(Some(r)))
-            .await
-            .map_err(Error::ConfigRejected)
+        self.control(|r| Msg::Reload(Some(r))).await
     }
 
     /// Removes every rule of ours; enforcement pauses until the next Reload or restart.
@@ -92,28 +104,20 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
         require_root(conn, &header).await?;
-        self.ask(|r| Msg::Clear(Some(r)))
-            .await
-            .map_err(Error::Failed)
+        self.control(|r| Msg::Clear(Some(r))).await
     }
 
-    /// The daemon's state as JSON (see README), with current drop counters.
+    /// The daemon's state as JSON (see README), with current drop counters: the loop
+    /// answers, having read them from the kernel.
     async fn status(&self) -> Result<String, Error> {
-        let mut status = self.status.borrow().clone();
-        // Counters are read now, from the kernel; a failure leaves them at 0.
-        let table = status.table.clone();
-        if let Ok(Ok(installed)) =
-            tokio::task::spawn_blocking(move || nft::read_installed(&table)).await
-        {
-            status.add_drop_counters(&installed);
-        }
+        let status = self.ask(Msg::Status).await?;
         serde_json::to_string(&status).map_err(|e| Error::Failed(e.to_string()))
     }
 
     /// `active`, `cleared`, `degraded` or `starting`.
     #[zbus(property)]
     async fn state(&self) -> String {
-        self.status.borrow().state.clone()
+        self.status.borrow().state.as_str().to_owned()
     }
 
     /// Names of the isolated networks.
@@ -152,12 +156,12 @@ pub async fn serve(
     tokio::spawn(async move {
         let mut last = {
             let s = changes.borrow();
-            (s.state.clone(), s.network_names())
+            (s.state, s.network_names())
         };
         while changes.changed().await.is_ok() {
             let now = {
                 let s = changes.borrow();
-                (s.state.clone(), s.network_names())
+                (s.state, s.network_names())
             };
             let emitter: &SignalEmitter<'_> = iface.signal_emitter();
             let manager = iface.get().await;

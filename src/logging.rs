@@ -19,20 +19,10 @@ fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = stream.split_once(':') else {
         return false;
     };
-    let Ok(stat) = fstat_dev_ino(std::io::stderr().as_fd()) else {
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
         return false;
     };
-    dev.parse() == Ok(stat.0) && ino.parse() == Ok(stat.1)
-}
-
-fn fstat_dev_ino(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<(u64, u64)> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fstat on a valid descriptor into a zeroed stat buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.st_dev, st.st_ino))
+    dev.parse() == Ok(stat.st_dev) && ino.parse() == Ok(stat.st_ino)
 }
 
 pub fn init(config_level: Option<&str>) {

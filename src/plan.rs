@@ -3,7 +3,7 @@
 //! Nothing here does I/O. [`plan`] turns a list of [`ManagedNetwork`]s into a [`Ruleset`]
 //! value that `nft` applies in one batch and that renders as `nft` text (`Display`).
 //!
-//! Shape (see DESIGN.md 3), per managed network N on bridge B:
+//! Shape (DESIGN.md §3, "nftables layout"), per managed network N on bridge B:
 //! - `inet` table: `forward` (hook forward, priority filter - 10) sends B-to-B traffic to
 //!   `fwd_N`: established/related and whitelisted sources return, neighbour discovery
 //!   returns, the rest is counted and dropped. `input` sends traffic from B to the host to
@@ -35,6 +35,40 @@ pub const BRIDGE_PRIORITY: i32 = -200;
 /// ICMPv6 neighbour discovery: router solicitation (133) to neighbour advertisement (136).
 /// Without these, IPv6 neighbours cannot resolve each other's link-layer address.
 pub const ND_TYPES: (u8, u8) = (133, 136);
+
+/// The names the kernel sees, built here and nowhere else: base chains, per-network chains
+/// and sets. Everything that needs to find one of them asks the [`Ruleset`] or these.
+pub mod names {
+    use super::IpVersion;
+
+    /// The base chain at the forward hook (both families).
+    pub const FORWARD: &str = "forward";
+    /// The base chain at the input hook (`inet`).
+    pub const INPUT: &str = "input";
+
+    /// `inet`: bridge-to-bridge traffic of one network.
+    pub fn forward_chain(network: &str) -> String {
+        format!("fwd_{network}")
+    }
+
+    /// `inet`: traffic from one network's bridge to the host.
+    pub fn host_chain(network: &str) -> String {
+        format!("host_{network}")
+    }
+
+    /// `bridge`: the stateless backstop of one network.
+    pub fn isolation_chain(network: &str) -> String {
+        format!("iso_{network}")
+    }
+
+    /// The whitelisted addresses of one network and family.
+    pub fn whitelist_set(network: &str, version: IpVersion) -> String {
+        match version {
+            IpVersion::V4 => format!("wl4_{network}"),
+            IpVersion::V6 => format!("wl6_{network}"),
+        }
+    }
+}
 
 /// One Docker network under isolation, as plain data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +256,21 @@ pub struct Table {
     pub chains: Vec<Chain>,
 }
 
+/// A chain of ours, by family and name: where the kernel keeps a counter.
+pub type ChainId = (Family, String);
+
+/// Packets counted by the `counter` rules of each chain (our counters only count drops).
+pub type Counters = std::collections::BTreeMap<ChainId, u64>;
+
+/// What the ruleset holds for one network: its bridge, and the chains whose counters are
+/// its drops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedNetwork {
+    pub name: String,
+    pub bridge: String,
+    pub drop_chains: Vec<ChainId>,
+}
+
 /// The complete desired state of our tables. `tables` is empty when nothing is managed:
 /// then none of our tables should exist in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,9 +278,56 @@ pub struct Ruleset {
     /// Name of our tables, in every family.
     pub table_name: String,
     pub tables: Vec<Table>,
+    /// The networks the tables isolate, in name order.
+    pub networks: Vec<PlannedNetwork>,
+}
+
+/// How the kernel must change to hold a ruleset, given what was last committed there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The kernel holds it already: nothing to send.
+    None,
+    /// Only whitelist set elements differ: an element batch.
+    Elements,
+    /// Our tables are replaced whole.
+    Full,
 }
 
 impl Ruleset {
+    /// An empty ruleset: none of our tables should exist.
+    pub fn empty(table_name: &str) -> Ruleset {
+        Ruleset {
+            table_name: table_name.to_owned(),
+            tables: Vec::new(),
+            networks: Vec::new(),
+        }
+    }
+
+    /// The bridges of the managed networks.
+    pub fn bridges(&self) -> BTreeSet<String> {
+        self.networks.iter().map(|n| n.bridge.clone()).collect()
+    }
+
+    /// The packets dropped for `network`, from the counters read back from the kernel.
+    pub fn dropped(&self, network: &str, counters: &Counters) -> u64 {
+        self.networks
+            .iter()
+            .filter(|n| n.name == network)
+            .flat_map(|n| &n.drop_chains)
+            .filter_map(|chain| counters.get(chain))
+            .sum()
+    }
+
+    /// What it takes to go from `committed` (what the kernel was last given, if known) to
+    /// this ruleset.
+    pub fn change_from(&self, committed: Option<&Ruleset>) -> Change {
+        match committed {
+            Some(current) if current == self => Change::None,
+            Some(current) if current.same_skeleton(self) => Change::Elements,
+            _ => Change::Full,
+        }
+    }
+
     /// The same ruleset with every set emptied: what must match for an update to be a
     /// set-element change only.
     pub fn skeleton(&self) -> Ruleset {
@@ -255,6 +351,7 @@ impl Ruleset {
                     chains: t.chains.clone(),
                 })
                 .collect(),
+            networks: self.networks.clone(),
         }
     }
 
@@ -302,12 +399,16 @@ pub fn validate_table_name(name: &str) -> Result<(), PlanError> {
     }
 }
 
-fn validate_network(net: &ManagedNetwork) -> Result<(), PlanError> {
-    let mut chars = net.name.chars();
-    let name_ok = net.name.len() <= 200
+/// Docker's rule for network names, with a length that chain and set names can carry.
+pub fn valid_network_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 200
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !name_ok {
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn validate_network(net: &ManagedNetwork) -> Result<(), PlanError> {
+    if !valid_network_name(&net.name) {
         return Err(PlanError::BadNetworkName(net.name.clone()));
     }
     // IFNAMSIZ is 16 with the terminating NUL; '/' and whitespace are never valid.
@@ -326,18 +427,11 @@ fn validate_network(net: &ManagedNetwork) -> Result<(), PlanError> {
     Ok(())
 }
 
-fn whitelist_set_name(network: &str, version: IpVersion) -> String {
-    match version {
-        IpVersion::V4 => format!("wl4_{network}"),
-        IpVersion::V6 => format!("wl6_{network}"),
-    }
-}
-
 fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
     [IpVersion::V4, IpVersion::V6]
         .into_iter()
         .map(|version| Set {
-            name: whitelist_set_name(&net.name, version),
+            name: names::whitelist_set(&net.name, version),
             version,
             elements: net
                 .whitelist
@@ -359,7 +453,7 @@ fn neighbour_discovery() -> Rule {
 
 fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut forward = Chain {
-        name: "forward".into(),
+        name: names::FORWARD.into(),
         base: Some(BaseChain {
             hook: Hook::Forward,
             priority: INET_PRIORITY,
@@ -367,7 +461,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         rules: Vec::new(),
     };
     let mut input = Chain {
-        name: "input".into(),
+        name: names::INPUT.into(),
         base: Some(BaseChain {
             hook: Hook::Input,
             priority: INET_PRIORITY,
@@ -377,7 +471,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut sets = Vec::new();
     let mut chains = Vec::new();
     for net in networks {
-        let fwd_name = format!("fwd_{}", net.name);
+        let fwd_name = names::forward_chain(&net.name);
         forward.rules.push(Rule::new(
             vec![
                 Match::IifName(net.bridge.clone()),
@@ -394,7 +488,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 vec![Match::InSet(
                     Dir::Src,
                     version,
-                    whitelist_set_name(&net.name, version),
+                    names::whitelist_set(&net.name, version),
                 )],
                 Verdict::Return,
             ));
@@ -408,7 +502,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         });
 
         if !net.allow_host_traffic {
-            let host_name = format!("host_{}", net.name);
+            let host_name = names::host_chain(&net.name);
             input.rules.push(Rule::new(
                 vec![Match::IifName(net.bridge.clone())],
                 Verdict::Jump(host_name.clone()),
@@ -437,7 +531,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
 
 fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut forward = Chain {
-        name: "forward".into(),
+        name: names::FORWARD.into(),
         base: Some(BaseChain {
             hook: Hook::Forward,
             priority: BRIDGE_PRIORITY,
@@ -447,7 +541,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut sets = Vec::new();
     let mut chains = Vec::new();
     for net in networks {
-        let iso_name = format!("iso_{}", net.name);
+        let iso_name = names::isolation_chain(&net.name);
         // Both ends inside the network's subnets (any pair: --ip-range slices and several
         // subnets of one family are all one network).
         for src in &net.subnets {
@@ -465,7 +559,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 vec![Match::InSet(
                     dir,
                     version,
-                    whitelist_set_name(&net.name, version),
+                    names::whitelist_set(&net.name, version),
                 )],
                 Verdict::Return,
             )
@@ -560,17 +654,31 @@ pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, Pl
         net.subnets.sort();
         net.subnets.dedup();
     }
-    let tables = if sorted.is_empty() {
-        Vec::new()
-    } else {
-        vec![
-            inet_table(table_name, &sorted),
-            bridge_table(table_name, &sorted),
-        ]
-    };
+    if sorted.is_empty() {
+        return Ok(Ruleset::empty(table_name));
+    }
+    let networks = sorted
+        .iter()
+        .map(|net| {
+            let mut drop_chains = vec![(Family::Inet, names::forward_chain(&net.name))];
+            if !net.allow_host_traffic {
+                drop_chains.push((Family::Inet, names::host_chain(&net.name)));
+            }
+            drop_chains.push((Family::Bridge, names::isolation_chain(&net.name)));
+            PlannedNetwork {
+                name: net.name.clone(),
+                bridge: net.bridge.clone(),
+                drop_chains,
+            }
+        })
+        .collect();
     Ok(Ruleset {
         table_name: table_name.to_owned(),
-        tables,
+        tables: vec![
+            inet_table(table_name, &sorted),
+            bridge_table(table_name, &sorted),
+        ],
+        networks,
     })
 }
 

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use common::*;
-use trafficjam::nft::{ApplyKind, ApplyReport, BridgeNetfilter, Nft, drift, read_installed};
-use trafficjam::plan::{DEFAULT_TABLE, Family, ManagedNetwork, Ruleset, plan};
+use trafficjam::firewall::{BatchKind, BridgeFiltering, Firewall};
+use trafficjam::nft::{BridgeNetfilter, Netlink, NftError, drift, read_installed};
+use trafficjam::plan::{Change, DEFAULT_TABLE, Family, ManagedNetwork, Ruleset, plan};
 
 const TABLE: &str = DEFAULT_TABLE;
 
@@ -80,15 +81,68 @@ impl PublicLab {
     }
 }
 
-/// Applies `ruleset` with `nft` from inside the lab's host namespace.
-fn apply(lab: &Lab, nft: Nft, ruleset: &Ruleset) -> (Nft, ApplyReport) {
+/// The netlink firewall as the daemon drives it: with what was last committed (the base
+/// of element batches), and the bridges' br_netfilter attributes set after every apply.
+#[derive(Debug)]
+struct Kernel {
+    firewall: Netlink,
+    committed: Option<Ruleset>,
+}
+
+impl Kernel {
+    fn new(bridge_netfilter: BridgeNetfilter) -> Kernel {
+        Kernel {
+            firewall: Netlink::new(bridge_netfilter),
+            committed: None,
+        }
+    }
+
+    /// Forgets what was committed: the next apply is a full one.
+    fn forget(&mut self) {
+        self.committed = None;
+    }
+
+    /// Applies `ruleset` in the calling thread's namespace.
+    fn apply(&mut self, ruleset: Ruleset) -> Result<Applied, NftError> {
+        let report = self.firewall.apply(self.committed.as_ref(), &ruleset)?;
+        let bridges = self.firewall.bridge_filtering(&ruleset.bridges());
+        self.committed = Some(ruleset);
+        Ok(Applied {
+            kind: report.kind,
+            messages: report.messages,
+            added: report.added,
+            removed: report.removed,
+            bridges,
+        })
+    }
+}
+
+/// What one apply sent, and the bridges' filtering after it.
+#[derive(Debug)]
+struct Applied {
+    kind: BatchKind,
+    messages: usize,
+    added: usize,
+    removed: usize,
+    bridges: Vec<BridgeFiltering>,
+}
+
+impl Applied {
+    /// Every managed bridge is filtered statefully (connection tracking applies).
+    fn stateful(&self) -> bool {
+        self.bridges.iter().all(|b| b.stateful)
+    }
+}
+
+/// Applies `ruleset` with `kernel` from inside the lab's host namespace.
+fn apply(lab: &Lab, kernel: Kernel, ruleset: &Ruleset) -> (Kernel, Applied) {
     let ruleset = ruleset.clone();
     lab.host.enter(move || {
-        let mut nft = nft;
-        let report = nft
+        let mut kernel = kernel;
+        let applied = kernel
             .apply(ruleset.clone())
             .unwrap_or_else(|e| panic!("apply failed: {e}\n{ruleset}"));
-        (nft, report)
+        (kernel, applied)
     })
 }
 
@@ -199,8 +253,8 @@ fn stateful_isolation_with_br_netfilter_on() {
     }
     let p = PublicLab::new(true);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
-    let (_nft, report) = apply(&p.lab, Nft::new(BridgeNetfilter::Leave), &rs);
-    assert_eq!(report.kind, ApplyKind::Full);
+    let (_nft, report) = apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+    assert_eq!(report.kind, BatchKind::Full);
     assert!(report.stateful(), "{report:?}");
     assert_no_drift(&p.lab, &rs);
     assert_probes(&p.lab, &isolation_matrix(&p, true), &rs);
@@ -217,7 +271,7 @@ fn stateless_backstop_with_br_netfilter_off() {
     }
     let p = PublicLab::new(false);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
-    let (_nft, report) = apply(&p.lab, Nft::new(BridgeNetfilter::Leave), &rs);
+    let (_nft, report) = apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
     assert!(!report.stateful(), "br_netfilter is off, yet {report:?}");
     assert_probes(&p.lab, &isolation_matrix(&p, false), &rs);
     assert_neighbours_resolved(&p);
@@ -231,7 +285,7 @@ fn per_bridge_nf_call_attribute_turns_stateful_filtering_on() {
     }
     let p = PublicLab::new(false);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
-    let (_nft, report) = apply(&p.lab, Nft::new(BridgeNetfilter::Enable), &rs);
+    let (_nft, report) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
     assert!(report.stateful(), "{report:?}");
     let details = p.lab.host.ip(&["-d", "link", "show", "br-pub"]);
     assert!(details.contains("nf_call_iptables 1"), "{details}");
@@ -247,7 +301,7 @@ fn allow_host_traffic_opens_the_host_only() {
     }
     let p = PublicLab::new(true);
     let rs = plan(TABLE, &[p.network(true)]).unwrap();
-    apply(&p.lab, Nft::default(), &rs);
+    apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
     let mut e = Vec::new();
     e.extend(expect("host allowed", "b1", &p.gateways(), true));
     e.extend(expect("host allowed", "proxy", &p.gateways(), true));
@@ -274,7 +328,7 @@ fn unmanaged_bridge_beside_a_managed_one_is_untouched() {
     let _l1 = Listeners::start(&p.lab.get("p1").ns);
     let _l2 = Listeners::start(&p.lab.get("p2").ns);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
-    apply(&p.lab, Nft::default(), &rs);
+    apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
     let gw: Vec<IpAddr> = vec!["10.20.0.1".parse().unwrap(), "fd00:20::1".parse().unwrap()];
     let mut e = Vec::new();
     e.extend(expect("unmanaged: open", "p1", &p.addrs("p2"), true));
@@ -338,7 +392,7 @@ fn several_subnets_on_one_bridge() {
             allow_host_traffic: false,
         };
         let rs = plan(TABLE, &[net]).unwrap();
-        apply(&lab, Nft::new(BridgeNetfilter::Leave), &rs);
+        apply(&lab, Kernel::new(BridgeNetfilter::Leave), &rs);
         let a = lab.get("a").addrs.clone();
         let b = lab.get("b").addrs.clone();
         let c = lab.get("c").addrs.clone();
@@ -366,27 +420,25 @@ fn whitelist_changes_are_element_updates() {
     let p = PublicLab::new(true);
     let mut net = p.network(false);
     let rs = plan(TABLE, &[net.clone()]).unwrap();
-    let (nft, _) = apply(&p.lab, Nft::default(), &rs);
+    let (nft, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
 
     // b1 joins the whitelist: it now reaches b2; b2 still cannot reach b1.
     net.whitelist.extend(p.addrs("b1"));
     let rs = plan(TABLE, &[net.clone()]).unwrap();
     let (nft, report) = apply(&p.lab, nft, &rs);
     assert_eq!(
-        report.kind,
-        ApplyKind::Elements {
-            added: 4,
-            removed: 0
-        }
+        (report.kind, report.added, report.removed),
+        (BatchKind::Elements, 4, 0)
     );
     assert_no_drift(&p.lab, &rs);
     let mut e = expect("b1 whitelisted", "b1", &p.addrs("b2"), true);
     e.extend(expect("b2 not", "b2", &p.addrs("b1"), false));
     assert_probes(&p.lab, &e, &rs);
 
-    // The same ruleset again: nothing is sent.
+    // The same ruleset again: the daemon sends nothing, and an apply would be empty.
+    assert_eq!(rs.change_from(nft.committed.as_ref()), Change::None);
     let (nft, report) = apply(&p.lab, nft, &rs);
-    assert_eq!((report.kind, report.messages), (ApplyKind::Unchanged, 0));
+    assert_eq!((report.kind, report.messages), (BatchKind::Elements, 0));
 
     // And leaves it again.
     for a in p.addrs("b1") {
@@ -395,11 +447,8 @@ fn whitelist_changes_are_element_updates() {
     let rs = plan(TABLE, &[net]).unwrap();
     let (_, report) = apply(&p.lab, nft, &rs);
     assert_eq!(
-        report.kind,
-        ApplyKind::Elements {
-            added: 0,
-            removed: 4
-        }
+        (report.kind, report.added, report.removed),
+        (BatchKind::Elements, 0, 4)
     );
     assert_no_drift(&p.lab, &rs);
     assert_probes(
@@ -416,7 +465,7 @@ fn clear_removes_every_table_of_ours_and_opens_everything() {
     }
     let p = PublicLab::new(true);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
-    let (nft, _) = apply(&p.lab, Nft::default(), &rs);
+    let (nft, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
     assert_probes(
         &p.lab,
         &expect("isolated", "b1", &p.addrs("b2"), false),
@@ -424,7 +473,7 @@ fn clear_removes_every_table_of_ours_and_opens_everything() {
     );
     p.lab.host.enter(move || {
         let mut nft = nft;
-        nft.clear(TABLE).expect("clear");
+        nft.firewall.clear(TABLE).expect("clear");
     });
     let installed = p.lab.host.enter(|| read_installed(TABLE).unwrap());
     assert!(installed.tables.is_empty(), "{installed:?}");
@@ -436,7 +485,7 @@ fn clear_removes_every_table_of_ours_and_opens_everything() {
     // Clearing what is not there is fine.
     p.lab
         .host
-        .enter(|| trafficjam::nft::clear(TABLE).expect("second clear"));
+        .enter(|| Netlink::default().clear(TABLE).expect("second clear"));
 }
 
 #[test]
@@ -452,13 +501,13 @@ fn tables_of_others_are_never_touched() {
     );
     let before = p.lab.host.nft(&["-s", "list", "ruleset"]);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
-    let (nft, _) = apply(&p.lab, Nft::default(), &rs);
+    let (nft, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
     let mut net = p.network(false);
     net.whitelist.extend(p.addrs("b1"));
     let (nft, _) = apply(&p.lab, nft, &plan(TABLE, &[net]).unwrap());
     p.lab.host.enter(move || {
         let mut nft = nft;
-        nft.clear(TABLE).expect("clear");
+        nft.firewall.clear(TABLE).expect("clear");
     });
     let after = p.lab.host.nft(&["-s", "list", "ruleset"]);
     assert_eq!(before, after, "foreign tables changed");
@@ -471,7 +520,7 @@ fn drift_is_detected_and_a_full_apply_repairs_it() {
     }
     let p = PublicLab::new(true);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
-    let (mut nft, _) = apply(&p.lab, Nft::default(), &rs);
+    let (mut nft, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
     assert_no_drift(&p.lab, &rs);
 
     p.lab.host.nft(&["delete", "table", "inet", TABLE]);
@@ -485,7 +534,7 @@ fn drift_is_detected_and_a_full_apply_repairs_it() {
     );
     nft.forget();
     let (mut nft, report) = apply(&p.lab, nft, &rs);
-    assert_eq!(report.kind, ApplyKind::Full);
+    assert_eq!(report.kind, BatchKind::Full);
     assert_no_drift(&p.lab, &rs);
 
     p.lab
@@ -519,7 +568,7 @@ fn rendered_text_and_netlink_batch_install_the_same_ruleset() {
     ];
     second.whitelist = BTreeSet::from(["10.99.0.9".parse().unwrap()]);
     let rs = plan(TABLE, &[p.network(false), second]).unwrap();
-    apply(&p.lab, Nft::new(BridgeNetfilter::Leave), &rs);
+    apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
     let ours = p.lab.host.nft(&["-s", "list", "ruleset"]);
 
     let other = Netns::new("text");
@@ -573,7 +622,7 @@ fn updates_are_atomic_under_traffic() {
         plan(TABLE, &[base.clone(), other]).unwrap(),
         plan(TABLE, &[base, other_changed]).unwrap(),
     ];
-    let (nft, _) = apply(&p.lab, Nft::default(), &states[0]);
+    let (nft, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &states[0]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let tcp_leaks = Arc::new(AtomicUsize::new(0));
@@ -656,10 +705,10 @@ fn updates_are_atomic_under_traffic() {
         let (mut full, mut elements) = (0, 0);
         for i in 1..=200 {
             let report = nft.apply(states[i % states.len()].clone()).expect("apply");
+            assert!(report.messages > 0, "every step changes something");
             match report.kind {
-                ApplyKind::Full => full += 1,
-                ApplyKind::Elements { .. } => elements += 1,
-                ApplyKind::Unchanged => panic!("every step changes something"),
+                BatchKind::Full => full += 1,
+                BatchKind::Elements => elements += 1,
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -738,18 +787,16 @@ fn a_foreign_table_with_our_name_is_refused() {
     let before = p.lab.host.nft(&["-s", "list", "ruleset"]);
     let rs = plan("tjforeign", &[p.network(false)]).unwrap();
     let err = p.lab.host.enter(move || {
-        Nft::default()
+        Kernel::new(BridgeNetfilter::Enable)
             .apply(rs)
             .expect_err("applying over a foreign table must fail")
     });
-    assert!(
-        matches!(err, trafficjam::nft::NftError::NotOurs { .. }),
-        "{err}"
-    );
-    let err = p
-        .lab
-        .host
-        .enter(|| trafficjam::nft::clear("tjforeign").expect_err("clearing it must fail"));
+    assert!(matches!(err, NftError::NotOurs { .. }), "{err}");
+    let err = p.lab.host.enter(|| {
+        Netlink::default()
+            .clear("tjforeign")
+            .expect_err("clearing it must fail")
+    });
     assert!(
         err.to_string().contains("not created by trafficjam"),
         "{err}"

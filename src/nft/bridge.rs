@@ -7,30 +7,21 @@
 //! read-only under the service's hardening). Without br_netfilter the stateless bridge
 //! backstop still keeps non-whitelisted containers apart.
 
-use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{
+    InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage,
+};
+use nix::sys::socket::SockProtocol;
+
 use super::NftError;
-use super::netlink::{netlink_socket, push_attr, read_acks, send_all, set_receive_timeout};
-
-// From <linux/if_link.h>; not all of them are in the libc crate.
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
-const IFLA_BR_NF_CALL_IPTABLES: u16 = 36;
-const IFLA_BR_NF_CALL_IP6TABLES: u16 = 37;
-const NLA_F_NESTED: u16 = 1 << 15;
-
-/// Whether stateful filtering is active on one managed bridge, and why (not).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BridgeFiltering {
-    pub bridge: String,
-    /// True when br_netfilter hands this bridge's IPv4 and IPv6 traffic to the `inet`
-    /// chains, so connection tracking applies; false means the stateless backstop alone.
-    pub stateful: bool,
-    pub detail: String,
-}
+use super::netlink::{netlink_socket, read_acks, send_all, set_receive_timeout};
+use crate::firewall::BridgeFiltering;
 
 /// What to do about br_netfilter on managed bridges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,43 +73,40 @@ pub fn bridge_filtering(bridge: &str, policy: BridgeNetfilter) -> BridgeFilterin
     }
 }
 
-/// Sets `nf_call_iptables` and `nf_call_ip6tables` on a bridge (RTM_NEWLINK on an
-/// existing link is a change, like `ip link set BR type bridge nf_call_iptables 1`).
+/// The RTM_NEWLINK message that sets `nf_call_iptables` and `nf_call_ip6tables` on the
+/// bridge with interface index `index` (a change of an existing link, like `ip link set BR
+/// type bridge nf_call_iptables 1 nf_call_ip6tables 1`).
+fn nf_call_message(index: u32, on: bool) -> Vec<u8> {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Bridge),
+        LinkInfo::Data(InfoData::Bridge(vec![
+            InfoBridge::NfCallIpTables(on),
+            InfoBridge::NfCallIp6Tables(on),
+        ])),
+    ]));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let mut message = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)),
+    );
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    bytes
+}
+
+/// Sets `nf_call_iptables` and `nf_call_ip6tables` on a bridge, in the calling thread's
+/// network namespace.
 pub fn set_nf_call(bridge: &str, on: bool) -> Result<(), NftError> {
-    let name = CString::new(bridge).map_err(|_| NftError::NoSuchBridge(bridge.to_owned()))?;
-    // SAFETY: name is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(NftError::NoSuchBridge(bridge.to_owned()));
-    }
-
-    let mut data = Vec::new();
-    push_attr(&mut data, IFLA_BR_NF_CALL_IPTABLES, &[u8::from(on)]);
-    push_attr(&mut data, IFLA_BR_NF_CALL_IP6TABLES, &[u8::from(on)]);
-    let mut linkinfo = Vec::new();
-    push_attr(&mut linkinfo, IFLA_INFO_KIND, b"bridge\0");
-    push_attr(&mut linkinfo, IFLA_INFO_DATA | NLA_F_NESTED, &data);
-    let mut attrs = Vec::new();
-    push_attr(&mut attrs, IFLA_LINKINFO | NLA_F_NESTED, &linkinfo);
-
-    // struct ifinfomsg: family, pad, type, index, flags, change.
-    let mut ifinfo = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
-    ifinfo.extend_from_slice(&(index as i32).to_ne_bytes());
-    ifinfo.extend_from_slice(&[0; 8]);
-
-    let len = std::mem::size_of::<libc::nlmsghdr>() + ifinfo.len() + attrs.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
-    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    msg.extend_from_slice(&ifinfo);
-    msg.extend_from_slice(&attrs);
-
-    let sock = netlink_socket(libc::NETLINK_ROUTE)?;
+    let index = nix::net::if_::if_nametoindex(bridge)
+        .map_err(|_| NftError::NoSuchBridge(bridge.to_owned()))?;
+    let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
     set_receive_timeout(&sock)?;
-    send_all(&sock, &msg)?;
+    send_all(&sock, &nf_call_message(index, on))?;
     let mut result = Ok(());
     read_acks(&sock, |_, errno| {
         if errno != 0 {
@@ -130,4 +118,38 @@ pub fn set_nf_call(bridge: &str, on: bool) -> Result<(), NftError> {
         true
     })?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message trafficjam sent before netlink-packet-route built it (hand-assembled:
+    /// ifinfomsg for index 7, IFLA_LINKINFO { kind "bridge", data { NF_CALL_IPTABLES 1,
+    /// NF_CALL_IP6TABLES 1 } }), which the kernel tier showed the kernel accepts.
+    const HAND_BUILT: &[u8] = &[
+        0x44, 0, 0, 0, 0x10, 0, 0x05, 0, 1, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr
+        0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // ifinfomsg
+        0x24, 0, 0x12, 0x80, // IFLA_LINKINFO (nested)
+        0x0b, 0, 1, 0, b'b', b'r', b'i', b'd', b'g', b'e', 0, 0, // IFLA_INFO_KIND
+        0x14, 0, 2, 0x80, // IFLA_INFO_DATA (nested)
+        5, 0, 36, 0, 1, 0, 0, 0, // IFLA_BR_NF_CALL_IPTABLES
+        5, 0, 37, 0, 1, 0, 0, 0, // IFLA_BR_NF_CALL_IP6TABLES
+    ];
+
+    #[test]
+    fn the_message_matches_the_hand_built_one_but_for_the_nested_flags() {
+        let built = nf_call_message(7, true);
+        assert_eq!(built.len(), HAND_BUILT.len());
+        // NLA_F_NESTED (bit 15 of an attribute type) is optional for these attributes.
+        let without_nested_flag = |bytes: &[u8]| {
+            let mut bytes = bytes.to_vec();
+            for at in [35, 51] {
+                bytes[at] &= 0x7f;
+            }
+            bytes
+        };
+        assert_eq!(without_nested_flag(&built), without_nested_flag(HAND_BUILT));
+        assert_eq!(nf_call_message(7, false)[56], 0);
+    }
 }

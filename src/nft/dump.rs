@@ -14,8 +14,12 @@ use rustables::sys::{
 };
 
 use super::NftError;
-use super::netlink::{netlink_socket, push_attr, read_answers, send_all, set_receive_timeout};
-use crate::plan::Family;
+use nix::sys::socket::SockProtocol;
+
+use super::netlink::{
+    Answer, netlink_socket, push_attr, read_answers, send_all, set_receive_timeout,
+};
+use crate::plan::{Counters, Family};
 
 /// What trafficjam writes at the start of its tables' user data: the mark of a table it
 /// created. A table of the configured name without it belongs to someone else.
@@ -99,7 +103,6 @@ fn cstr(s: &str) -> Vec<u8> {
 /// Runs one dump request and returns the attribute part of every answer.
 fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError> {
     const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
-    const NFGENMSG: usize = 4;
     let len = HDR + NFGENMSG + attrs.len();
     let mut req = Vec::with_capacity(len);
     req.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -110,11 +113,20 @@ fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError
     req.extend_from_slice(&[nfproto(family), 0, 0, 0]); // family, NFNETLINK_V0, res_id
     req.extend_from_slice(attrs);
 
-    let sock = netlink_socket(libc::NETLINK_NETFILTER)?;
+    let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
     set_receive_timeout(&sock)?;
     send_all(&sock, &req)?;
     let mut answers = Vec::new();
-    read_answers(&sock, |answer| match answer.kind as libc::c_int {
+    read_answers(&sock, |answer| collect_dump(&answer, &mut answers))?;
+    Ok(answers)
+}
+
+const NFGENMSG: usize = 4;
+
+/// Takes one message of a dump: its attributes go to `answers`; the end of the dump, or
+/// an error, is the result.
+fn collect_dump(answer: &Answer<'_>, answers: &mut Vec<Vec<u8>>) -> Option<Result<(), NftError>> {
+    match answer.kind as libc::c_int {
         _ if answer.flags & libc::NLM_F_DUMP_INTR as u16 != 0 => Some(Err(NftError::Receive(
             io::Error::other("the ruleset changed during the dump; read again"),
         ))),
@@ -133,8 +145,23 @@ fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError
             }
             None
         }
-    })?;
-    Ok(answers)
+    }
+}
+
+/// The addresses in one answer of a set-element dump.
+fn set_elements(answer: &[u8]) -> impl Iterator<Item = IpAddr> + '_ {
+    attribute(answer, NFTA_SET_ELEM_LIST_ELEMENTS)
+        .into_iter()
+        .flat_map(attributes)
+        .filter_map(|(_, element)| {
+            let key = attribute(element, NFTA_SET_ELEM_KEY)
+                .and_then(|k| attribute(k, NFTA_DATA_VALUE))?;
+            match key.len() {
+                4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(key).ok()?))),
+                16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(key).ok()?))),
+                _ => None,
+            }
+        })
 }
 
 /// Packets counted by the `counter` expressions of one rule.
@@ -149,6 +176,21 @@ fn counted_packets(rule_attrs: &[u8]) -> u64 {
         .filter_map(|d| attribute(d, NFTA_COUNTER_PACKETS))
         .filter_map(|p| p.try_into().ok().map(u64::from_be_bytes))
         .sum()
+}
+
+/// Every rule of our table `table` in `family`: its chain, and the packets its counters
+/// counted.
+fn rules(family: Family, table: &str) -> Result<Vec<(String, u64)>, NftError> {
+    let mut filter = Vec::new();
+    push_attr(&mut filter, NFTA_RULE_TABLE, &cstr(table));
+    Ok(dump(NFT_MSG_GETRULE, family, &filter)?
+        .iter()
+        .filter(|rule| attribute(rule, NFTA_RULE_TABLE).map(string).as_deref() == Some(table))
+        .filter_map(|rule| {
+            let chain = attribute(rule, NFTA_RULE_CHAIN).map(string)?;
+            Some((chain, counted_packets(rule)))
+        })
+        .collect())
 }
 
 fn read_table(
@@ -167,17 +209,9 @@ fn read_table(
             installed.rules_per_chain.insert(string(name), 0);
         }
     }
-    let mut filter = Vec::new();
-    push_attr(&mut filter, NFTA_RULE_TABLE, &cstr(table));
-    for rule in dump(NFT_MSG_GETRULE, family, &filter)? {
-        if attribute(&rule, NFTA_RULE_TABLE).map(string).as_deref() != Some(table) {
-            continue;
-        }
-        let Some(chain) = attribute(&rule, NFTA_RULE_CHAIN).map(string) else {
-            continue;
-        };
+    for (chain, packets) in rules(family, table)? {
         *installed.rules_per_chain.entry(chain.clone()).or_default() += 1;
-        *installed.dropped_per_chain.entry(chain).or_default() += counted_packets(&rule);
+        *installed.dropped_per_chain.entry(chain).or_default() += packets;
     }
     for set in dump(NFT_MSG_GETSET, family, &[])? {
         if attribute(&set, NFTA_SET_TABLE).map(string).as_deref() != Some(table) {
@@ -189,26 +223,10 @@ fn read_table(
         let mut filter = Vec::new();
         push_attr(&mut filter, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
         push_attr(&mut filter, NFTA_SET_ELEM_LIST_SET, &cstr(&name));
-        let mut elements = BTreeSet::new();
-        for answer in dump(NFT_MSG_GETSETELEM, family, &filter)? {
-            let Some(list) = attribute(&answer, NFTA_SET_ELEM_LIST_ELEMENTS) else {
-                continue;
-            };
-            for (_, element) in attributes(list) {
-                let key = attribute(element, NFTA_SET_ELEM_KEY)
-                    .and_then(|k| attribute(k, NFTA_DATA_VALUE));
-                let addr = match key {
-                    Some(k) if k.len() == 4 => {
-                        IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(k).expect("4")))
-                    }
-                    Some(k) if k.len() == 16 => {
-                        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(k).expect("16")))
-                    }
-                    _ => continue,
-                };
-                elements.insert(addr);
-            }
-        }
+        let elements = dump(NFT_MSG_GETSETELEM, family, &filter)?
+            .iter()
+            .flat_map(|answer| set_elements(answer).collect::<Vec<_>>())
+            .collect();
         installed.sets.insert(name, elements);
     }
     Ok(installed)
@@ -232,6 +250,18 @@ pub fn table_owners(table: &str) -> Result<BTreeMap<Family, bool>, NftError> {
     Ok(owners)
 }
 
+/// The drop counters of our tables named `table`, per chain: rule dumps only, so the cost
+/// does not grow with the whitelists.
+pub fn read_counters(table: &str) -> Result<Counters, NftError> {
+    let mut counters = Counters::new();
+    for family in table_owners(table)?.into_keys() {
+        for (chain, packets) in rules(family, table)? {
+            *counters.entry((family, chain)).or_default() += packets;
+        }
+    }
+    Ok(counters)
+}
+
 /// Reads our tables (named `table`, `inet` and `bridge` families) back from the kernel.
 pub fn read_installed(table: &str) -> Result<InstalledRuleset, NftError> {
     let mut ruleset = InstalledRuleset::default();
@@ -245,4 +275,78 @@ pub fn read_installed(table: &str) -> Result<InstalledRuleset, NftError> {
         }
     }
     Ok(ruleset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::netlink::parse_answers;
+
+    // Captured from the kernel with `strace -e read=3 nft list set inet tjcap wl4_web` and
+    // `nft list chain inet tjcap fwd_web`, on a table holding wl4_web = { 10.1.0.2,
+    // 10.1.0.3 } and `chain fwd_web { counter packets 7 bytes 420 drop }`.
+    const SET_ELEMENTS: &[u8] = b"\x50\x00\x00\x00\x0c\x0a\x02\x00\x00\x00\x00\x00\xc2\x26\x00\x00\x01\x00\x00\x02\x0a\x00\x01\x00\x74\x6a\x63\x61\x70\x00\x00\x00\x0c\x00\x02\x00\x77\x6c\x34\x5f\x77\x65\x62\x00\x24\x00\x03\x00\x10\x00\x01\x00\x0c\x00\x01\x00\x08\x00\x01\x00\x0a\x01\x00\x02\x10\x00\x01\x00\x0c\x00\x01\x00\x08\x00\x01\x00\x0a\x01\x00\x03";
+    const SET_ELEMENTS_END: &[u8] = b"\x30\x00\x00\x00\x0c\x0a\x02\x00\x00\x00\x00\x00\xc2\x26\x00\x00\x01\x00\x00\x02\x0a\x00\x01\x00\x74\x6a\x63\x61\x70\x00\x00\x00\x0c\x00\x02\x00\x77\x6c\x34\x5f\x77\x65\x62\x00\x04\x00\x03\x00\x14\x00\x00\x00\x03\x00\x02\x00\x00\x00\x00\x00\xc2\x26\x00\x00\x00\x00\x00\x00";
+    const COUNTED_RULE: &[u8] = b"\x98\x00\x00\x00\x06\x0a\x02\x08\x00\x00\x00\x00\xc2\x26\x00\x00\x01\x00\x00\x02\x0a\x00\x01\x00\x74\x6a\x63\x61\x70\x00\x00\x00\x0c\x00\x02\x00\x66\x77\x64\x5f\x77\x65\x62\x00\x0c\x00\x03\x00\x00\x00\x00\x00\x00\x00\x00\x03\x60\x00\x04\x00\x2c\x00\x01\x00\x0c\x00\x01\x00\x63\x6f\x75\x6e\x74\x65\x72\x00\x1c\x00\x02\x00\x0c\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\xa4\x0c\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x07\x30\x00\x01\x00\x0e\x00\x01\x00\x69\x6d\x6d\x65\x64\x69\x61\x74\x65\x00\x00\x00\x1c\x00\x02\x00\x08\x00\x01\x00\x00\x00\x00\x00\x10\x00\x02\x00\x0c\x00\x02\x00\x08\x00\x01\x00\x00\x00\x00\x00";
+
+    /// Feeds captured datagrams to the dump collector, as `dump` does with the socket's.
+    fn collect(datagrams: &[&[u8]]) -> (Option<Result<(), NftError>>, Vec<Vec<u8>>) {
+        let mut answers = Vec::new();
+        for datagram in datagrams {
+            if let Some(end) = parse_answers(datagram, &mut |a| collect_dump(&a, &mut answers)) {
+                return (Some(end), answers);
+            }
+        }
+        (None, answers)
+    }
+
+    #[test]
+    fn a_captured_set_dump_gives_its_elements() {
+        let (end, answers) = collect(&[SET_ELEMENTS, SET_ELEMENTS_END]);
+        assert!(matches!(end, Some(Ok(()))), "the dump did not end");
+        assert_eq!(answers.len(), 2);
+        assert_eq!(
+            attribute(&answers[0], NFTA_SET_ELEM_LIST_SET).map(string),
+            Some("wl4_web".to_owned())
+        );
+        let elements: BTreeSet<IpAddr> = answers.iter().flat_map(|a| set_elements(a)).collect();
+        assert_eq!(
+            elements,
+            BTreeSet::from(["10.1.0.2".parse().unwrap(), "10.1.0.3".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn a_captured_rule_gives_its_chain_and_counter() {
+        let (end, answers) = collect(&[COUNTED_RULE]);
+        assert!(end.is_none(), "a rule alone does not end the dump");
+        let rule = &answers[0];
+        assert_eq!(
+            attribute(rule, NFTA_RULE_TABLE).map(string).as_deref(),
+            Some("tjcap")
+        );
+        assert_eq!(
+            attribute(rule, NFTA_RULE_CHAIN).map(string).as_deref(),
+            Some("fwd_web")
+        );
+        assert_eq!(counted_packets(rule), 7);
+    }
+
+    #[test]
+    fn an_interrupted_dump_is_an_error() {
+        let mut interrupted = SET_ELEMENTS.to_vec();
+        let flags =
+            u16::from_ne_bytes([interrupted[6], interrupted[7]]) | libc::NLM_F_DUMP_INTR as u16;
+        interrupted[6..8].copy_from_slice(&flags.to_ne_bytes());
+        let (end, _) = collect(&[&interrupted]);
+        assert!(matches!(end, Some(Err(NftError::Receive(_)))));
+    }
+
+    #[test]
+    fn user_data_tells_our_tables_from_others() {
+        let ours = table_userdata(0x0123_4567_89ab_cdef);
+        assert_eq!(owned_fingerprint(Some(&ours)), Some(0x0123_4567_89ab_cdef));
+        assert_eq!(owned_fingerprint(Some(b"someone else")), None);
+        assert_eq!(owned_fingerprint(None), None);
+    }
 }

@@ -27,10 +27,14 @@ use rustables::set::{SetBuilder, SetElementList};
 use rustables::sys::{NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER};
 use rustables::{ChainPolicy, ChainType, HookClass, ProtocolFamily};
 
-pub use bridge::{BridgeFiltering, BridgeNetfilter, bridge_filtering, set_nf_call};
-pub use dump::{InstalledRuleset, InstalledTable, OWNER_MARK, read_installed, table_owners};
+pub use bridge::{BridgeNetfilter, bridge_filtering, set_nf_call};
+pub use dump::{
+    InstalledRuleset, InstalledTable, OWNER_MARK, read_counters, read_installed, table_owners,
+};
+use tracing::warn;
 
-use crate::plan::{Dir, Family, Hook, IpVersion, Match, Ruleset, Set, Verdict};
+use crate::firewall::{ApplyReport, BatchKind, BridgeFiltering, Firewall};
+use crate::plan::{Change, Counters, Dir, Family, Hook, IpVersion, Match, Ruleset, Set, Verdict};
 use netlink::Transaction;
 
 /// Set elements per netlink message: the element list is one attribute, and an attribute
@@ -60,130 +64,84 @@ pub enum NftError {
          delete it (choose another `table` name)"
     )]
     NotOurs { family: &'static str, name: String },
+    #[error("the firewall worker has stopped")]
+    WorkerStopped,
 }
 
-/// How an apply reached the kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApplyKind {
-    /// The kernel already holds this ruleset (as far as we committed it).
-    Unchanged,
-    /// Our tables replaced as a whole.
-    Full,
-    /// Only whitelist set elements changed.
-    Elements { added: usize, removed: usize },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApplyReport {
-    pub kind: ApplyKind,
-    /// Netlink messages in the batch (0 when unchanged).
-    pub messages: usize,
-    /// br_netfilter state of every managed bridge.
-    pub bridges: Vec<BridgeFiltering>,
-}
-
-impl ApplyReport {
-    /// True when every managed bridge is filtered statefully (connection tracking applies).
-    pub fn stateful(&self) -> bool {
-        self.bridges.iter().all(|b| b.stateful)
-    }
-}
-
-/// Our view of the kernel: what we last committed there.
-#[derive(Debug)]
-pub struct Nft {
-    committed: Option<Ruleset>,
+/// The real firewall: our tables in the calling thread's network namespace, over netlink.
+#[derive(Debug, Clone, Copy)]
+pub struct Netlink {
     bridge_netfilter: BridgeNetfilter,
 }
 
-impl Default for Nft {
+impl Default for Netlink {
     fn default() -> Self {
-        Nft::new(BridgeNetfilter::Enable)
+        Netlink::new(BridgeNetfilter::Enable)
     }
 }
 
-impl Nft {
+impl Netlink {
     pub fn new(bridge_netfilter: BridgeNetfilter) -> Self {
-        Nft {
-            committed: None,
-            bridge_netfilter,
-        }
+        Netlink { bridge_netfilter }
     }
+}
 
-    /// What we last committed, if anything.
-    pub fn committed(&self) -> Option<&Ruleset> {
-        self.committed.as_ref()
-    }
-
-    /// Forgets what was committed, so that the next apply replaces our tables whole
-    /// (after drift was detected, or someone else changed the ruleset).
-    pub fn forget(&mut self) {
-        self.committed = None;
-    }
-
-    /// Makes the kernel hold `desired`, in one transaction. Takes the ruleset by value: it
-    /// becomes the record of what is committed (a large whitelist is not copied).
-    pub fn apply(&mut self, desired: Ruleset) -> Result<ApplyReport, NftError> {
-        let (kind, messages) = match &self.committed {
-            // Same tables, chains and rules: at most set elements differ. One pass over the
-            // sets finds the difference; an empty one means nothing to do.
-            Some(current) if current.same_skeleton(&desired) => {
-                let (tx, added, removed) = element_transaction(current, &desired)?;
+impl Firewall for Netlink {
+    fn apply(
+        &mut self,
+        committed: Option<&Ruleset>,
+        desired: &Ruleset,
+    ) -> Result<ApplyReport, NftError> {
+        let full = |desired: &Ruleset| {
+            full_replace(desired).map(|messages| ApplyReport {
+                kind: BatchKind::Full,
+                messages,
+                added: 0,
+                removed: 0,
+            })
+        };
+        match (committed, desired.change_from(committed)) {
+            // At most set elements differ: one pass over the sets finds the difference.
+            (Some(current), Change::None | Change::Elements) => {
+                let (tx, added, removed) = element_transaction(current, desired)?;
                 let messages = tx.len();
-                if messages == 0 {
-                    (ApplyKind::Unchanged, 0)
-                } else {
-                    match tx.commit() {
-                        Ok(()) => (ApplyKind::Elements { added, removed }, messages),
-                        // The kernel no longer matches what we committed (someone flushed
-                        // a set, say): replace everything instead.
-                        Err(_) => (ApplyKind::Full, full_replace(&desired)?),
+                match tx.commit() {
+                    Ok(()) => Ok(ApplyReport {
+                        kind: BatchKind::Elements,
+                        messages,
+                        added,
+                        removed,
+                    }),
+                    Err(e) => {
+                        // The kernel no longer holds what we committed (someone flushed a
+                        // set, say): replace everything instead.
+                        warn!("element update refused ({e}); replacing our tables whole");
+                        full(desired)
                     }
                 }
             }
-            _ => (ApplyKind::Full, full_replace(&desired)?),
-        };
-        let bridges = managed_bridges(&desired)
-            .into_iter()
-            .map(|b| bridge_filtering(&b, self.bridge_netfilter))
-            .collect();
-        self.committed = Some(desired);
-        Ok(ApplyReport {
-            kind,
-            messages,
-            bridges,
-        })
-    }
-
-    /// Removes our tables from the kernel (both families) in one transaction.
-    pub fn clear(&mut self, table_name: &str) -> Result<(), NftError> {
-        clear(table_name)?;
-        self.committed = None;
-        Ok(())
-    }
-}
-
-/// Removes our tables (`inet` and `bridge` families named `table_name`), if present.
-pub fn clear(table_name: &str) -> Result<(), NftError> {
-    let empty = Ruleset {
-        table_name: table_name.to_owned(),
-        tables: Vec::new(),
-    };
-    full_replace(&empty).map(|_| ())
-}
-
-fn managed_bridges(ruleset: &Ruleset) -> Vec<String> {
-    let mut bridges = BTreeSet::new();
-    if let Some(inet) = ruleset.table(Family::Inet) {
-        for chain in inet.chains.iter().filter(|c| c.name == "forward") {
-            for rule in &chain.rules {
-                if let Some(Match::IifName(b)) = rule.matches.first() {
-                    bridges.insert(b.clone());
-                }
-            }
+            _ => full(desired),
         }
     }
-    bridges.into_iter().collect()
+
+    fn drift(&mut self, desired: &Ruleset) -> Result<Vec<String>, NftError> {
+        drift(desired)
+    }
+
+    fn clear(&mut self, table: &str) -> Result<(), NftError> {
+        full_replace(&Ruleset::empty(table)).map(|_| ())
+    }
+
+    fn counters(&mut self, table: &str) -> Result<Counters, NftError> {
+        read_counters(table)
+    }
+
+    fn bridge_filtering(&mut self, bridges: &BTreeSet<String>) -> Vec<BridgeFiltering> {
+        bridges
+            .iter()
+            .map(|b| bridge_filtering(b, self.bridge_netfilter))
+            .collect()
+    }
 }
 
 fn protocol_family(family: Family) -> ProtocolFamily {

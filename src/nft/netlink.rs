@@ -6,8 +6,14 @@
 //! kernel refused, not just an errno.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SetSockOpt, SockFlag, SockProtocol, SockType, recv,
+    sendto, setsockopt, socket, sockopt,
+};
+use nix::sys::time::TimeVal;
 use rustables::{Batch, MsgType};
 
 use super::NftError;
@@ -79,121 +85,97 @@ impl Transaction {
             return Ok(());
         }
         let bytes = self.batch.finalize();
-        let sock = netlink_socket(libc::NETLINK_NETFILTER)?;
+        let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
         // Room for the batch, and for one acknowledgement per message: each queued ack
         // costs an skb (about 1 KiB of buffer accounting) until we read it.
-        set_buffer(&sock, libc::SO_SNDBUFFORCE, bytes.len() + 65536)?;
+        set_buffer(&sock, sockopt::SndBufForce, bytes.len() + 65536)?;
         set_buffer(
             &sock,
-            libc::SO_RCVBUFFORCE,
+            sockopt::RcvBufForce,
             self.labels.len() * 2048 + (1 << 20),
         )?;
         set_receive_timeout(&sock)?;
         send_all(&sock, &bytes)?;
 
-        // Messages carry sequence numbers 1..=n (0 is the batch-begin marker). Every message
-        // asked for an ack, so the one for n is the last we will get.
-        let last = self.labels.len() as u32;
-        let mut first_error: Option<NftError> = None;
-        read_acks(&sock, |seq, errno| {
-            if errno != 0 && first_error.is_none() {
-                let what = seq
-                    .checked_sub(1)
-                    .and_then(|i| self.labels.get(i as usize))
-                    .cloned()
-                    .unwrap_or_else(|| format!("message {seq}"));
-                first_error = Some(NftError::Refused {
-                    what,
-                    source: io::Error::from_raw_os_error(errno),
-                });
-            }
-            // seq 0 is the batch-begin marker: an error there ends the batch.
-            seq >= last || (seq == 0 && errno != 0)
-        })?;
-        match first_error {
+        let mut verdict = BatchVerdict::new(&self.labels);
+        read_acks(&sock, |seq, errno| verdict.ack(seq, errno))?;
+        verdict.result()
+    }
+}
+
+/// The kernel's verdict on a batch, gathered from its acknowledgements.
+struct BatchVerdict<'a> {
+    labels: &'a [String],
+    first_error: Option<NftError>,
+}
+
+impl<'a> BatchVerdict<'a> {
+    fn new(labels: &'a [String]) -> Self {
+        BatchVerdict {
+            labels,
+            first_error: None,
+        }
+    }
+
+    /// Takes one acknowledgement; true when it is the last one to wait for.
+    fn ack(&mut self, seq: u32, errno: i32) -> bool {
+        if errno != 0 && self.first_error.is_none() {
+            let what = seq
+                .checked_sub(1)
+                .and_then(|i| self.labels.get(i as usize))
+                .cloned()
+                .unwrap_or_else(|| format!("message {seq}"));
+            self.first_error = Some(NftError::Refused {
+                what,
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        // Messages carry sequence numbers 1..=n (0 is the batch-begin marker, and an error
+        // there ends the batch). Every message asked for an ack, so n's is the last.
+        seq >= self.labels.len() as u32 || (seq == 0 && errno != 0)
+    }
+
+    fn result(self) -> Result<(), NftError> {
+        match self.first_error {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 }
 
-pub(crate) fn netlink_socket(protocol: libc::c_int) -> Result<OwnedFd, NftError> {
-    // SAFETY: plain socket(2) call; the returned descriptor is owned by OwnedFd at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if fd < 0 {
-        return Err(NftError::Socket(io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+pub(crate) fn netlink_socket(protocol: SockProtocol) -> Result<OwnedFd, NftError> {
+    socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        protocol,
+    )
+    .map_err(|e| NftError::Socket(e.into()))
 }
 
-fn set_buffer(sock: &OwnedFd, option: libc::c_int, size: usize) -> Result<(), NftError> {
-    let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX / 2);
-    // SAFETY: value lives for the duration of the call, and its size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(NftError::Socket(io::Error::last_os_error()));
-    }
-    Ok(())
+fn set_buffer<O: SetSockOpt<Val = usize>>(
+    sock: &OwnedFd,
+    option: O,
+    size: usize,
+) -> Result<(), NftError> {
+    // The kernel doubles the value it is given, as an int.
+    let size = size.min(i32::MAX as usize / 2);
+    setsockopt(sock, option, &size).map_err(|e| NftError::Socket(e.into()))
 }
 
 /// The kernel answers a batch before `sendmsg` returns; a missing answer must end in an
 /// error, not a hang.
 pub(crate) fn set_receive_timeout(sock: &OwnedFd) -> Result<(), NftError> {
-    let timeout = libc::timeval {
-        tv_sec: 30,
-        tv_usec: 0,
-    };
-    // SAFETY: timeout lives for the duration of the call, and its size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(NftError::Socket(io::Error::last_os_error()));
-    }
-    Ok(())
+    setsockopt(sock, sockopt::ReceiveTimeout, &TimeVal::new(30, 0))
+        .map_err(|e| NftError::Socket(e.into()))
 }
 
 pub(crate) fn send_all(sock: &OwnedFd, bytes: &[u8]) -> Result<(), NftError> {
     // A netlink datagram is never split: one send of the whole batch, or an error.
-    // SAFETY: the buffer is valid for its length; the kernel address is the zeroed
-    // sockaddr_nl (pid 0).
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(NftError::Send(io::Error::last_os_error()));
-    }
-    if sent as usize != bytes.len() {
+    let kernel = NetlinkAddr::new(0, 0);
+    let sent = sendto(sock.as_raw_fd(), bytes, &kernel, MsgFlags::empty())
+        .map_err(|e| NftError::Send(e.into()))?;
+    if sent != bytes.len() {
         return Err(NftError::Send(io::Error::other("short netlink send")));
     }
     Ok(())
@@ -219,43 +201,51 @@ impl Answer<'_> {
     }
 }
 
+const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+
+/// Hands every netlink message in one datagram to `on_answer`, until it returns a result.
+/// `None`: the datagram ended without one (read the next).
+pub(crate) fn parse_answers<T>(
+    data: &[u8],
+    on_answer: &mut impl FnMut(Answer<'_>) -> Option<Result<T, NftError>>,
+) -> Option<Result<T, NftError>> {
+    let mut offset = 0;
+    while offset + HDR <= data.len() {
+        let field = |at: usize, len: usize| &data[offset + at..offset + at + len];
+        let len = u32::from_ne_bytes(field(0, 4).try_into().expect("4 bytes")) as usize;
+        if len < HDR || offset + len > data.len() {
+            return Some(Err(NftError::Receive(io::Error::other(
+                "malformed netlink answer",
+            ))));
+        }
+        let answer = Answer {
+            kind: u16::from_ne_bytes(field(4, 2).try_into().expect("2 bytes")),
+            flags: u16::from_ne_bytes(field(6, 2).try_into().expect("2 bytes")),
+            seq: u32::from_ne_bytes(field(8, 4).try_into().expect("4 bytes")),
+            body: &data[offset + HDR..offset + len],
+        };
+        if let Some(result) = on_answer(answer) {
+            return Some(result);
+        }
+        offset += len.next_multiple_of(4);
+    }
+    None
+}
+
 /// Reads netlink messages and hands each to `on_answer` until it returns a result.
 pub(crate) fn read_answers<T>(
     sock: &OwnedFd,
     mut on_answer: impl FnMut(Answer<'_>) -> Option<Result<T, NftError>>,
 ) -> Result<T, NftError> {
-    const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
     let mut buf = vec![0u8; 1 << 17];
     loop {
-        // SAFETY: buf is valid for writes of its whole length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(NftError::Receive(err));
-        }
-        let data = &buf[..n as usize];
-        let mut offset = 0;
-        while offset + HDR <= data.len() {
-            let field = |at: usize, len: usize| &data[offset + at..offset + at + len];
-            let len = u32::from_ne_bytes(field(0, 4).try_into().expect("4 bytes")) as usize;
-            if len < HDR || offset + len > data.len() {
-                return Err(NftError::Receive(io::Error::other(
-                    "malformed netlink answer",
-                )));
-            }
-            let answer = Answer {
-                kind: u16::from_ne_bytes(field(4, 2).try_into().expect("2 bytes")),
-                flags: u16::from_ne_bytes(field(6, 2).try_into().expect("2 bytes")),
-                seq: u32::from_ne_bytes(field(8, 4).try_into().expect("4 bytes")),
-                body: &data[offset + HDR..offset + len],
-            };
-            if let Some(result) = on_answer(answer) {
-                return result;
-            }
-            offset += len.next_multiple_of(4);
+        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(NftError::Receive(e.into())),
+        };
+        if let Some(result) = parse_answers(&buf[..n], &mut on_answer) {
+            return result;
         }
     }
 }
@@ -284,4 +274,81 @@ pub(crate) fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(payload);
     buf.resize(buf.len().next_multiple_of(4), 0);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An acknowledgement as the kernel sent it (captured with `strace -e read=`): NLMSG_ERROR
+    /// with errno 0, followed by the header of the request it answers.
+    pub(crate) const CAPTURED_ACK: &[u8] = b"\x24\x00\x00\x00\x02\x00\x00\x01\x00\x00\x00\x00\xc2\x26\x00\x00\x00\x00\x00\x00\x2c\x00\x00\x00\x04\x0a\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+
+    /// The captured ack with another sequence number and errno.
+    fn ack(seq: u32, errno: i32) -> Vec<u8> {
+        let mut bytes = CAPTURED_ACK.to_vec();
+        bytes[8..12].copy_from_slice(&seq.to_ne_bytes());
+        bytes[16..20].copy_from_slice(&(-errno).to_ne_bytes());
+        bytes
+    }
+
+    fn acks_of(datagram: &[u8], labels: &[String]) -> (Result<(), NftError>, usize) {
+        let mut verdict = BatchVerdict::new(labels);
+        let mut seen = 0;
+        let ended = parse_answers(datagram, &mut |answer| {
+            seen += 1;
+            let errno = answer.errno().expect("an error message");
+            verdict
+                .ack(answer.seq, errno)
+                .then_some(Ok::<(), NftError>(()))
+        });
+        assert!(
+            matches!(ended, Some(Ok(()))),
+            "the last ack was not recognised"
+        );
+        (verdict.result(), seen)
+    }
+
+    #[test]
+    fn captured_ack_is_a_success() {
+        let mut errno = None;
+        let ended = parse_answers(CAPTURED_ACK, &mut |answer| {
+            assert_eq!(answer.kind, libc::NLMSG_ERROR as u16);
+            errno = Some(answer.errno());
+            Some(Ok::<(), NftError>(()))
+        });
+        assert!(matches!(ended, Some(Ok(()))));
+        assert_eq!(errno.unwrap().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_batch_succeeds_when_every_message_is_acknowledged() {
+        let labels = vec!["table inet t".to_owned(), "chain forward".to_owned()];
+        let datagram = [ack(1, 0), ack(2, 0)].concat();
+        let (result, seen) = acks_of(&datagram, &labels);
+        assert!(result.is_ok());
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn a_refused_message_is_named_by_its_label() {
+        let labels = vec!["table inet t".to_owned(), "chain forward".to_owned()];
+        let datagram = [ack(1, 0), ack(2, libc::EEXIST)].concat();
+        let (result, _) = acks_of(&datagram, &labels);
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("chain forward"), "{error}");
+        assert!(error.contains("File exists"), "{error}");
+        // An error on the batch-begin marker ends the batch at once.
+        let (result, seen) = acks_of(&[ack(0, libc::EPERM), ack(1, 0)].concat(), &labels);
+        assert!(result.is_err());
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn a_truncated_answer_is_an_error_not_a_hang() {
+        let mut bytes = CAPTURED_ACK.to_vec();
+        bytes[0] = 200; // claims more than the datagram holds
+        let ended = parse_answers(&bytes, &mut |_| Some(Ok::<(), NftError>(())));
+        assert!(matches!(ended, Some(Err(NftError::Receive(_)))));
+    }
 }

@@ -14,7 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trafficjam::nft::{ApplyKind, BridgeNetfilter, Nft};
+use trafficjam::firewall::{BatchKind, Firewall};
+use trafficjam::nft::{BridgeNetfilter, Netlink};
 use trafficjam::plan::{ManagedNetwork, plan};
 
 const TABLE: &str = "tjbench";
@@ -92,22 +93,22 @@ fn apply_benchmark() {
             let mut change_apply_t = Vec::new();
             let mut messages = (0, 0);
             for _ in 0..full_runs {
-                trafficjam::nft::clear(TABLE).expect("clear");
+                Netlink::default().clear(TABLE).expect("clear");
                 let t = Instant::now();
                 let rs = plan(TABLE, &nets).expect("plan");
                 plan_t.push(t.elapsed());
 
-                let mut nft = Nft::new(BridgeNetfilter::Leave);
+                let mut nft = Netlink::new(BridgeNetfilter::Leave);
                 let t = Instant::now();
-                let report = nft.apply(rs.clone()).expect("apply");
+                let report = nft.apply(None, &rs).expect("apply");
                 first_t.push(t.elapsed());
                 messages.0 = report.messages;
 
-                // A full replace over an existing ruleset.
-                nft.forget();
+                // A full replace over an existing ruleset (nothing committed is known).
                 let t = Instant::now();
-                nft.apply(rs).expect("re-apply");
+                nft.apply(None, &rs).expect("re-apply");
                 reapply_t.push(t.elapsed());
+                let mut committed = rs;
 
                 // One address in, one out, alternately, on the first network.
                 let mut changed = nets.clone();
@@ -122,10 +123,11 @@ fn apply_benchmark() {
                     let t = Instant::now();
                     let rs = plan(TABLE, &changed).expect("plan");
                     let t_apply = Instant::now();
-                    let report = nft.apply(rs).expect("change");
+                    let report = nft.apply(Some(&committed), &rs).expect("change");
                     change_t.push(t.elapsed());
                     change_apply_t.push(t_apply.elapsed());
-                    assert!(matches!(report.kind, ApplyKind::Elements { .. }));
+                    assert_eq!(report.kind, BatchKind::Elements);
+                    committed = rs;
                     messages.1 = report.messages;
                 }
             }
@@ -142,7 +144,7 @@ fn apply_benchmark() {
             );
         }
     }
-    trafficjam::nft::clear(TABLE).expect("clear");
+    Netlink::default().clear(TABLE).expect("clear");
 }
 
 // ---- throughput -----------------------------------------------------------------------
@@ -298,15 +300,17 @@ fn throughput_benchmark() {
         host.sysctl("net.bridge.bridge-nf-call-ip6tables", switch);
         let (mut plain, mut ours) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            host.enter(|| trafficjam::nft::clear(TABLE).expect("clear"));
+            host.enter(|| Netlink::default().clear(TABLE).expect("clear"));
             plain.push(measure("unmanaged"));
             let rs = managed.clone();
             host.enter(move || {
-                Nft::new(BridgeNetfilter::Leave).apply(rs).expect("apply");
+                Netlink::new(BridgeNetfilter::Leave)
+                    .apply(None, &rs)
+                    .expect("apply");
             });
             ours.push(measure("managed"));
         }
-        host.enter(|| trafficjam::nft::clear(TABLE).expect("clear"));
+        host.enter(|| Netlink::default().clear(TABLE).expect("clear"));
         let med = |mut v: Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2]

@@ -1,0 +1,117 @@
+//! The daemon's inputs, each a task that turns what it sees into messages to the loop:
+//! Docker's event stream (with reconnection), the resync and watchdog timers, signals.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::Msg;
+use crate::docker::DockerClient;
+
+/// Reconnection backoff when Docker is unreachable.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+pub(crate) fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Connects, subscribes to events, reports; forever, with backoff.
+pub(crate) async fn watch_docker(host: String, tx: mpsc::UnboundedSender<Msg>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match DockerClient::connect(&host).await {
+            Ok(client) => {
+                // Events since just before the snapshot the daemon is about to take are
+                // replayed, so nothing between the two is missed.
+                let since = (now_nanos() / 1_000_000_000 - 1).to_string();
+                let mut events = client.events_since(&since);
+                if tx.send(Msg::DockerConnected(client)).is_err() {
+                    return;
+                }
+                let connected = Instant::now();
+                let reason = loop {
+                    match events.next().await {
+                        Some(Ok(event)) => {
+                            // The stream works: the next loss starts the backoff afresh.
+                            backoff = BACKOFF_MIN;
+                            if tx.send(Msg::Changed(event.time_nano)).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "the event stream ended".to_owned(),
+                    }
+                };
+                if connected.elapsed() > BACKOFF_MAX {
+                    backoff = BACKOFF_MIN;
+                }
+                if tx.send(Msg::DockerLost(reason)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if tx.send(Msg::DockerLost(e.to_string())).is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+pub(crate) async fn watchdog_timer(period: Duration, tx: mpsc::UnboundedSender<Msg>) {
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        if tx.send(Msg::Watchdog).is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) async fn resync_timer(interval: Duration, tx: mpsc::UnboundedSender<Msg>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; the connection triggers a pass
+    loop {
+        ticker.tick().await;
+        if tx.send(Msg::Resync).is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns SIGTERM/SIGINT into Shutdown, SIGHUP into Reload, SIGUSR1 into Clear.
+pub fn forward_signals(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::terminate(), "TERM"),
+        (SignalKind::interrupt(), "INT"),
+        (SignalKind::hangup(), "HUP"),
+        (SignalKind::user_defined1(), "USR1"),
+    ];
+    for (kind, name) in kinds {
+        let mut stream = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let msg = match name {
+                    "HUP" => Msg::Reload(None),
+                    "USR1" => Msg::Clear(None),
+                    _ => Msg::Shutdown,
+                };
+                debug!("SIG{name} received");
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,784 @@
+//! The daemon loop: one task owns all state; Docker events, the resync timer, signals and
+//! D-Bus calls are messages to it ([`Msg`]).
+//!
+//! Each pass: snapshot Docker → [`reconcile`] (pure: what the kernel must hold and how to
+//! get there) → the [`Worker`] applies it (only when something changed, or the kernel
+//! drifted). Fail safe: when Docker cannot be read, or a config reload is refused, or a
+//! batch is refused, the rules in the kernel stay as they are.
+
+mod inputs;
+pub mod reconcile;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+pub use inputs::forward_signals;
+use inputs::{now_nanos, resync_timer, watch_docker, watchdog_timer};
+use reconcile::{bridges_to_set, reconcile};
+
+use crate::config::{Config, ConfigError, PolicySource};
+use crate::docker::{DockerClient, Snapshot};
+use crate::firewall::{ApplyReport, BridgeFiltering, Worker};
+use crate::nft::NftError;
+use crate::notify;
+use crate::plan::{Change, Ruleset};
+use crate::status::{ApplyStatus, ContainerStatus, NetworkStatus, State, Status};
+
+/// Why a reload or a clear asked of the loop did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The new configuration was refused; the previous one and its rules stay.
+    #[error(transparent)]
+    ConfigRejected(#[from] ConfigError),
+    /// The kernel refused the change; nothing changed.
+    #[error("{0}")]
+    Failed(#[from] NftError),
+    /// The daemon is shutting down and no longer takes requests.
+    #[error("the daemon is stopping")]
+    Stopping,
+}
+
+/// A reply channel for requests that want to know how they ended.
+pub type Reply = oneshot::Sender<Result<(), ControlError>>;
+
+#[derive(Debug)]
+pub enum Msg {
+    /// The watcher (re)connected to Docker.
+    DockerConnected(DockerClient),
+    /// The watcher lost Docker (or could not reach it).
+    DockerLost(String),
+    /// A Docker event that may change the ruleset; carries the event's time (ns since the
+    /// epoch) when Docker gave one.
+    Changed(Option<i64>),
+    /// Time for a full resync (and a drift check).
+    Resync,
+    Reload(Option<Reply>),
+    Clear(Option<Reply>),
+    /// The status, with the drop counters read from the kernel now.
+    Status(oneshot::Sender<Status>),
+    /// Time to tell systemd's watchdog the loop is alive.
+    Watchdog,
+    Shutdown,
+}
+
+/// Where the loop stands (the published [`State`], with the reason of a degradation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Condition {
+    Starting,
+    Active,
+    Cleared,
+    Degraded(String),
+}
+
+pub struct Daemon {
+    config_dir: PathBuf,
+    config: Config,
+    firewall: Worker,
+    /// What the kernel was last given, while it is believed to hold it: the base of
+    /// element updates and drift checks. `None` makes the next apply a full one.
+    committed: Option<Arc<Ruleset>>,
+    /// br_netfilter on the managed bridges, as last set.
+    bridges: Vec<BridgeFiltering>,
+    docker: Option<DockerClient>,
+    condition: Condition,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    /// Messages taken out of the channel while coalescing events; served first.
+    pending: VecDeque<Msg>,
+    watcher: Option<JoinHandle<()>>,
+    resync: Option<JoinHandle<()>>,
+    /// Warnings already logged, so a resync does not repeat them every time.
+    warned: BTreeSet<(String, String)>,
+    waiting_logged: BTreeSet<String>,
+    docker_lost_logged: bool,
+    status_tx: watch::Sender<Status>,
+    /// A table name a reload replaced: removed after the first apply under the new name.
+    retired_table: Option<String>,
+    /// READY=1 goes out once, after the first reconcile was attempted.
+    ready_sent: bool,
+    last_snapshot: Option<Snapshot>,
+    last_apply: Option<ApplyStatus>,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("config_dir", &self.config_dir)
+            .field("condition", &self.condition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    pub fn new(config_dir: PathBuf, config: Config, firewall: Worker) -> Daemon {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Daemon {
+            config_dir,
+            config,
+            firewall,
+            committed: None,
+            bridges: Vec::new(),
+            docker: None,
+            condition: Condition::Starting,
+            tx,
+            rx,
+            pending: VecDeque::new(),
+            watcher: None,
+            resync: None,
+            warned: BTreeSet::new(),
+            waiting_logged: BTreeSet::new(),
+            docker_lost_logged: false,
+            status_tx: watch::Sender::new(Status::default()),
+            retired_table: None,
+            ready_sent: false,
+            last_snapshot: None,
+            last_apply: None,
+            last_error: None,
+        }
+    }
+
+    /// The published status (state, networks), for D-Bus properties.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status_tx.subscribe()
+    }
+
+    /// A handle to send messages to the loop (signals, D-Bus).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Msg> {
+        self.tx.clone()
+    }
+
+    fn degrade(&mut self, why: String) {
+        self.condition = Condition::Degraded(why.clone());
+        self.last_error = Some(why);
+    }
+
+    fn build_status(&self) -> Status {
+        let (state, reason) = match &self.condition {
+            Condition::Starting => (State::Starting, None),
+            Condition::Active => (State::Active, None),
+            Condition::Cleared => (State::Cleared, Some("cleared on request".to_owned())),
+            Condition::Degraded(why) => (State::Degraded, Some(why.clone())),
+        };
+        let stateful = |bridge: &str| {
+            self.bridges
+                .iter()
+                .find(|b| b.bridge == bridge)
+                .map(|b| b.stateful)
+        };
+        let networks = if self.condition == Condition::Cleared {
+            Vec::new()
+        } else {
+            self.last_snapshot
+                .iter()
+                .flat_map(|s| &s.networks)
+                .map(|n| NetworkStatus {
+                    name: n.name.clone(),
+                    bridge: n.bridge.clone(),
+                    subnets: n.subnets.iter().map(|s| s.to_string()).collect(),
+                    allow_host_traffic: n.policy.allow_host_traffic,
+                    source: match &n.source {
+                        PolicySource::Labels => "labels".into(),
+                        PolicySource::File(f) => f.display().to_string(),
+                    },
+                    stateful: stateful(&n.bridge),
+                    whitelisted: n
+                        .whitelisted
+                        .iter()
+                        .map(|e| ContainerStatus {
+                            id: e.container_id.clone(),
+                            name: e.container_name.clone(),
+                            addresses: e.addrs.iter().map(|a| a.to_string()).collect(),
+                        })
+                        .collect(),
+                    dropped_packets: 0,
+                })
+                .collect()
+        };
+        Status {
+            state,
+            reason,
+            docker_host: self.config.daemon.docker_host(),
+            table: self.config.daemon.table.clone(),
+            networks,
+            waiting: self
+                .last_snapshot
+                .as_ref()
+                .map(|s| s.waiting.clone())
+                .unwrap_or_default(),
+            last_apply: self.last_apply.clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// The status with the drop counters as the kernel holds them now.
+    async fn status_with_counters(&self) -> Status {
+        let mut status = self.build_status();
+        let Some(committed) = self.committed.clone() else {
+            return status;
+        };
+        let table = committed.table_name.clone();
+        match self.firewall.call(move |fw| fw.counters(&table)).await {
+            Ok(counters) => {
+                for net in &mut status.networks {
+                    net.dropped_packets = committed.dropped(&net.name, &counters);
+                }
+            }
+            Err(e) => debug!("cannot read the drop counters: {e}"),
+        }
+        status
+    }
+
+    /// Publishes the status (D-Bus properties, systemd's STATUS=) when it changed.
+    fn publish(&mut self) {
+        let status = self.build_status();
+        let summary = status.summary();
+        let changed = self.status_tx.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+        if changed {
+            notify::status(&summary);
+        }
+    }
+
+    /// READY=1 after the first reconcile attempt (whatever its outcome).
+    fn first_reconcile_attempted(&mut self) {
+        self.publish();
+        if !self.ready_sent {
+            self.ready_sent = true;
+            notify::ready(&self.status_tx.borrow().summary());
+        }
+    }
+
+    fn start_watcher(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.docker = None;
+        let host = self.config.daemon.docker_host();
+        info!(docker_host = %host, "watching Docker");
+        self.watcher = Some(tokio::spawn(watch_docker(host, self.tx.clone())));
+    }
+
+    fn start_resync_timer(&mut self) {
+        if let Some(t) = self.resync.take() {
+            t.abort();
+        }
+        let timer = resync_timer(self.config.daemon.resync_interval, self.tx.clone());
+        self.resync = Some(tokio::spawn(timer));
+    }
+
+    /// The next message: one set aside while coalescing first, then the channel's.
+    async fn next_message(&mut self) -> Option<Msg> {
+        match self.pending.pop_front() {
+            Some(m) => Some(m),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// Runs until a `Shutdown` message. The rules stay in the kernel on exit.
+    pub async fn run(mut self) {
+        self.start_watcher();
+        self.start_resync_timer();
+        let watchdog = notify::watchdog_period()
+            .map(|period| tokio::spawn(watchdog_timer(period, self.tx.clone())));
+        self.publish();
+        while let Some(msg) = self.next_message().await {
+            if matches!(msg, Msg::Shutdown) {
+                break;
+            }
+            self.handle(msg).await;
+        }
+        notify::stopping();
+        for task in [self.resync.take(), watchdog, self.watcher.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+        info!("stopping; the rules in force stay in the kernel");
+    }
+
+    /// Serves one message (every kind but `Shutdown`).
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Shutdown => {}
+            Msg::DockerConnected(client) => {
+                let version = client.version().await.unwrap_or_default();
+                info!(docker_host = %client.host, "connected to Docker {version}");
+                self.docker = Some(client);
+                self.docker_lost_logged = false;
+                self.pass(true, None).await;
+                self.first_reconcile_attempted();
+            }
+            Msg::DockerLost(reason) => {
+                self.docker = None;
+                if !self.docker_lost_logged {
+                    warn!(
+                        docker_host = %self.config.daemon.docker_host(),
+                        "Docker is unreachable ({reason}); the rules in force stay as they are, retrying"
+                    );
+                    self.docker_lost_logged = true;
+                }
+                if self.condition != Condition::Cleared {
+                    self.condition = Condition::Degraded(format!(
+                        "waiting for Docker at {}",
+                        self.config.daemon.docker_host()
+                    ));
+                }
+                self.first_reconcile_attempted();
+            }
+            Msg::Changed(first) => {
+                // Coalesce: every event already queued is covered by this one pass; other
+                // messages keep their order, ahead of anything newer.
+                let mut earliest = first;
+                while let Ok(next) = self.rx.try_recv() {
+                    match next {
+                        Msg::Changed(t) => {
+                            earliest = match (earliest, t) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            }
+                        }
+                        other => self.pending.push_back(other),
+                    }
+                }
+                self.pass(false, earliest).await;
+                self.publish();
+            }
+            Msg::Resync => {
+                self.pass(true, None).await;
+                self.publish();
+            }
+            Msg::Watchdog => notify::watchdog(),
+            Msg::Reload(reply) => {
+                notify::reloading();
+                let interval = self.config.daemon.resync_interval;
+                let result = self.reload().await;
+                self.publish();
+                notify::ready(&self.status_tx.borrow().summary());
+                if self.config.daemon.resync_interval != interval {
+                    self.start_resync_timer();
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Msg::Clear(reply) => {
+                let result = self.clear().await;
+                self.publish();
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Msg::Status(reply) => {
+                let _ = reply.send(self.status_with_counters().await);
+            }
+        }
+    }
+
+    /// Re-reads the configuration. A refused configuration changes nothing.
+    async fn reload(&mut self) -> Result<(), ControlError> {
+        let new = match Config::load_dir(&self.config_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload refused, the previous configuration and rules stay: {e}");
+                return Err(e.into());
+            }
+        };
+        let old_table = self.config.daemon.table.clone();
+        let host_changed = new.daemon.docker_host() != self.config.daemon.docker_host();
+        if new.daemon.table != old_table {
+            // Removed once the new table is in force, never before (see apply_snapshot).
+            self.retired_table = Some(old_table);
+        }
+        self.config = new;
+        self.warned.clear();
+        self.waiting_logged.clear();
+        if self.condition == Condition::Cleared {
+            self.condition = Condition::Starting;
+        }
+        info!(files = self.config.files.len(), "configuration reloaded");
+        // Whatever the kernel holds, the next apply replaces our tables whole.
+        self.committed = None;
+        if host_changed {
+            // The new watcher's first connection triggers the pass.
+            self.start_watcher();
+            return Ok(());
+        }
+        self.pass(true, None).await;
+        Ok(())
+    }
+
+    async fn clear(&mut self) -> Result<(), ControlError> {
+        let table = self.config.daemon.table.clone();
+        match self.firewall.call(move |fw| fw.clear(&table)).await {
+            Ok(()) => {
+                self.condition = Condition::Cleared;
+                self.committed = None;
+                warn!("rules cleared on request: no isolation until the next reload");
+                Ok(())
+            }
+            Err(e) => {
+                error!("clear failed: {e}");
+                Err(e.into())
+            }
+        }
+    }
+
+    fn log_snapshot_news(&mut self, snapshot: &Snapshot) {
+        for (network, message) in &snapshot.warnings {
+            if self.warned.insert((network.clone(), message.clone())) {
+                warn!(network = %network, "{message}");
+            }
+        }
+        for network in &snapshot.waiting {
+            if self.waiting_logged.insert(network.clone()) {
+                info!(network = %network, "configured network does not exist (yet): waiting for it");
+            }
+        }
+        self.waiting_logged.retain(|n| snapshot.waiting.contains(n));
+    }
+
+    /// One reconcile. `resync`: compare the kernel with what we committed first, and set
+    /// the bridges' attributes again. `event_time`: when the earliest event this pass
+    /// answers happened (for latency logs).
+    async fn pass(&mut self, resync: bool, event_time: Option<i64>) {
+        if self.condition == Condition::Cleared {
+            debug!("rules are cleared: not reconciling until a reload");
+            return;
+        }
+        let Some(client) = self.docker.clone() else {
+            return;
+        };
+        let started = Instant::now();
+        match client.snapshot(&self.config).await {
+            Ok(snapshot) => {
+                self.apply_snapshot(snapshot, resync, started, event_time)
+                    .await
+            }
+            Err(e) => {
+                warn!("cannot read Docker ({e}); the rules in force stay as they are");
+                self.degrade(e.to_string());
+            }
+        }
+    }
+
+    /// Reads our tables back; when they are not what we committed, forgets it, so that the
+    /// next apply replaces them whole.
+    async fn check_drift(&mut self) {
+        let Some(committed) = self.committed.clone() else {
+            return;
+        };
+        match self.firewall.call(move |fw| fw.drift(&committed)).await {
+            Ok(problems) if !problems.is_empty() => {
+                warn!(
+                    "the kernel no longer holds our ruleset ({}); restoring it",
+                    problems.join("; ")
+                );
+                self.committed = None;
+            }
+            Ok(_) => {}
+            Err(e) => warn!("cannot read our tables back: {e}"),
+        }
+    }
+
+    /// Everything a pass does once Docker has been read: the loop's decisions, which the
+    /// unit tests drive with a fake firewall.
+    async fn apply_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        resync: bool,
+        started: Instant,
+        event_time: Option<i64>,
+    ) {
+        self.log_snapshot_news(&snapshot);
+        if resync {
+            self.check_drift().await;
+        }
+        let reconciled = match reconcile(
+            &self.config.daemon.table,
+            &snapshot,
+            self.committed.as_deref(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                error!("cannot plan the ruleset ({e}); the rules in force stay as they are");
+                self.degrade(e.to_string());
+                return;
+            }
+        };
+        for e in &reconciled.rejected {
+            if self.warned.insert((String::new(), e.to_string())) {
+                error!("{e}: that network is not isolated");
+            }
+        }
+        let bridges = bridges_to_set(&reconciled, resync);
+        let report = if reconciled.change == Change::None {
+            None
+        } else {
+            let desired = Arc::new(reconciled.ruleset);
+            let committed = self.committed.clone();
+            let applied = {
+                let desired = desired.clone();
+                self.firewall
+                    .call(move |fw| fw.apply(committed.as_deref(), &desired))
+                    .await
+            };
+            match applied {
+                Ok(report) => {
+                    self.committed = Some(desired);
+                    Some(report)
+                }
+                Err(e) => {
+                    error!(
+                        "the kernel refused the ruleset ({e}); the previous rules stay in force"
+                    );
+                    self.degrade(e.to_string());
+                    return;
+                }
+            }
+        };
+        self.condition = Condition::Active;
+        if let Some(bridges) = bridges {
+            self.set_bridge_filtering(bridges).await;
+        }
+        if let Some(old) = self.retired_table.take() {
+            // The new table is committed: the old one can go.
+            let table = old.clone();
+            match self.firewall.call(move |fw| fw.clear(&table)).await {
+                Ok(()) => info!("removed the previous table {old}"),
+                Err(e) => warn!("could not remove the previous table {old}: {e}"),
+            }
+        }
+        if let Some(report) = report {
+            self.log_apply(&report, &snapshot, started, event_time);
+        }
+        self.last_snapshot = Some(snapshot);
+    }
+
+    async fn set_bridge_filtering(&mut self, bridges: BTreeSet<String>) {
+        self.bridges = self
+            .firewall
+            .call(move |fw| Ok(fw.bridge_filtering(&bridges)))
+            .await
+            .unwrap_or_default();
+        for b in self.bridges.iter().filter(|b| !b.stateful) {
+            if self.warned.insert((b.bridge.clone(), b.detail.clone())) {
+                warn!(bridge = %b.bridge, "{}", b.detail);
+            }
+        }
+    }
+
+    fn log_apply(
+        &mut self,
+        report: &ApplyReport,
+        snapshot: &Snapshot,
+        started: Instant,
+        event_time: Option<i64>,
+    ) {
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.last_apply = Some(ApplyStatus {
+            at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            kind: report.kind,
+            messages: report.messages,
+            duration_ms: elapsed_ms,
+        });
+        let latency = event_time
+            .map(|t| format!(", {:.1} ms after the event", (now_nanos() - t) as f64 / 1e6))
+            .unwrap_or_default();
+        info!(
+            "ruleset applied ({:?}, {} messages, +{} -{} elements) in {elapsed_ms:.1} ms{latency}",
+            report.kind, report.messages, report.added, report.removed
+        );
+        for net in &snapshot.networks {
+            let names: Vec<&str> = net
+                .whitelisted
+                .iter()
+                .map(|e| e.container_name.as_str())
+                .collect();
+            info!(
+                network = %net.name,
+                bridge = %net.bridge,
+                "isolated: {} subnets, whitelisted: [{}]",
+                net.subnets.len(),
+                names.join(", ")
+            );
+            for e in &net.whitelisted {
+                debug!(
+                    network = %net.name,
+                    container_id = %e.container_id,
+                    container_name = %e.container_name,
+                    "whitelisted at {:?}",
+                    e.addrs
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's decisions, against a fake firewall: no root, no Docker.
+
+    use super::reconcile::tests::network;
+    use super::*;
+    use crate::firewall::{BatchKind, Fake};
+    use crate::plan::Family;
+
+    fn daemon(fake: &Fake) -> Daemon {
+        Daemon::new(
+            PathBuf::from("/nonexistent"),
+            Config::default(),
+            Worker::spawn(fake.clone()),
+        )
+    }
+
+    fn snapshot(proxy: Option<&str>) -> Snapshot {
+        Snapshot {
+            networks: vec![network("web", "br-web", proxy)],
+            ..Snapshot::default()
+        }
+    }
+
+    async fn pass(d: &mut Daemon, snapshot: Snapshot, resync: bool) {
+        d.apply_snapshot(snapshot, resync, Instant::now(), None)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn first_pass_applies_whole_and_sets_the_bridges() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        let k = fake.kernel();
+        assert_eq!(k.applies, [BatchKind::Full]);
+        assert_eq!(k.bridge_calls, [BTreeSet::from(["br-web".to_owned()])]);
+        assert!(k.installed.is_some());
+        assert_eq!(d.condition, Condition::Active);
+        assert_eq!(d.last_apply.as_ref().unwrap().kind, BatchKind::Full);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_snapshot_touches_nothing_and_a_whitelist_change_is_elements_only() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        pass(&mut d, snapshot(Some("10.1.0.2")), false).await;
+        pass(&mut d, snapshot(Some("10.1.0.3")), false).await;
+        let k = fake.kernel();
+        assert_eq!(k.applies, [BatchKind::Full, BatchKind::Elements]);
+        // The bridges did not change: their attributes were set once.
+        assert_eq!(k.bridge_calls.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resync_repairs_drift_with_a_full_batch_and_sets_the_bridges_again() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        // Someone runs `nft flush ruleset`.
+        fake.kernel().installed = None;
+        // An event-driven pass does not read the kernel back: nothing to do.
+        pass(&mut d, snapshot(Some("10.1.0.2")), false).await;
+        assert_eq!(fake.kernel().applies.len(), 1);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        let k = fake.kernel();
+        assert_eq!(k.applies, [BatchKind::Full, BatchKind::Full]);
+        assert!(k.installed.is_some());
+        assert_eq!(k.bridge_calls.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_keeps_the_previous_rules_and_degrades() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        let before = fake.kernel().installed.clone();
+        fake.kernel().refuse_next_apply = Some("ENOMEM".into());
+        pass(&mut d, snapshot(Some("10.1.0.3")), false).await;
+        assert_eq!(fake.kernel().installed, before);
+        assert!(matches!(d.condition, Condition::Degraded(ref why) if why.contains("ENOMEM")));
+        assert_eq!(d.build_status().state, State::Degraded);
+        // The next pass tries again, against what is still committed: elements only.
+        pass(&mut d, snapshot(Some("10.1.0.3")), false).await;
+        assert_eq!(d.condition, Condition::Active);
+        assert_eq!(fake.kernel().applies.last(), Some(&BatchKind::Elements));
+    }
+
+    #[tokio::test]
+    async fn clear_removes_the_rules_and_passes_wait_for_a_reload() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        let (reply, answer) = oneshot::channel();
+        d.handle(Msg::Clear(Some(reply))).await;
+        assert!(answer.await.unwrap().is_ok());
+        assert!(fake.kernel().installed.is_none());
+        assert_eq!(d.build_status().state, State::Cleared);
+        // Docker events while cleared change nothing.
+        d.docker = None;
+        d.pass(true, None).await;
+        assert_eq!(fake.kernel().applies.len(), 1);
+        // A reload of a missing configuration directory is refused, with the reason.
+        let (reply, answer) = oneshot::channel();
+        d.handle(Msg::Reload(Some(reply))).await;
+        assert!(matches!(
+            answer.await.unwrap(),
+            Err(ControlError::ConfigRejected(_))
+        ));
+        assert_eq!(d.build_status().state, State::Cleared);
+    }
+
+    #[tokio::test]
+    async fn status_reads_the_drop_counters_of_each_network() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        fake.kernel().counters = [
+            ((Family::Inet, "fwd_web".to_owned()), 5),
+            ((Family::Inet, "host_web".to_owned()), 2),
+            ((Family::Bridge, "iso_web".to_owned()), 1),
+            ((Family::Inet, "forward".to_owned()), 100),
+        ]
+        .into();
+        fake.kernel().stateful = true;
+        let (reply, answer) = oneshot::channel();
+        d.handle(Msg::Status(reply)).await;
+        let status = answer.await.unwrap();
+        assert_eq!(status.state, State::Active);
+        assert_eq!(status.networks[0].name, "web");
+        assert_eq!(status.networks[0].dropped_packets, 8);
+        assert_eq!(status.networks[0].whitelisted[0].addresses, ["10.1.0.2"]);
+    }
+
+    #[tokio::test]
+    async fn a_renamed_table_is_removed_only_after_the_new_one_is_in_force() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        d.retired_table = Some("old_table".into());
+        fake.kernel().refuse_next_apply = Some("no".into());
+        d.committed = None;
+        pass(&mut d, snapshot(Some("10.1.0.2")), false).await;
+        assert!(
+            fake.kernel().cleared.is_empty(),
+            "removed before the new table"
+        );
+        pass(&mut d, snapshot(Some("10.1.0.2")), false).await;
+        assert_eq!(fake.kernel().cleared, ["old_table"]);
+    }
+}

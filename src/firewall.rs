@@ -1,0 +1,286 @@
+//! The seam between the daemon's decisions and the kernel: every kernel effect goes through
+//! a [`Firewall`], run on a [`Worker`] thread that only the daemon loop talks to.
+//!
+//! [`crate::nft::Netlink`] is the real one (one netlink batch per change); [`Fake`] keeps
+//! a simulated kernel in memory, so that the loop's decisions are tested without root.
+//! Netlink calls block: on the worker they never stall the async executor that serves
+//! Docker events and D-Bus.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, mpsc};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::nft::NftError;
+use crate::plan::{Change, Counters, Ruleset};
+
+/// How an apply reached the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchKind {
+    /// Our tables replaced as a whole.
+    Full,
+    /// Only whitelist set elements changed.
+    Elements,
+}
+
+/// What one apply sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub kind: BatchKind,
+    /// Netlink messages in the batch.
+    pub messages: usize,
+    /// Set elements added and removed (element batches).
+    pub added: usize,
+    pub removed: usize,
+}
+
+/// Whether stateful filtering is active on one managed bridge, and why (not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeFiltering {
+    pub bridge: String,
+    /// True when br_netfilter hands this bridge's IPv4 and IPv6 traffic to the `inet`
+    /// chains, so connection tracking applies; false means the stateless backstop alone.
+    pub stateful: bool,
+    pub detail: String,
+}
+
+/// Every effect trafficjam has on the kernel. Implementations touch only the tables named
+/// by the rulesets and table names they are given.
+pub trait Firewall: Send + 'static {
+    /// Makes the kernel hold `desired` in one transaction. `committed` is what this
+    /// firewall was last told to hold, if that is still believed to be in the kernel: an
+    /// element batch is sent when only set elements differ from it, else a full one.
+    fn apply(
+        &mut self,
+        committed: Option<&Ruleset>,
+        desired: &Ruleset,
+    ) -> Result<ApplyReport, NftError>;
+
+    /// The differences between the kernel and `desired`; empty when it holds exactly that.
+    fn drift(&mut self, desired: &Ruleset) -> Result<Vec<String>, NftError>;
+
+    /// Removes our tables named `table` (every family) in one transaction.
+    fn clear(&mut self, table: &str) -> Result<(), NftError>;
+
+    /// The drop counters of our tables named `table`.
+    fn counters(&mut self, table: &str) -> Result<Counters, NftError>;
+
+    /// Turns on (where the policy says so) and reports stateful filtering on each bridge.
+    fn bridge_filtering(&mut self, bridges: &BTreeSet<String>) -> Vec<BridgeFiltering>;
+}
+
+type Job = Box<dyn FnOnce(&mut dyn Firewall) + Send>;
+
+/// A thread that owns a [`Firewall`] and runs the calls sent to it, one at a time.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts the worker thread; it ends when every handle is dropped.
+    pub fn spawn(mut firewall: impl Firewall) -> Worker {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("firewall".into())
+            .spawn(move || {
+                for job in queue {
+                    job(&mut firewall);
+                }
+            })
+            .expect("a thread for the firewall");
+        Worker { jobs }
+    }
+
+    /// Runs `call` on the worker and waits for its result without blocking the executor.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut dyn Firewall) -> Result<T, NftError> + Send + 'static,
+    ) -> Result<T, NftError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |firewall| {
+            let _ = reply.send(call(firewall));
+        });
+        self.jobs.send(job).map_err(|_| NftError::WorkerStopped)?;
+        answer.await.map_err(|_| NftError::WorkerStopped)?
+    }
+}
+
+/// What the [`Fake`] firewall holds and has been asked, shared with the test that made it.
+#[derive(Debug, Default)]
+pub struct FakeKernel {
+    /// Our tables as the simulated kernel holds them (None: absent).
+    pub installed: Option<Ruleset>,
+    /// Every apply, in order.
+    pub applies: Vec<BatchKind>,
+    /// Every `bridge_filtering` call, in order.
+    pub bridge_calls: Vec<BTreeSet<String>>,
+    /// Every table cleared, in order.
+    pub cleared: Vec<String>,
+    /// Counters `counters` answers with.
+    pub counters: Counters,
+    /// When set, the next apply is refused with this reason (and the kernel unchanged).
+    pub refuse_next_apply: Option<String>,
+    /// Whether bridges report stateful filtering.
+    pub stateful: bool,
+}
+
+/// A firewall with a simulated kernel: applies, drift and clears act on [`FakeKernel`].
+#[derive(Debug, Clone, Default)]
+pub struct Fake {
+    pub kernel: Arc<Mutex<FakeKernel>>,
+}
+
+impl Fake {
+    pub fn new() -> Fake {
+        Fake::default()
+    }
+
+    /// The simulated kernel, to inspect or to change behind the daemon's back.
+    pub fn kernel(&self) -> std::sync::MutexGuard<'_, FakeKernel> {
+        self.kernel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn refused(what: &str, reason: String) -> NftError {
+    NftError::Refused {
+        what: what.to_owned(),
+        source: std::io::Error::other(reason),
+    }
+}
+
+impl Firewall for Fake {
+    fn apply(
+        &mut self,
+        committed: Option<&Ruleset>,
+        desired: &Ruleset,
+    ) -> Result<ApplyReport, NftError> {
+        let mut kernel = self.kernel();
+        if let Some(reason) = kernel.refuse_next_apply.take() {
+            return Err(refused("the batch", reason));
+        }
+        // As the kernel would: an element batch against tables that no longer hold what
+        // was committed fails, and the real firewall falls back to a full one.
+        let kind = match desired.change_from(committed) {
+            Change::Elements if kernel.installed.as_ref() == committed => BatchKind::Elements,
+            _ => BatchKind::Full,
+        };
+        kernel.installed = (!desired.tables.is_empty()).then(|| desired.clone());
+        kernel.applies.push(kind);
+        Ok(ApplyReport {
+            kind,
+            messages: 1,
+            added: 0,
+            removed: 0,
+        })
+    }
+
+    fn drift(&mut self, desired: &Ruleset) -> Result<Vec<String>, NftError> {
+        let kernel = self.kernel();
+        let holds = match &kernel.installed {
+            None => desired.tables.is_empty(),
+            Some(installed) => installed == desired,
+        };
+        Ok(if holds {
+            Vec::new()
+        } else {
+            vec!["the fake kernel holds something else".into()]
+        })
+    }
+
+    fn clear(&mut self, table: &str) -> Result<(), NftError> {
+        let mut kernel = self.kernel();
+        if kernel
+            .installed
+            .as_ref()
+            .is_some_and(|r| r.table_name == table)
+        {
+            kernel.installed = None;
+        }
+        kernel.cleared.push(table.to_owned());
+        Ok(())
+    }
+
+    fn counters(&mut self, _table: &str) -> Result<Counters, NftError> {
+        Ok(self.kernel().counters.clone())
+    }
+
+    fn bridge_filtering(&mut self, bridges: &BTreeSet<String>) -> Vec<BridgeFiltering> {
+        let mut kernel = self.kernel();
+        kernel.bridge_calls.push(bridges.clone());
+        bridges
+            .iter()
+            .map(|b| BridgeFiltering {
+                bridge: b.clone(),
+                stateful: kernel.stateful,
+                detail: "fake".into(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{DEFAULT_TABLE, ManagedNetwork, plan};
+
+    fn ruleset(whitelist: &[&str]) -> Ruleset {
+        plan(
+            DEFAULT_TABLE,
+            &[ManagedNetwork {
+                name: "web".into(),
+                bridge: "br-web".into(),
+                subnets: vec!["10.1.0.0/24".parse().unwrap()],
+                whitelist: whitelist.iter().map(|a| a.parse().unwrap()).collect(),
+                allow_host_traffic: false,
+            }],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_worker_runs_calls_in_order_off_the_executor() {
+        let fake = Fake::new();
+        let worker = Worker::spawn(fake.clone());
+        let first = ruleset(&["10.1.0.2"]);
+        let report = worker
+            .call({
+                let first = first.clone();
+                move |fw| fw.apply(None, &first)
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.kind, BatchKind::Full);
+        let second = ruleset(&["10.1.0.3"]);
+        let report = worker
+            .call({
+                let second = second.clone();
+                move |fw| fw.apply(Some(&first), &second)
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.kind, BatchKind::Elements);
+        assert_eq!(fake.kernel().installed.as_ref(), Some(&second));
+        let drift = worker.call(move |fw| fw.drift(&second)).await.unwrap();
+        assert!(drift.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_apply_leaves_the_fake_kernel_as_it_was() {
+        let fake = Fake::new();
+        let mut fw = fake.clone();
+        let first = ruleset(&["10.1.0.2"]);
+        fw.apply(None, &first).unwrap();
+        fake.kernel().refuse_next_apply = Some("no".into());
+        assert!(fw.apply(Some(&first), &ruleset(&[])).is_err());
+        assert_eq!(fake.kernel().installed.as_ref(), Some(&first));
+        // Someone flushed the ruleset: an element update cannot work, the fake (like the
+        // kernel) falls back to a full batch.
+        fake.kernel().installed = None;
+        assert!(!fw.drift(&first).unwrap().is_empty());
+        let report = fw.apply(Some(&first), &ruleset(&["10.1.0.9"])).unwrap();
+        assert_eq!(report.kind, BatchKind::Full);
+    }
+}
