@@ -1034,6 +1034,62 @@ mod tests {
     }
 
     #[test]
+    fn the_ruleset_answers_its_bridges_and_the_drops_of_each_network() {
+        let mut open = net("open", "br-open", &["10.2.0.0/24"], &[]);
+        open.allow_host_traffic = true;
+        let rs = plan(DEFAULT_TABLE, &[public(), open]).unwrap();
+        assert_eq!(
+            rs.bridges(),
+            BTreeSet::from(["br-open".to_owned(), "br-public".to_owned()])
+        );
+        // Every drop chain the plan named exists, in its family.
+        for n in &rs.networks {
+            for (family, name) in &n.drop_chains {
+                chain(&rs, *family, name);
+            }
+        }
+        let counters: Counters = [
+            ((Family::Inet, names::forward_chain("public")), 3),
+            ((Family::Inet, names::host_chain("public")), 4),
+            ((Family::Bridge, names::isolation_chain("public")), 5),
+            ((Family::Inet, names::forward_chain("open")), 7),
+            ((Family::Inet, names::FORWARD.to_owned()), 1000),
+        ]
+        .into();
+        assert_eq!(rs.dropped("public", &counters), 12);
+        assert_eq!(rs.dropped("open", &counters), 7);
+        assert_eq!(rs.dropped("absent", &counters), 0);
+        assert!(Ruleset::empty(DEFAULT_TABLE).bridges().is_empty());
+    }
+
+    #[test]
+    fn change_from_what_was_committed() {
+        let base = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        assert_eq!(base.change_from(None), Change::Full);
+        assert_eq!(base.change_from(Some(&base)), Change::None);
+        let mut more = public();
+        more.whitelist.insert("172.20.0.99".parse().unwrap());
+        let more = plan(DEFAULT_TABLE, &[more]).unwrap();
+        assert_eq!(more.change_from(Some(&base)), Change::Elements);
+        let mut host = public();
+        host.allow_host_traffic = true;
+        let host = plan(DEFAULT_TABLE, &[host]).unwrap();
+        assert_eq!(host.change_from(Some(&base)), Change::Full);
+        let empty = Ruleset::empty(DEFAULT_TABLE);
+        assert_eq!(empty.change_from(Some(&base)), Change::Full);
+    }
+
+    #[test]
+    fn network_names_follow_docker_within_what_nftables_carries() {
+        assert!(valid_network_name("traefik_public"));
+        assert!(valid_network_name("a.b-c_1"));
+        assert!(!valid_network_name("-x"));
+        assert!(!valid_network_name(""));
+        assert!(!valid_network_name("with space"));
+        assert!(!valid_network_name(&"n".repeat(201)));
+    }
+
+    #[test]
     fn renders_loadable_nft_text() {
         let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
         let text = rs.to_string();

@@ -49,8 +49,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields 14 and 15 of stat(5), counted from the state field (3).
     let ticks: f64 =
         fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .expect("CLK_TCK");
+    ticks / per_second as f64
 }
 
 fn main() {

@@ -64,13 +64,8 @@ fn ms(d: Duration) -> String {
 
 fn apply_benchmark() {
     // A private network namespace for this thread: our tables never reach the host's.
-    // SAFETY: unshare with a valid flag; it affects the calling thread only.
-    assert_eq!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        0,
-        "unshare(CLONE_NEWNET): {} (run as root)",
-        std::io::Error::last_os_error()
-    );
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e} (run as root)"));
     let sizes: &[usize] = if quick() {
         &[1, 100, 1000]
     } else {
@@ -179,12 +174,7 @@ impl Ns {
     fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let file = std::fs::File::open(format!("/run/netns/{}", self.0)).expect("netns");
         std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on a valid namespace descriptor; affects this thread only.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             f()
         })
         .join()

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,8 +30,7 @@ pub const PASS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Fails (or, outside CI with TRAFFICJAM_ALLOW_SKIP=1, skips) when this tier cannot run.
 /// Returns false when the test should return early as skipped.
 pub fn kernel_tier_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     let why = if !root {
         Some("the kernel tier needs root (network namespaces, nftables)")
     } else if Command::new("ip").arg("-V").output().is_err() {
@@ -179,10 +177,8 @@ impl Netns {
         let path = format!("/run/netns/{}", self.name);
         let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
         std::thread::spawn(move || {
-            // SAFETY: setns on a valid namespace descriptor; affects this thread only.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            drop(file);
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns: {e}"));
             f()
         })
     }
