@@ -228,6 +228,17 @@ fn dbus_control_under_the_shipped_policy() {
         text(&out)
     );
 
+    // A blocked connection shows in the drop counters Status reads from the kernel.
+    let before = status["networks"][0]["dropped_packets"].as_u64();
+    assert!(before.is_some(), "{status}");
+    assert_probes("blocked", &[Probe::tcp(&a, &ip_b, false)], &lab);
+    let out = cli(&bus, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        status["networks"][0]["dropped_packets"].as_u64() > before,
+        "the blocked connection was not counted: {status}"
+    );
+
     // nobody may neither change anything nor own the name.
     assert_mutations_refused(&bus, "ccess denied");
     let out = bus.busctl(
