@@ -46,6 +46,19 @@ pub struct BridgeFiltering {
     pub detail: String,
 }
 
+/// What a watch on the kernel's ruleset reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableChange {
+    /// Another process committed a change to tables of these names (in the families we
+    /// use); changes committed by this process are never reported.
+    Foreign(BTreeSet<String>),
+    /// Notifications were lost (the socket overflowed): anything may have changed.
+    Overrun,
+}
+
+/// Receives [`TableChange`]s; returning false ends the watch.
+pub type ChangeReport = Box<dyn FnMut(TableChange) -> bool + Send>;
+
 /// Every effect trafficjam has on the kernel. Implementations touch only the tables named
 /// by the rulesets and table names they are given.
 pub trait Firewall: Send + 'static {
@@ -69,6 +82,10 @@ pub trait Firewall: Send + 'static {
 
     /// Turns on (where the policy says so) and reports stateful filtering on each bridge.
     fn bridge_filtering(&mut self, bridges: &BTreeSet<String>) -> Vec<BridgeFiltering>;
+
+    /// Starts watching the ruleset: `report` hears of every change another process makes
+    /// to tables of ours, from a thread of the watch's own, until it returns false.
+    fn watch(&mut self, report: ChangeReport) -> Result<(), NftError>;
 }
 
 type Job = Box<dyn FnOnce(&mut dyn Firewall) + Send>;
@@ -109,8 +126,10 @@ impl Worker {
 }
 
 /// What the [`Fake`] firewall holds and has been asked, shared with the test that made it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FakeKernel {
+    /// The watch the daemon started, to report changes "made by another process".
+    pub watch: Option<ChangeReport>,
     /// Our tables as the simulated kernel holds them (None: absent).
     pub installed: Option<Ruleset>,
     /// Every apply, in order.
@@ -125,6 +144,16 @@ pub struct FakeKernel {
     pub refuse_next_apply: Option<String>,
     /// Whether bridges report stateful filtering.
     pub stateful: bool,
+}
+
+impl std::fmt::Debug for FakeKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeKernel")
+            .field("installed", &self.installed.is_some())
+            .field("applies", &self.applies)
+            .field("watching", &self.watch.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A firewall with a simulated kernel: applies, drift and clears act on [`FakeKernel`].
@@ -218,6 +247,11 @@ impl Firewall for Fake {
                 detail: "fake".into(),
             })
             .collect()
+    }
+
+    fn watch(&mut self, report: ChangeReport) -> Result<(), NftError> {
+        self.kernel().watch = Some(report);
+        Ok(())
     }
 }
 

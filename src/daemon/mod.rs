@@ -24,7 +24,7 @@ use reconcile::{bridges_to_set, reconcile};
 
 use crate::config::{Config, ConfigError, PolicySource};
 use crate::docker::{DockerClient, Snapshot};
-use crate::firewall::{ApplyReport, BridgeFiltering, Worker};
+use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
 use crate::nft::NftError;
 use crate::notify;
 use crate::plan::{Change, Ruleset};
@@ -62,6 +62,8 @@ pub enum Msg {
     Clear(Option<Reply>),
     /// The status, with the drop counters read from the kernel now.
     Status(oneshot::Sender<Status>),
+    /// Another process changed the ruleset (nftables notifications).
+    TablesChanged(TableChange),
     /// Time to tell systemd's watchdog the loop is alive.
     Watchdog,
     Shutdown,
@@ -287,8 +289,19 @@ impl Daemon {
         }
     }
 
+    /// Subscribes to the kernel's ruleset changes, so that tampering with our tables is
+    /// repaired at once, whether or not Docker answers.
+    async fn watch_ruleset(&self) {
+        let tx = self.tx.clone();
+        let report = Box::new(move |change| tx.send(Msg::TablesChanged(change)).is_ok());
+        if let Err(e) = self.firewall.call(move |fw| fw.watch(report)).await {
+            warn!("cannot watch the ruleset ({e}): tampering is repaired at the next resync only");
+        }
+    }
+
     /// Runs until a `Shutdown` message. The rules stay in the kernel on exit.
     pub async fn run(mut self) {
+        self.watch_ruleset().await;
         self.start_watcher();
         self.start_resync_timer();
         let watchdog = notify::watchdog_period()
@@ -385,6 +398,59 @@ impl Daemon {
             Msg::Status(reply) => {
                 let _ = reply.send(self.status_with_counters().await);
             }
+            Msg::TablesChanged(change) => {
+                // One repair answers every change already queued.
+                let mut ours = self.touches_our_table(&change);
+                while let Ok(next) = self.rx.try_recv() {
+                    match next {
+                        Msg::TablesChanged(c) => ours |= self.touches_our_table(&c),
+                        other => self.pending.push_back(other),
+                    }
+                }
+                if ours {
+                    self.repair().await;
+                    self.publish();
+                }
+            }
+        }
+    }
+
+    fn touches_our_table(&self, change: &TableChange) -> bool {
+        match change {
+            TableChange::Foreign(tables) => tables.contains(&self.config.daemon.table),
+            TableChange::Overrun => true,
+        }
+    }
+
+    /// Restores what we committed when another process changed it: straight from the
+    /// record, without asking Docker (which may be down).
+    async fn repair(&mut self) {
+        if self.condition == Condition::Cleared {
+            return;
+        }
+        let Some(committed) = self.committed.clone() else {
+            return;
+        };
+        let started = Instant::now();
+        let Some(problems) = self.drift().await else {
+            return;
+        };
+        let desired = committed.clone();
+        match self.firewall.call(move |fw| fw.apply(None, &desired)).await {
+            Ok(report) => info!(
+                "another process changed our tables ({}): restored in {:.1} ms ({} messages)",
+                problems.join("; "),
+                started.elapsed().as_secs_f64() * 1e3,
+                report.messages
+            ),
+            Err(e) => {
+                self.committed = None;
+                error!(
+                    "another process changed our tables ({}) and restoring them failed ({e}); retrying at the next pass",
+                    problems.join("; ")
+                );
+                self.degrade(e.to_string());
+            }
         }
     }
 
@@ -475,22 +541,29 @@ impl Daemon {
         }
     }
 
+    /// How the kernel differs from what we committed; `None` when it holds it (or nothing
+    /// is committed, or it cannot be read).
+    async fn drift(&self) -> Option<Vec<String>> {
+        let committed = self.committed.clone()?;
+        match self.firewall.call(move |fw| fw.drift(&committed)).await {
+            Ok(problems) if !problems.is_empty() => Some(problems),
+            Ok(_) => None,
+            Err(e) => {
+                warn!("cannot read our tables back: {e}");
+                None
+            }
+        }
+    }
+
     /// Reads our tables back; when they are not what we committed, forgets it, so that the
     /// next apply replaces them whole.
     async fn check_drift(&mut self) {
-        let Some(committed) = self.committed.clone() else {
-            return;
-        };
-        match self.firewall.call(move |fw| fw.drift(&committed)).await {
-            Ok(problems) if !problems.is_empty() => {
-                warn!(
-                    "the kernel no longer holds our ruleset ({}); restoring it",
-                    problems.join("; ")
-                );
-                self.committed = None;
-            }
-            Ok(_) => {}
-            Err(e) => warn!("cannot read our tables back: {e}"),
+        if let Some(problems) = self.drift().await {
+            warn!(
+                "the kernel no longer holds our ruleset ({}); restoring it",
+                problems.join("; ")
+            );
+            self.committed = None;
         }
     }
 
@@ -763,6 +836,70 @@ mod tests {
         assert_eq!(status.networks[0].name, "web");
         assert_eq!(status.networks[0].dropped_packets, 8);
         assert_eq!(status.networks[0].whitelisted[0].addresses, ["10.1.0.2"]);
+    }
+
+    /// Reports a change through the watch the daemon started, as the kernel would.
+    fn report(fake: &Fake, change: TableChange) {
+        let mut kernel = fake.kernel();
+        let watch = kernel
+            .watch
+            .as_mut()
+            .expect("the daemon watches the ruleset");
+        assert!(watch(change));
+    }
+
+    /// Serves the messages the watch sent, as the loop would.
+    async fn serve_queued(d: &mut Daemon) {
+        while let Ok(msg) = d.rx.try_recv() {
+            d.handle(msg).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn tampering_by_another_process_is_repaired_from_the_record_without_docker() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        d.watch_ruleset().await;
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        let committed = fake.kernel().installed.clone();
+        // `nft flush ruleset` by someone else; Docker is not even connected.
+        assert!(d.docker.is_none());
+        fake.kernel().installed = None;
+        report(
+            &fake,
+            TableChange::Foreign(BTreeSet::from(["trafficjam".into()])),
+        );
+        serve_queued(&mut d).await;
+        let k = fake.kernel();
+        assert_eq!(k.installed, committed);
+        assert_eq!(k.applies, [BatchKind::Full, BatchKind::Full]);
+    }
+
+    #[tokio::test]
+    async fn changes_to_other_tables_or_to_nothing_of_ours_cause_no_apply() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        d.watch_ruleset().await;
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        // Someone else's table changed.
+        fake.kernel().installed = None;
+        report(
+            &fake,
+            TableChange::Foreign(BTreeSet::from(["filter".into()])),
+        );
+        serve_queued(&mut d).await;
+        assert_eq!(fake.kernel().applies.len(), 1);
+        // Our table named, but it holds what we committed (a no-op change): nothing to do.
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        let applies = fake.kernel().applies.len();
+        report(&fake, TableChange::Overrun);
+        serve_queued(&mut d).await;
+        assert_eq!(fake.kernel().applies.len(), applies);
+        // While cleared on request, tampering is not "repaired".
+        d.handle(Msg::Clear(None)).await;
+        report(&fake, TableChange::Overrun);
+        serve_queued(&mut d).await;
+        assert!(fake.kernel().installed.is_none());
     }
 
     #[tokio::test]

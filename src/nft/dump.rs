@@ -57,7 +57,7 @@ pub struct InstalledRuleset {
     pub tables: BTreeMap<Family, InstalledTable>,
 }
 
-fn nfproto(family: Family) -> u8 {
+pub(crate) fn nfproto(family: Family) -> u8 {
     match family {
         Family::Inet => libc::NFPROTO_INET as u8,
         Family::Bridge => libc::NFPROTO_BRIDGE as u8,
@@ -82,11 +82,11 @@ fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn attribute(buf: &[u8], kind: u16) -> Option<&[u8]> {
+pub(crate) fn attribute(buf: &[u8], kind: u16) -> Option<&[u8]> {
     attributes(buf).find(|(k, _)| *k == kind).map(|(_, p)| p)
 }
 
-fn string(payload: &[u8]) -> String {
+pub(crate) fn string(payload: &[u8]) -> String {
     let end = payload
         .iter()
         .position(|&b| b == 0)

@@ -13,6 +13,7 @@
 
 mod bridge;
 mod dump;
+mod monitor;
 mod netlink;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,7 +34,7 @@ pub use dump::{
 };
 use tracing::warn;
 
-use crate::firewall::{ApplyReport, BatchKind, BridgeFiltering, Firewall};
+use crate::firewall::{ApplyReport, BatchKind, BridgeFiltering, ChangeReport, Firewall};
 use crate::plan::{Change, Counters, Dir, Family, Hook, IpVersion, Match, Ruleset, Set, Verdict};
 use netlink::Transaction;
 
@@ -141,6 +142,21 @@ impl Firewall for Netlink {
             .iter()
             .map(|b| bridge_filtering(b, self.bridge_netfilter))
             .collect()
+    }
+
+    fn watch(&mut self, mut report: ChangeReport) -> Result<(), NftError> {
+        // Subscribed here, in the caller's namespace, before this returns: no change made
+        // after it goes unseen. The thread inherits the namespace too.
+        let sock = monitor::subscribe()?;
+        std::thread::Builder::new()
+            .name("nft-monitor".into())
+            .spawn(move || {
+                if let Err(e) = monitor::watch(&sock, &mut report) {
+                    warn!("no longer watching the ruleset ({e}): tampering is repaired at the next resync");
+                }
+            })
+            .map_err(NftError::Socket)?;
+        Ok(())
     }
 }
 
