@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::EventMessage;
-use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions};
+use bollard::query_parameters::{
+    EventsOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
+};
 use futures_util::Stream;
 use ipnetwork::IpNetwork;
 
@@ -86,6 +88,11 @@ pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
             allow_host_traffic: n.policy.allow_host_traffic,
         })
         .collect()
+}
+
+/// An endpoint's address as network inspection shows it (`172.20.0.2/16`; empty when none).
+fn endpoint_address(text: &str) -> Option<IpAddr> {
+    text.split('/').next()?.parse().ok()
 }
 
 /// The Linux bridge behind a Docker bridge network.
@@ -200,12 +207,14 @@ impl DockerClient {
         Ok(snapshot)
     }
 
-    /// The containers `docker ps --filter …` lists (running ones, exactly as Docker filters
-    /// them) that have an address on the network `network_id`.
+    /// The containers `docker ps --all --filter …` lists (exactly as Docker filters them)
+    /// that have an endpoint on the network `network_id`, with their addresses there.
     ///
-    /// Docker makes a container's address visible only once its process runs (its `start`
-    /// event), so a container that connects in its very first milliseconds races with us:
-    /// its first SYN may be dropped, and TCP retries a second later.
+    /// The addresses come from the network's endpoints, not from the container list: Docker
+    /// creates the endpoint (and sends the network `connect` event) before the container's
+    /// process runs, while the list shows the address only once it runs. So a whitelisted
+    /// container is whitelisted before its first packet. A container that is not running
+    /// has no endpoint, and stays out.
     async fn whitelisted_on(
         &self,
         filters: &[Filter],
@@ -215,46 +224,51 @@ impl DockerClient {
             return Ok(Vec::new());
         }
         let options = ListContainersOptions {
+            all: true,
             filters: Some(Filter::to_docker(filters)),
             ..Default::default()
         };
-        let containers = self
+        let matching: HashMap<String, String> = self
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(Self::request_err("list containers"))?;
-        let mut endpoints = Vec::new();
-        for c in containers {
-            let Some(container_id) = c.id else { continue };
-            let networks = c
-                .network_settings
-                .and_then(|n| n.networks)
-                .unwrap_or_default();
-            let Some(settings) = networks
-                .into_values()
-                .find(|s| s.network_id.as_deref() == Some(network_id))
-            else {
-                continue;
-            };
-            let addrs: Vec<IpAddr> = [settings.ip_address, settings.global_ipv6_address]
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.parse().ok())
-                .collect();
-            if addrs.is_empty() {
-                continue;
-            }
-            let container_name = c
-                .names
-                .and_then(|n| n.into_iter().next())
-                .map(|n| n.trim_start_matches('/').to_owned())
-                .unwrap_or_default();
-            endpoints.push(Endpoint {
-                container_id,
-                container_name,
-                addrs,
-            });
+            .map_err(Self::request_err("list containers"))?
+            .into_iter()
+            .filter_map(|c| {
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
+                Some((c.id?, name))
+            })
+            .collect();
+        if matching.is_empty() {
+            return Ok(Vec::new());
         }
+        let network = self
+            .docker
+            .inspect_network(network_id, None::<InspectNetworkOptions>)
+            .await
+            .map_err(Self::request_err("inspect network"))?;
+        let mut endpoints: Vec<Endpoint> = network
+            .containers
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(container_id, endpoint)| {
+                let container_name = matching.get(&container_id)?.clone();
+                let addrs: Vec<IpAddr> = [endpoint.ipv4_address, endpoint.ipv6_address]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| endpoint_address(&a))
+                    .collect();
+                (!addrs.is_empty()).then_some(Endpoint {
+                    container_id,
+                    container_name,
+                    addrs,
+                })
+            })
+            .collect();
         endpoints.sort_by(|a, b| a.container_name.cmp(&b.container_name));
         Ok(endpoints)
     }
@@ -325,6 +339,19 @@ mod tests {
             container_name: format!("name-{id}"),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
         }
+    }
+
+    #[test]
+    fn endpoint_addresses_lose_their_prefix() {
+        assert_eq!(
+            endpoint_address("172.20.0.2/16"),
+            Some("172.20.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            endpoint_address("fd00::2/64"),
+            Some("fd00::2".parse().unwrap())
+        );
+        assert_eq!(endpoint_address(""), None);
     }
 
     #[test]

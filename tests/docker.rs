@@ -357,6 +357,85 @@ fn tampering_is_repaired_at_once_whatever_the_resync_interval() {
     assert_eq!(log.matches("ruleset applied").count(), applies, "{log}");
 }
 
+/// Runs `busybox time -f %e nc …` (one TCP connection, no retry) as the first and only
+/// action of `docker ARGS…`; returns whether the answer came and how long it took (s).
+fn first_connection(args: &[&str], to: &str) -> (bool, f64) {
+    let mut all = args.to_vec();
+    all.extend(["busybox", "time", "-f", "%e", "nc", "-w", "3", to, "8080"]);
+    let out = docker(&all);
+    let answered = String::from_utf8_lossy(&out.stdout).contains("pong");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seconds = stderr
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no time in {stderr:?}"));
+    (answered, seconds)
+}
+
+#[test]
+fn a_new_proxy_is_whitelisted_before_its_first_packet() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let net = lab.network("net", &[]);
+    let side = lab.network("side", &[]);
+    let b = lab.container("b", &net, &[]);
+    let role = format!("tj.test.role={}-proxy", lab.prefix);
+    lab.write_config(&whitelist_section(&net, &format!("label={role}")));
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ip_b = lab.ip4(&b, &net);
+
+    // Control: an ordinary container's first connection is dropped (and never retried).
+    let (answered, _) = first_connection(&["run", "--rm", "--network", &net, IMAGE], &ip_b);
+    assert!(!answered, "a backend reached another");
+
+    // A proxy whose very first action is one connection: answered at once, every time.
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let name = lab.name(&format!("proxy{i}"));
+        let (answered, seconds) = first_connection(
+            &[
+                "run",
+                "--rm",
+                "--name",
+                &name,
+                "--label",
+                &role,
+                "--network",
+                &net,
+                IMAGE,
+            ],
+            &ip_b,
+        );
+        assert!(
+            answered,
+            "run {i}: the new proxy got no answer\n{}",
+            lab.log_text()
+        );
+        times.push(seconds);
+    }
+    // And one connected to the network while it runs, connecting right after.
+    let late = lab.container("late", &side, &["--label", &role]);
+    for i in 0..10 {
+        lab.connect(&late, &net);
+        let (answered, seconds) = first_connection(&["exec", &late], &ip_b);
+        assert!(answered, "connect {i}: no answer\n{}", lab.log_text());
+        times.push(seconds);
+        docker_ok(&["network", "disconnect", &net, &late]);
+    }
+    eprintln!("first connections of new proxies: {times:?} s");
+    for t in &times {
+        assert!(
+            *t < 0.2,
+            "a first connection took {t} s (a dropped SYN is retried after 1 s): {times:?}"
+        );
+    }
+}
+
 #[test]
 fn check_prints_the_ruleset_or_the_error() {
     if !docker_tier_available() {
