@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG_DIR};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_DIR};
 use crate::daemon::reconcile::reconcile;
 use crate::daemon::{self, Daemon};
 use crate::dbus::{self, ManagerClientProxy};
 use crate::docker::DockerClient;
 use crate::firewall::{Firewall, Worker};
 use crate::nft::Netlink;
+use crate::persist::{self, StateDir};
 use crate::plan::{DEFAULT_TABLE, validate_table_name};
 use crate::status::Status;
 use crate::{caps, logging};
@@ -49,6 +50,10 @@ enum Command {
         /// Directory whose *.toml files are the configuration.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// Where the isolated networks and the last good configuration are kept across
+        /// reboots [default: $STATE_DIRECTORY, else /var/lib/trafficjam].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Validate the configuration; print the ruleset it gives when Docker is reachable.
     ///
@@ -83,7 +88,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config_dir } => run(&config_dir),
+        Command::Run {
+            config_dir,
+            state_dir,
+        } => run(&config_dir, StateDir::new(persist::state_dir(state_dir))),
         Command::Check { config_dir } => check(&config_dir),
         Command::Reload => reload(),
         Command::Status { json } => status(json),
@@ -193,8 +201,30 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-fn run(config_dir: &Path) -> ExitCode {
-    let config = match Config::load_dir(config_dir) {
+/// The configuration to run on: the one in `config_dir`, else (with its error) the last
+/// good one kept in the state directory.
+fn run_config(
+    config_dir: &Path,
+    state: &StateDir,
+) -> Result<(Config, Option<ConfigError>), ConfigError> {
+    let error = match Config::load_dir(config_dir) {
+        Ok(c) => return Ok((c, None)),
+        Err(e) => e,
+    };
+    let saved = match state.load() {
+        Ok(Some(saved)) if !saved.config.is_empty() => saved,
+        _ => return Err(error),
+    };
+    let sources: Vec<(PathBuf, String)> =
+        saved.config.into_iter().map(|f| (f.path, f.text)).collect();
+    match Config::from_sources(&sources) {
+        Ok(c) => Ok((c, Some(error))),
+        Err(_) => Err(error),
+    }
+}
+
+fn run(config_dir: &Path, state: StateDir) -> ExitCode {
+    let (config, config_error) = match run_config(config_dir, &state) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -214,9 +244,16 @@ fn run(config_dir: &Path) -> ExitCode {
         config.networks.len(),
         config.daemon.table
     );
+    if let Some(e) = &config_error {
+        tracing::error!(
+            "the configuration does not load ({e}); running the last good one, kept in {}",
+            state.path().display()
+        );
+    }
     runtime().block_on(async {
         let firewall = Worker::spawn(Netlink::default());
-        let daemon = Daemon::new(config_dir.to_owned(), config, firewall);
+        let daemon = Daemon::new(config_dir.to_owned(), config, firewall)
+            .with_state(state, config_error);
         if let Err(e) = daemon::forward_signals(daemon.sender()) {
             eprintln!("cannot handle signals: {e}");
             return ExitCode::FAILURE;

@@ -163,6 +163,8 @@ pub struct Config {
     pub networks: BTreeMap<String, (NetworkPolicy, PolicySource)>,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
+    /// Their text, as read: what the state directory keeps of the last good configuration.
+    pub sources: Vec<(PathBuf, String)>,
 }
 
 /// A configuration error, located in its file.
@@ -327,7 +329,10 @@ impl Config {
 
     /// Parses files given as (path, text), in the given order.
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Config, ConfigError> {
-        let mut config = Config::default();
+        let mut config = Config {
+            sources: sources.to_vec(),
+            ..Config::default()
+        };
         // Which file set each daemon key, to refuse a key set twice.
         let mut daemon_keys: HashMap<&'static str, PathBuf> = HashMap::new();
         for (file, text) in sources {

@@ -77,6 +77,9 @@ pub trait Firewall: Send + 'static {
     /// Removes our tables named `table` (every family) in one transaction.
     fn clear(&mut self, table: &str) -> Result<(), NftError>;
 
+    /// Whether a table of ours named `table` exists (in any family).
+    fn present(&mut self, table: &str) -> Result<bool, NftError>;
+
     /// The drop counters of our tables named `table`.
     fn counters(&mut self, table: &str) -> Result<Counters, NftError>;
 
@@ -230,6 +233,14 @@ impl Firewall for Fake {
         }
         kernel.cleared.push(table.to_owned());
         Ok(())
+    }
+
+    fn present(&mut self, table: &str) -> Result<bool, NftError> {
+        Ok(self
+            .kernel()
+            .installed
+            .as_ref()
+            .is_some_and(|r| r.table_name == table))
     }
 
     fn counters(&mut self, _table: &str) -> Result<Counters, NftError> {

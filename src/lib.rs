@@ -16,5 +16,6 @@ pub mod firewall;
 pub mod logging;
 pub mod nft;
 pub mod notify;
+pub mod persist;
 pub mod plan;
 pub mod status;

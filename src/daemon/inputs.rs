@@ -13,6 +13,9 @@ use crate::docker::DockerClient;
 /// Reconnection backoff when Docker is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Until Docker first answers (at boot, it starts after us), try every second at least:
+/// its containers start as soon as it does, and the proxy waits for its whitelist.
+const BACKOFF_MAX_NEVER_CONNECTED: Duration = Duration::from_secs(1);
 
 pub(crate) fn now_nanos() -> i64 {
     SystemTime::now()
@@ -23,9 +26,11 @@ pub(crate) fn now_nanos() -> i64 {
 /// Connects, subscribes to events, reports; forever, with backoff.
 pub(crate) async fn watch_docker(host: String, tx: mpsc::UnboundedSender<Msg>) {
     let mut backoff = BACKOFF_MIN;
+    let mut max = BACKOFF_MAX_NEVER_CONNECTED;
     loop {
         match DockerClient::connect(&host).await {
             Ok(client) => {
+                max = BACKOFF_MAX;
                 // Events since just before the snapshot the daemon is about to take are
                 // replayed, so nothing between the two is missed.
                 let since = (now_nanos() / 1_000_000_000 - 1).to_string();
@@ -61,7 +66,7 @@ pub(crate) async fn watch_docker(host: String, tx: mpsc::UnboundedSender<Msg>) {
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff = (backoff * 2).min(max);
     }
 }
 

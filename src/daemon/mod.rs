@@ -27,7 +27,8 @@ use crate::docker::{DockerClient, Snapshot};
 use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
 use crate::nft::NftError;
 use crate::notify;
-use crate::plan::{Change, Ruleset};
+use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
+use crate::plan::{self, Change, Ruleset};
 use crate::status::{ApplyStatus, ContainerStatus, NetworkStatus, State, Status};
 
 /// Why a reload or a clear asked of the loop did not happen.
@@ -107,6 +108,14 @@ pub struct Daemon {
     last_snapshot: Option<Snapshot>,
     last_apply: Option<ApplyStatus>,
     last_error: Option<String>,
+    /// Where the isolated networks and the last good configuration are kept (none in
+    /// unit tests).
+    state: Option<StateDir>,
+    /// What the state directory holds, as last written.
+    saved: Saved,
+    /// The configuration on disk that failed to load at start: the daemon runs on the
+    /// last good one, degraded, until a reload succeeds.
+    config_error: Option<ConfigError>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -143,7 +152,18 @@ impl Daemon {
             last_snapshot: None,
             last_apply: None,
             last_error: None,
+            state: None,
+            saved: Saved::default(),
+            config_error: None,
         }
+    }
+
+    /// Keeps state in `state` (see [`crate::persist`]); `config_error` is the error of the
+    /// configuration on disk when the daemon starts on the last good one instead.
+    pub fn with_state(mut self, state: StateDir, config_error: Option<ConfigError>) -> Daemon {
+        self.state = Some(state);
+        self.config_error = config_error;
+        self
     }
 
     /// The published status (state, networks), for D-Bus properties.
@@ -154,6 +174,16 @@ impl Daemon {
     /// A handle to send messages to the loop (signals, D-Bus).
     pub fn sender(&self) -> mpsc::UnboundedSender<Msg> {
         self.tx.clone()
+    }
+
+    /// Active, unless the configuration on disk is broken (running the last good one).
+    fn settle(&mut self) {
+        self.condition = match &self.config_error {
+            None => Condition::Active,
+            Some(e) => Condition::Degraded(format!(
+                "the configuration does not load ({e}); running the last good one"
+            )),
+        };
     }
 
     fn degrade(&mut self, why: String) {
@@ -254,7 +284,8 @@ impl Daemon {
         }
     }
 
-    /// READY=1 after the first reconcile attempt (whatever its outcome).
+    /// READY=1 once (at start, when the saved networks are isolated again), and the
+    /// status with it.
     fn first_reconcile_attempted(&mut self) {
         self.publish();
         if !self.ready_sent {
@@ -299,8 +330,107 @@ impl Daemon {
         }
     }
 
+    /// Writes the state directory when what it should hold changed.
+    fn save(&mut self, saved: Saved) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        if saved == self.saved {
+            return;
+        }
+        match state.save(&saved) {
+            Ok(()) => self.saved = saved,
+            Err(e) => warn!("{e}: after a reboot the networks stay open until Docker answers"),
+        }
+    }
+
+    fn save_networks(&mut self, networks: &[plan::ManagedNetwork]) {
+        let saved = Saved {
+            table: self.config.daemon.table.clone(),
+            networks: networks.iter().map(IsolatedNetwork::of).collect(),
+            config: self.saved.config.clone(),
+        };
+        self.save(saved);
+    }
+
+    /// Keeps the configuration that just loaded as the last good one.
+    fn save_config(&mut self) {
+        let saved = Saved {
+            config: self
+                .config
+                .sources
+                .iter()
+                .map(|(path, text)| SavedFile {
+                    path: path.clone(),
+                    text: text.clone(),
+                })
+                .collect(),
+            ..self.saved.clone()
+        };
+        self.save(saved);
+    }
+
+    /// At start: when none of our tables is in the kernel (after a reboot, say), isolates
+    /// the networks isolated last time, with nobody whitelisted, before Docker starts any
+    /// container. Tables left by a previous run (a restart) are kept as they are.
+    async fn restore(&mut self) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let saved = match state.load() {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
+            Err(e) => {
+                warn!("{e}");
+                return;
+            }
+        };
+        self.saved = saved.clone();
+        let table = self.config.daemon.table.clone();
+        if saved.table != table || saved.networks.is_empty() {
+            return;
+        }
+        let present = {
+            let table = table.clone();
+            self.firewall.call(move |fw| fw.present(&table)).await
+        };
+        match present {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => warn!("cannot tell whether our tables are in the kernel ({e}); restoring"),
+        }
+        let closed: Vec<_> = saved.networks.iter().map(IsolatedNetwork::closed).collect();
+        let ruleset = match plan::plan(&table, &closed) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                warn!("cannot plan the saved networks ({e})");
+                return;
+            }
+        };
+        let desired = ruleset.clone();
+        match self.firewall.call(move |fw| fw.apply(None, &desired)).await {
+            Ok(_) => {
+                info!(
+                    "isolated the {} network(s) of the last run from the state directory, nobody whitelisted until Docker answers",
+                    closed.len()
+                );
+                self.committed = Some(ruleset);
+                self.settle();
+            }
+            Err(e) => error!("cannot restore the saved networks ({e})"),
+        }
+    }
+
     /// Runs until a `Shutdown` message. The rules stay in the kernel on exit.
     pub async fn run(mut self) {
+        self.restore().await;
+        if self.config_error.is_none() {
+            self.save_config();
+        }
+        // READY=1 now, without waiting for Docker: systemd starts Docker after us (and a
+        // socket-activated Docker would wait for this very message). The saved networks
+        // are isolated already.
+        self.first_reconcile_attempted();
         self.watch_ruleset().await;
         self.start_watcher();
         self.start_resync_timer();
@@ -470,6 +600,8 @@ impl Daemon {
             self.retired_table = Some(old_table);
         }
         self.config = new;
+        self.config_error = None;
+        self.save_config();
         self.warned.clear();
         self.waiting_logged.clear();
         if self.condition == Condition::Cleared {
@@ -623,7 +755,8 @@ impl Daemon {
                 }
             }
         };
-        self.condition = Condition::Active;
+        self.settle();
+        self.save_networks(&reconciled.networks);
         if let Some(bridges) = bridges {
             self.set_bridge_filtering(bridges).await;
         }
@@ -900,6 +1033,73 @@ mod tests {
         report(&fake, TableChange::Overrun);
         serve_queued(&mut d).await;
         assert!(fake.kernel().installed.is_none());
+    }
+
+    fn state_dir(name: &str) -> StateDir {
+        let dir = std::env::temp_dir().join(format!("tj-daemon-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StateDir::new(dir)
+    }
+
+    #[tokio::test]
+    async fn after_a_reboot_the_saved_networks_are_isolated_with_nobody_whitelisted() {
+        let state = state_dir("reboot");
+        // A first run isolates web, with the proxy whitelisted, and saves it.
+        let fake = Fake::new();
+        let mut d = daemon(&fake).with_state(state.clone(), None);
+        d.restore().await;
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        assert_eq!(state.load().unwrap().unwrap().networks.len(), 1);
+
+        // Reboot: the kernel holds nothing; Docker does not answer yet.
+        let fake = Fake::new();
+        let mut d = daemon(&fake).with_state(state.clone(), None);
+        d.restore().await;
+        {
+            let k = fake.kernel();
+            let installed = k
+                .installed
+                .as_ref()
+                .expect("isolated before Docker answers");
+            assert_eq!(installed.networks[0].name, "web");
+            let whitelisted: usize = installed
+                .tables
+                .iter()
+                .flat_map(|t| &t.sets)
+                .map(|s| s.elements.len())
+                .sum();
+            assert_eq!(whitelisted, 0, "fail closed: nobody whitelisted");
+        }
+        // Docker answers: the proxy is whitelisted with an element update.
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        assert_eq!(
+            fake.kernel().applies,
+            [BatchKind::Full, BatchKind::Elements]
+        );
+
+        // A restart (our tables still in the kernel) leaves them as they are.
+        let mut d = daemon(&fake).with_state(state.clone(), None);
+        d.restore().await;
+        assert_eq!(fake.kernel().applies.len(), 2);
+        let _ = std::fs::remove_dir_all(state.path());
+    }
+
+    #[tokio::test]
+    async fn a_configuration_broken_at_start_keeps_the_service_degraded_until_a_reload() {
+        let fake = Fake::new();
+        let error =
+            Config::from_sources(&[("/etc/trafficjam/x.toml".into(), "[bad".into())]).unwrap_err();
+        let mut d = daemon(&fake).with_state(state_dir("broken"), Some(error));
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        let status = d.build_status();
+        assert_eq!(status.state, State::Degraded);
+        let reason = status.reason.unwrap();
+        assert!(reason.contains("/etc/trafficjam/x.toml:1:"), "{reason}");
+        assert!(reason.contains("last good"), "{reason}");
+        assert!(
+            fake.kernel().installed.is_some(),
+            "the last good one is enforced"
+        );
     }
 
     #[tokio::test]

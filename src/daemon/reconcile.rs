@@ -5,13 +5,15 @@
 use std::collections::BTreeSet;
 
 use crate::docker::{self, Snapshot};
-use crate::plan::{self, Change, PlanError, Ruleset};
+use crate::plan::{self, Change, ManagedNetwork, PlanError, Ruleset};
 
 /// What one reconcile decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconciled {
     /// The ruleset the kernel must hold.
     pub ruleset: Ruleset,
+    /// The networks it isolates.
+    pub networks: Vec<ManagedNetwork>,
     /// Networks set aside (not isolated), with why: one odd network never stops the others.
     pub rejected: Vec<PlanError>,
     /// How to get the kernel from what was committed to `ruleset`.
@@ -37,6 +39,7 @@ pub fn reconcile(
     let bridges_changed = ruleset.bridges() != committed_bridges;
     Ok(Reconciled {
         ruleset,
+        networks,
         rejected,
         change,
         bridges_changed,

@@ -133,6 +133,10 @@ impl Firewall for Netlink {
         full_replace(&Ruleset::empty(table)).map(|_| ())
     }
 
+    fn present(&mut self, table: &str) -> Result<bool, NftError> {
+        Ok(table_owners(table)?.values().any(|ours| *ours))
+    }
+
     fn counters(&mut self, table: &str) -> Result<Counters, NftError> {
         read_counters(table)
     }

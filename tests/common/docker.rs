@@ -110,6 +110,8 @@ pub struct DockerLab {
     pub prefix: String,
     pub table: String,
     pub config_dir: PathBuf,
+    /// The daemon's state directory (saved networks, last good configuration).
+    pub state_dir: PathBuf,
     pub log: PathBuf,
     networks: Vec<String>,
     containers: Vec<String>,
@@ -128,6 +130,7 @@ impl DockerLab {
         let config_dir = std::env::temp_dir().join(format!("{prefix}-conf"));
         std::fs::create_dir_all(&config_dir).expect("config dir");
         DockerLab {
+            state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
             table: format!("tjtest_{}_{n}", std::process::id()),
             log: std::env::temp_dir().join(format!("{prefix}-daemon.log")),
             prefix,
@@ -234,6 +237,11 @@ impl DockerLab {
 
     /// Starts `trafficjam run` on the lab's configuration and waits for its first pass.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_until("connected to Docker");
+    }
+
+    /// Starts `trafficjam run` on the lab's configuration and waits for `needle` in its log.
+    pub fn start_daemon_until(&mut self, needle: &str) {
         let log = std::fs::File::create(&self.log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trafficjam"));
         // The daemon dies with the test process, even when that one is killed.
@@ -247,6 +255,8 @@ impl DockerLab {
         let child = cmd
             .args(["run", "--config-dir"])
             .arg(&self.config_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .env("RUST_LOG", "debug")
             .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -255,7 +265,7 @@ impl DockerLab {
             .spawn()
             .expect("start trafficjam run");
         self.daemon = Some(child);
-        self.wait_for_log("connected to Docker", 1, Duration::from_secs(20));
+        self.wait_for_log(needle, 1, Duration::from_secs(20));
     }
 
     pub fn daemon_pid(&self) -> u32 {
@@ -334,6 +344,7 @@ impl Drop for DockerLab {
             let _ = docker(&["network", "rm", n]);
         }
         let _ = std::fs::remove_dir_all(&self.config_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         }
