@@ -1,9 +1,14 @@
 //! Benchmark of the daemon against a real Docker engine (`cargo bench --bench daemon`, as
 //! root, with DOCKER_HOST pointing at an engine; `tests/private-dockerd start` gives one).
 //!
-//! - reaction latency: from the `start` event of a whitelisted container to the committed
-//!   rules (the daemon logs it per apply), and end to end from `docker run -d` returning to
-//!   the first successful connection from that container to a backend;
+//! - reaction latency: from the Docker event that announces a whitelisted container to the
+//!   committed rules (the daemon logs it per apply), and end to end from `docker run -d`
+//!   returning to the first successful connection from that container to a backend;
+//! - first connection of a new proxy: one TCP connection (no retry) as the container's
+//!   first action, timed inside the container (`busybox time`, 10 ms resolution);
+//! - tampering: another process deletes a whitelist element or the whole table; the time
+//!   until our tables are back (seen from outside, polling `nft`), and the daemon's own
+//!   figure from the notification to the committed repair;
 //! - idle CPU time of the daemon over 60 s with nothing changing, and its peak RSS.
 //!
 //! `BENCH_RUNS` sets the number of runs (default 25); `BENCH_IDLE_SECS` the idle window.
@@ -110,23 +115,111 @@ fn main() {
         // Let the removal's apply finish before the next run.
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A new proxy's very first action is one connection: how long until the answer.
+    let mut first_connection = Vec::new();
+    for i in 0..runs {
+        let name = format!("{proxy_prefix}-first-{i}");
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            &net,
+            IMAGE,
+            "busybox",
+            "time",
+            "-f",
+            "%e",
+            "nc",
+            "-w",
+            "3",
+            &backend_ip,
+            "8080",
+        ]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("pong"),
+            "run {i}: no answer"
+        );
+        let seconds: f64 = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next_back()
+            .expect("busybox time's output");
+        first_connection.push(seconds * 1e3);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Tampering by another process, repaired from the kernel's notification.
+    let tables = |table: &str| -> String {
+        ["inet", "bridge"]
+            .iter()
+            .map(|family| {
+                let out = std::process::Command::new("nft")
+                    .args(["-s", "list", "table", family, table])
+                    .output()
+                    .expect("nft");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    };
+    let intact = tables(&lab.table);
+    let mut repaired = Vec::new();
+    for i in 0..runs {
+        let args: Vec<&str> = if i % 2 == 0 {
+            vec!["delete", "table", "inet", &lab.table]
+        } else {
+            vec!["flush", "table", "bridge", &lab.table]
+        };
+        let status = std::process::Command::new("nft")
+            .args(&args)
+            .status()
+            .expect("nft");
+        let tampered = Instant::now();
+        assert!(status.success());
+        while tables(&lab.table) != intact {
+            assert!(tampered.elapsed() < Duration::from_secs(10), "not repaired");
+        }
+        repaired.push(tampered.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let log = lab.log_text();
     let after_event: Vec<f64> = log
         .lines()
-        .filter(|l| l.contains("added: ") && !l.contains("added: 0"))
+        .filter(|l| l.contains("ruleset applied (Elements") && !l.contains(", +0 -"))
         .filter_map(|l| {
             let head = l.split(" ms after the event").next()?;
             head.rsplit(", ").next()?.parse().ok()
+        })
+        .collect();
+    let repair_in_daemon: Vec<f64> = log
+        .lines()
+        .filter_map(|l| {
+            let head = l.split(" ms (").next()?;
+            head.rsplit("restored in ").next()?.parse().ok()
         })
         .collect();
 
     println!("## reaction latency (milliseconds)");
     println!("| measure | runs | median | p99 | min | max |");
     println!("|---|---:|---:|---:|---:|---:|");
-    summary("start event → rules committed", after_event);
+    summary("connect/start event → rules committed", after_event);
     summary(
         "`docker run -d` returned → first connection made (includes container start)",
         end_to_end,
+    );
+    summary(
+        "new proxy's first connection (no retry), inside the container",
+        first_connection,
+    );
+    summary(
+        "tampering (nft delete/flush table) → our tables back, seen from outside",
+        repaired,
+    );
+    summary(
+        "notification → repair committed (daemon's log)",
+        repair_in_daemon,
     );
 
     let pid = lab.daemon_pid();
