@@ -136,8 +136,15 @@ impl StateDir {
         std::fs::create_dir_all(&self.dir).map_err(write_err)?;
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let text = serde_json::to_string_pretty(saved).expect("plain data serialises");
-        std::fs::write(&tmp, text).map_err(write_err)?;
-        std::fs::rename(&tmp, &path).map_err(write_err)
+        // On disk before the rename, and the rename on disk before we return: a power cut
+        // (the very reboot this file is for) leaves the old state or the new one.
+        let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+        std::fs::rename(&tmp, &path).map_err(write_err)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(write_err)
     }
 }
 

@@ -354,6 +354,14 @@ fn tampering_is_repaired_at_once_whatever_the_resync_interval() {
     std::thread::sleep(Duration::from_millis(500));
     let log = lab.log_text();
     assert_eq!(log.matches("restored in").count(), 3, "{log}");
+    // Every change the daemon heard of as foreign was one of ours three: its own commits
+    // (the first apply, the repairs) are recognised as its own.
+    assert_eq!(
+        log.matches("our tables were changed by another process")
+            .count(),
+        3,
+        "{log}"
+    );
     assert_eq!(log.matches("ruleset applied").count(), applies, "{log}");
 }
 

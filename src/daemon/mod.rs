@@ -12,7 +12,7 @@ pub mod reconcile;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -28,7 +28,7 @@ use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
 use crate::nft::NftError;
 use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
-use crate::plan::{self, Change, Ruleset};
+use crate::plan::{self, Change, Counters, Ruleset};
 use crate::status::{ApplyStatus, ContainerStatus, NetworkStatus, State, Status};
 
 /// Why a reload or a clear asked of the loop did not happen.
@@ -70,6 +70,15 @@ pub enum Msg {
     Shutdown,
 }
 
+/// At most this many repairs in [`REPAIR_WINDOW`]: beyond, another process keeps rewriting
+/// our tables, and we retry at the end of the window instead of fighting it at full speed.
+const REPAIR_BURST: usize = 5;
+const REPAIR_WINDOW: Duration = Duration::from_secs(10);
+/// A failed repair is retried after this long (and at every pass).
+const REPAIR_RETRY: Duration = Duration::from_secs(1);
+/// How long `Status()` reuses drop counters it read.
+const COUNTERS_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// Where the loop stands (the published [`State`], with the reason of a degradation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Condition {
@@ -86,6 +95,19 @@ pub struct Daemon {
     /// What the kernel was last given, while it is believed to hold it: the base of
     /// element updates and drift checks. `None` makes the next apply a full one.
     committed: Option<Arc<Ruleset>>,
+    /// What must be in force: the last ruleset applied (or restored at start). Repairs
+    /// restore it, even after a failed apply or repair forgot `committed`; only a clear
+    /// drops it.
+    enforced: Option<Arc<Ruleset>>,
+    /// Recent repairs, to bound how often we fight another process over our tables.
+    repairs: VecDeque<Instant>,
+    /// A repair retry is scheduled.
+    repair_retry: Option<JoinHandle<()>>,
+    /// Drop counters last read, and when: `Status()` is open to everyone, so a flood of
+    /// calls reads the kernel at most once a second.
+    counters: Option<(Instant, Counters)>,
+    /// A write of the state directory failed (logged once).
+    save_failed: bool,
     /// br_netfilter on the managed bridges, as last set.
     bridges: Vec<BridgeFiltering>,
     docker: Option<DockerClient>,
@@ -103,7 +125,7 @@ pub struct Daemon {
     status_tx: watch::Sender<Status>,
     /// A table name a reload replaced: removed after the first apply under the new name.
     retired_table: Option<String>,
-    /// READY=1 goes out once, after the first reconcile was attempted.
+    /// READY=1 goes out once, at start.
     ready_sent: bool,
     last_snapshot: Option<Snapshot>,
     last_apply: Option<ApplyStatus>,
@@ -135,6 +157,11 @@ impl Daemon {
             config,
             firewall,
             committed: None,
+            enforced: None,
+            repairs: VecDeque::new(),
+            repair_retry: None,
+            counters: None,
+            save_failed: false,
             bridges: Vec::new(),
             docker: None,
             condition: Condition::Starting,
@@ -249,20 +276,36 @@ impl Daemon {
         }
     }
 
-    /// The status with the drop counters as the kernel holds them now.
-    async fn status_with_counters(&self) -> Status {
+    /// The status with the drop counters as the kernel holds them (read at most once a
+    /// second).
+    async fn status_with_counters(&mut self) -> Status {
         let mut status = self.build_status();
-        let Some(committed) = self.committed.clone() else {
+        let Some(enforced) = self.enforced.clone() else {
             return status;
         };
-        let table = committed.table_name.clone();
-        match self.firewall.call(move |fw| fw.counters(&table)).await {
-            Ok(counters) => {
-                for net in &mut status.networks {
-                    net.dropped_packets = committed.dropped(&net.name, &counters);
+        let fresh = self
+            .counters
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < COUNTERS_MAX_AGE)
+            .map(|(_, c)| c.clone());
+        let counters = match fresh {
+            Some(c) => c,
+            None => {
+                let table = enforced.table_name.clone();
+                match self.firewall.call(move |fw| fw.counters(&table)).await {
+                    Ok(c) => {
+                        self.counters = Some((Instant::now(), c.clone()));
+                        c
+                    }
+                    Err(e) => {
+                        debug!("cannot read the drop counters: {e}");
+                        return status;
+                    }
                 }
             }
-            Err(e) => debug!("cannot read the drop counters: {e}"),
+        };
+        for net in &mut status.networks {
+            net.dropped_packets = enforced.dropped(&net.name, &counters);
         }
         status
     }
@@ -284,9 +327,9 @@ impl Daemon {
         }
     }
 
-    /// READY=1 once (at start, when the saved networks are isolated again), and the
-    /// status with it.
-    fn first_reconcile_attempted(&mut self) {
+    /// Publishes the status; READY=1 the first time (at start, once the saved networks are
+    /// isolated again).
+    fn announce_ready(&mut self) {
         self.publish();
         if !self.ready_sent {
             self.ready_sent = true;
@@ -339,15 +382,28 @@ impl Daemon {
             return;
         }
         match state.save(&saved) {
-            Ok(()) => self.saved = saved,
-            Err(e) => warn!("{e}: after a reboot the networks stay open until Docker answers"),
+            Ok(()) => {
+                self.saved = saved;
+                self.save_failed = false;
+            }
+            Err(e) if !self.save_failed => {
+                self.save_failed = true;
+                warn!("{e}: after a reboot the networks stay open until Docker answers");
+            }
+            Err(_) => {}
         }
     }
 
     fn save_networks(&mut self, networks: &[plan::ManagedNetwork]) {
+        let mut networks: Vec<IsolatedNetwork> = networks.iter().map(IsolatedNetwork::of).collect();
+        // In a stable order, so that Docker's listing order never causes a rewrite.
+        for net in &mut networks {
+            net.subnets.sort();
+        }
+        networks.sort_by(|a, b| a.name.cmp(&b.name));
         let saved = Saved {
             table: self.config.daemon.table.clone(),
-            networks: networks.iter().map(IsolatedNetwork::of).collect(),
+            networks,
             config: self.saved.config.clone(),
         };
         self.save(saved);
@@ -390,15 +446,6 @@ impl Daemon {
         if saved.table != table || saved.networks.is_empty() {
             return;
         }
-        let present = {
-            let table = table.clone();
-            self.firewall.call(move |fw| fw.present(&table)).await
-        };
-        match present {
-            Ok(false) => {}
-            Ok(true) => return,
-            Err(e) => warn!("cannot tell whether our tables are in the kernel ({e}); restoring"),
-        }
         let closed: Vec<_> = saved.networks.iter().map(IsolatedNetwork::closed).collect();
         let ruleset = match plan::plan(&table, &closed) {
             Ok(r) => Arc::new(r),
@@ -407,6 +454,18 @@ impl Daemon {
                 return;
             }
         };
+        // Until Docker answers, a repair restores at least this.
+        self.enforced = Some(ruleset.clone());
+        let present = {
+            let table = table.clone();
+            self.firewall.call(move |fw| fw.present(&table)).await
+        };
+        match present {
+            Ok(false) => {}
+            // A restart: the previous run's tables are in force, whitelists included.
+            Ok(true) => return,
+            Err(e) => warn!("cannot tell whether our tables are in the kernel ({e}); restoring"),
+        }
         let desired = ruleset.clone();
         match self.firewall.call(move |fw| fw.apply(None, &desired)).await {
             Ok(_) => {
@@ -417,7 +476,10 @@ impl Daemon {
                 self.committed = Some(ruleset);
                 self.settle();
             }
-            Err(e) => error!("cannot restore the saved networks ({e})"),
+            Err(e) => {
+                error!("cannot restore the saved networks ({e})");
+                self.degrade(format!("the saved networks could not be isolated: {e}"));
+            }
         }
     }
 
@@ -430,7 +492,7 @@ impl Daemon {
         // READY=1 now, without waiting for Docker: systemd starts Docker after us (and a
         // socket-activated Docker would wait for this very message). The saved networks
         // are isolated already.
-        self.first_reconcile_attempted();
+        self.announce_ready();
         self.watch_ruleset().await;
         self.start_watcher();
         self.start_resync_timer();
@@ -463,7 +525,7 @@ impl Daemon {
                 self.docker = Some(client);
                 self.docker_lost_logged = false;
                 self.pass(true, None).await;
-                self.first_reconcile_attempted();
+                self.announce_ready();
             }
             Msg::DockerLost(reason) => {
                 self.docker = None;
@@ -480,7 +542,7 @@ impl Daemon {
                         self.config.daemon.docker_host()
                     ));
                 }
-                self.first_reconcile_attempted();
+                self.announce_ready();
             }
             Msg::Changed(first) => {
                 // Coalesce: every event already queued is covered by this one pass; other
@@ -546,42 +608,90 @@ impl Daemon {
     }
 
     fn touches_our_table(&self, change: &TableChange) -> bool {
-        match change {
+        let ours = match change {
             TableChange::Foreign(tables) => tables.contains(&self.config.daemon.table),
             TableChange::Overrun => true,
+        };
+        if ours {
+            debug!("our tables were changed by another process ({change:?})");
         }
+        ours
     }
 
-    /// Restores what we committed when another process changed it: straight from the
-    /// record, without asking Docker (which may be down).
+    /// Restores what must be in force when another process changed our tables: straight
+    /// from the record, without asking Docker (which may be down). Bounded: against a
+    /// process that keeps rewriting them, at most [`REPAIR_BURST`] repairs per
+    /// [`REPAIR_WINDOW`].
     async fn repair(&mut self) {
         if self.condition == Condition::Cleared {
             return;
         }
-        let Some(committed) = self.committed.clone() else {
+        let Some(enforced) = self.enforced.clone() else {
             return;
         };
         let started = Instant::now();
-        let Some(problems) = self.drift().await else {
-            return;
+        let problems = match self.drift(&enforced).await {
+            Ok(problems) if problems.is_empty() => return,
+            Ok(problems) => problems,
+            // Unreadable (a dump interrupted by yet another commit, say): restore anyway; a
+            // full replace is idempotent and checks that the tables are ours.
+            Err(e) => vec![format!("they cannot be read back: {e}")],
         };
-        let desired = committed.clone();
-        match self.firewall.call(move |fw| fw.apply(None, &desired)).await {
-            Ok(report) => info!(
-                "another process changed our tables ({}): restored in {:.1} ms ({} messages)",
+        while self
+            .repairs
+            .front()
+            .is_some_and(|t| t.elapsed() > REPAIR_WINDOW)
+        {
+            self.repairs.pop_front();
+        }
+        if self.repairs.len() >= REPAIR_BURST {
+            let why = format!(
+                "another process keeps changing our tables ({}): restoring them every {} s at most",
                 problems.join("; "),
-                started.elapsed().as_secs_f64() * 1e3,
-                report.messages
-            ),
+                REPAIR_WINDOW.as_secs()
+            );
+            if self.condition != Condition::Degraded(why.clone()) {
+                error!("{why}");
+            }
+            self.degrade(why);
+            self.schedule_repair(REPAIR_WINDOW);
+            return;
+        }
+        self.repairs.push_back(started);
+        let desired = enforced.clone();
+        match self.firewall.call(move |fw| fw.apply(None, &desired)).await {
+            Ok(report) => {
+                self.committed = Some(enforced);
+                self.settle();
+                info!(
+                    "another process changed our tables ({}): restored in {:.1} ms ({} messages)",
+                    problems.join("; "),
+                    started.elapsed().as_secs_f64() * 1e3,
+                    report.messages
+                );
+            }
             Err(e) => {
                 self.committed = None;
                 error!(
-                    "another process changed our tables ({}) and restoring them failed ({e}); retrying at the next pass",
+                    "another process changed our tables ({}) and restoring them failed ({e}); retrying",
                     problems.join("; ")
                 );
                 self.degrade(e.to_string());
+                self.schedule_repair(REPAIR_RETRY);
             }
         }
+    }
+
+    /// Asks for a repair after `delay` (one pending at a time).
+    fn schedule_repair(&mut self, delay: Duration) {
+        if self.repair_retry.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let tx = self.tx.clone();
+        self.repair_retry = Some(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Msg::TablesChanged(TableChange::Overrun));
+        }));
     }
 
     /// Re-reads the configuration. A refused configuration changes nothing.
@@ -625,6 +735,7 @@ impl Daemon {
             Ok(()) => {
                 self.condition = Condition::Cleared;
                 self.committed = None;
+                self.enforced = None;
                 warn!("rules cleared on request: no isolation until the next reload");
                 Ok(())
             }
@@ -673,29 +784,31 @@ impl Daemon {
         }
     }
 
-    /// How the kernel differs from what we committed; `None` when it holds it (or nothing
-    /// is committed, or it cannot be read).
-    async fn drift(&self) -> Option<Vec<String>> {
-        let committed = self.committed.clone()?;
-        match self.firewall.call(move |fw| fw.drift(&committed)).await {
-            Ok(problems) if !problems.is_empty() => Some(problems),
-            Ok(_) => None,
-            Err(e) => {
-                warn!("cannot read our tables back: {e}");
-                None
-            }
-        }
+    /// How the kernel differs from `ruleset`; empty when it holds exactly that.
+    async fn drift(&self, ruleset: &Arc<Ruleset>) -> Result<Vec<String>, NftError> {
+        let ruleset = ruleset.clone();
+        self.firewall.call(move |fw| fw.drift(&ruleset)).await
     }
 
     /// Reads our tables back; when they are not what we committed, forgets it, so that the
     /// next apply replaces them whole.
     async fn check_drift(&mut self) {
-        if let Some(problems) = self.drift().await {
-            warn!(
-                "the kernel no longer holds our ruleset ({}); restoring it",
-                problems.join("; ")
-            );
-            self.committed = None;
+        let Some(committed) = self.committed.clone() else {
+            return;
+        };
+        match self.drift(&committed).await {
+            Ok(problems) if !problems.is_empty() => {
+                warn!(
+                    "the kernel no longer holds our ruleset ({}); restoring it",
+                    problems.join("; ")
+                );
+                self.committed = None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("cannot read our tables back ({e}); replacing them whole");
+                self.committed = None;
+            }
         }
     }
 
@@ -729,7 +842,19 @@ impl Daemon {
                 error!("{e}: that network is not isolated");
             }
         }
-        let bridges = bridges_to_set(&reconciled, resync);
+        // A network recreated under the same bridge name gets a new bridge, whose
+        // br_netfilter attributes Docker left off: set them as on a resync.
+        let ids = |s: &Snapshot| -> Vec<(String, String)> {
+            s.networks
+                .iter()
+                .map(|n| (n.name.clone(), n.id.clone()))
+                .collect()
+        };
+        let recreated = self
+            .last_snapshot
+            .as_ref()
+            .is_some_and(|last| ids(last) != ids(&snapshot));
+        let bridges = bridges_to_set(&reconciled, resync || recreated);
         let report = if reconciled.change == Change::None {
             None
         } else {
@@ -743,7 +868,8 @@ impl Daemon {
             };
             match applied {
                 Ok(report) => {
-                    self.committed = Some(desired);
+                    self.committed = Some(desired.clone());
+                    self.enforced = Some(desired);
                     Some(report)
                 }
                 Err(e) => {

@@ -254,7 +254,10 @@ pub fn table_owners(table: &str) -> Result<BTreeMap<Family, bool>, NftError> {
 /// does not grow with the whitelists.
 pub fn read_counters(table: &str) -> Result<Counters, NftError> {
     let mut counters = Counters::new();
-    for family in table_owners(table)?.into_keys() {
+    let ours = table_owners(table)?
+        .into_iter()
+        .filter_map(|(family, ours)| ours.then_some(family));
+    for family in ours {
         for (chain, packets) in rules(family, table)? {
             *counters.entry((family, chain)).or_default() += packets;
         }

@@ -34,7 +34,9 @@ pub use dump::{
 };
 use tracing::warn;
 
-use crate::firewall::{ApplyReport, BatchKind, BridgeFiltering, ChangeReport, Firewall};
+use crate::firewall::{
+    ApplyReport, BatchKind, BridgeFiltering, ChangeReport, Firewall, TableChange,
+};
 use crate::plan::{Change, Counters, Dir, Family, Hook, IpVersion, Match, Ruleset, Set, Verdict};
 use netlink::Transaction;
 
@@ -134,7 +136,9 @@ impl Firewall for Netlink {
     }
 
     fn present(&mut self, table: &str) -> Result<bool, NftError> {
-        Ok(table_owners(table)?.values().any(|ours| *ours))
+        // Both families, both ours: one alone (the other deleted) is restored whole.
+        let owners = table_owners(table)?;
+        Ok(owners.len() == Family::ALL.len() && owners.values().all(|ours| *ours))
     }
 
     fn counters(&mut self, table: &str) -> Result<Counters, NftError> {
@@ -149,14 +153,29 @@ impl Firewall for Netlink {
     }
 
     fn watch(&mut self, mut report: ChangeReport) -> Result<(), NftError> {
+        // Called on the worker thread, which makes every commit of ours: the kernel names
+        // it as the committer of our generations.
+        let committer = nix::unistd::gettid().as_raw() as u32;
         // Subscribed here, in the caller's namespace, before this returns: no change made
         // after it goes unseen. The thread inherits the namespace too.
-        let sock = monitor::subscribe()?;
+        let mut sock = monitor::subscribe()?;
         std::thread::Builder::new()
             .name("nft-monitor".into())
             .spawn(move || {
-                if let Err(e) = monitor::watch(&sock, &mut report) {
-                    warn!("no longer watching the ruleset ({e}): tampering is repaired at the next resync");
+                loop {
+                    match monitor::watch(&sock, committer, &mut report) {
+                        Ok(()) => return,
+                        Err(e) => warn!("watching the ruleset failed ({e}); subscribing again"),
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    match monitor::subscribe() {
+                        Ok(s) => sock = s,
+                        Err(e) => warn!("cannot subscribe to ruleset changes ({e})"),
+                    }
+                    // Changes may have been missed meanwhile.
+                    if !report(TableChange::Overrun) {
+                        return;
+                    }
                 }
             })
             .map_err(NftError::Socket)?;

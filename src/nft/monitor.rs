@@ -59,12 +59,6 @@ impl Generations {
     }
 }
 
-/// Whether `pid` (a thread id, as the kernel names the committer) is a thread of this
-/// process.
-fn is_our_thread(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/self/task/{pid}")).exists()
-}
-
 /// A socket subscribed to nftables changes in the calling thread's network namespace.
 pub fn subscribe() -> Result<OwnedFd, NftError> {
     let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
@@ -77,8 +71,15 @@ pub fn subscribe() -> Result<OwnedFd, NftError> {
 }
 
 /// Reads notifications from `sock` (see [`subscribe`]) until `report` returns false,
-/// reporting each foreign generation that touched tables of our families.
-pub fn watch(sock: &OwnedFd, mut report: impl FnMut(TableChange) -> bool) -> Result<(), NftError> {
+/// reporting each generation that touched tables of our families and was not committed
+/// by the thread `committer` (ours; a thread id as the kernel gives it, which is ours as
+/// long as trafficjam runs in the host's pid namespace: elsewhere our own commits are
+/// reported too, and the daemon finds nothing to repair).
+pub fn watch(
+    sock: &OwnedFd,
+    committer: u32,
+    mut report: impl FnMut(TableChange) -> bool,
+) -> Result<(), NftError> {
     let mut generations = Generations::default();
     let mut buf = vec![0u8; 1 << 17];
     loop {
@@ -96,7 +97,7 @@ pub fn watch(sock: &OwnedFd, mut report: impl FnMut(TableChange) -> bool) -> Res
         };
         let mut changes = Vec::new();
         let parsed: Option<Result<(), NftError>> = parse_answers(&buf[..n], &mut |answer| {
-            changes.extend(generations.take(&answer, &is_our_thread));
+            changes.extend(generations.take(&answer, &|pid| pid == committer));
             None
         });
         if let Some(Err(e)) = parsed {
@@ -176,8 +177,20 @@ mod tests {
     }
 
     #[test]
-    fn this_process_is_recognised_by_its_threads() {
-        assert!(is_our_thread(std::process::id()));
-        assert!(!is_our_thread(u32::MAX));
+    fn our_commits_are_named_by_the_committing_thread() {
+        // What the kernel puts in NFTA_GEN_PROC_PID for a commit made on a thread of ours
+        // (the worker): that thread's id, not the process's.
+        let worker = std::thread::spawn(|| nix::unistd::gettid().as_raw() as u32)
+            .join()
+            .unwrap();
+        assert_ne!(worker, std::process::id());
+        let mut by_worker = GENERATION_BY_52E9.to_vec();
+        by_worker[32..36].copy_from_slice(&worker.to_be_bytes());
+        let changes = feed(&[DELETE_ELEMENT, &by_worker], |pid| pid == worker);
+        assert!(changes.is_empty(), "{changes:?}");
+        let changes = feed(&[DELETE_ELEMENT, &by_worker], |pid| {
+            pid == std::process::id()
+        });
+        assert_eq!(changes, [tjmon()]);
     }
 }
