@@ -40,15 +40,18 @@ fn repo() -> &'static Path {
 const INCLUDE: &str = "systemd,systemd-sysv,dbus,libpam-systemd,iproute2,procps";
 
 /// A Debian 12 rootfs, made once per machine (again when INCLUDE changes) and copied for
-/// each run. debootstrap runs in the host's network namespace (PID 1's): the tier itself
-/// runs in the namespace of a private Docker engine, which has no route out.
+/// each run. debootstrap runs in the host's network namespace ($TRAFFICJAM_HOST_NETNS, set
+/// by tests/run-all; else PID 1's): the tier itself runs in the namespace of a private
+/// Docker engine, which has no route out.
 fn rootfs(work: &Path) -> PathBuf {
     let base = Path::new("/var/tmp/trafficjam-system-base");
     let marker = base.join(".complete");
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(INCLUDE) {
         let _ = std::fs::remove_dir_all(base);
+        let host =
+            std::env::var("TRAFFICJAM_HOST_NETNS").unwrap_or_else(|_| "/proc/1/ns/net".into());
         ok(Command::new("nsenter")
-            .arg("--net=/proc/1/ns/net")
+            .arg(format!("--net={host}"))
             .args([
                 "debootstrap",
                 "--variant=minbase",
