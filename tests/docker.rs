@@ -1,8 +1,10 @@
 //! Docker tier: the real `trafficjam run` daemon against a real Docker engine, checked with
 //! connections made from inside real containers.
 //!
-//! Needs root and a Docker engine (`tests/run-all` starts a private one when none
-//! answers). Every test uses its own networks, containers and nftables table.
+//! Needs root and a Docker engine: `tests/run-all` runs this tier once per private engine
+//! (tests/private-dockerd), inside that engine's network namespace, so that `nft`,
+//! `iptables` and the daemon under test see its bridges. Every test uses its own networks,
+//! containers and nftables table.
 
 mod common;
 
@@ -89,16 +91,61 @@ fn public_network_is_isolated_private_is_not() {
         return;
     }
     let _engine = engine_shared();
-    let mut s = Public::new(&[]);
+    public_matrix_and_host_path(&[]);
+}
+
+/// Docker 27+ `gateway_mode_ipv4=routed`: no NAT, the container ports are reachable from
+/// outside by the containers' own addresses. Older engines ignore the option (NAT as usual).
+/// Isolation, the host path and published ports behave as on a NAT network.
+#[test]
+fn routed_network_is_isolated_like_a_nat_one() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    public_matrix_and_host_path(&["-o", "com.docker.network.bridge.gateway_mode_ipv4=routed"]);
+}
+
+/// Docker 27+ `gateway_mode_ipv4=nat-unprotected`: NAT, but Docker no longer filters direct
+/// access to unpublished container ports. Older engines ignore the option.
+#[test]
+fn nat_unprotected_network_is_isolated_like_a_nat_one() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    public_matrix_and_host_path(&[
+        "-o",
+        "com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected",
+    ]);
+}
+
+/// The isolation matrix of a `public` network created with `network_args`, the unmanaged
+/// `private` network untouched, and the host path (a server of the host, and public2's
+/// published port, both reached through the gateway) closed, then opened by
+/// `allow_host_traffic` without opening anything else.
+fn public_matrix_and_host_path(network_args: &[&str]) {
+    let mut s = Public::new(network_args);
     s.lab.write_config(&s.config(false));
     s.lab.start_daemon();
     s.lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
 
     let gateway = s.lab.gateway4(&s.public);
     let port2 = s.lab.published_port(&s.public2);
+    // A routed network has no NAT: Docker publishes no IPv4 host port (the container's own
+    // port is opened instead). Engines before 27 ignore the option.
+    let routed = network_args.iter().any(|a| a.ends_with("=routed")) && engine_major() >= 27;
+    assert_eq!(port2.is_none(), routed, "published port {port2:?}");
+    let host_port = host_pong();
+    let host_path = |pass: bool| {
+        let mut probes = vec![Probe::tcp_port(&s.public1, &gateway, &host_port, pass)];
+        if let Some(port2) = &port2 {
+            probes.push(Probe::tcp_port(&s.public1, &gateway, port2, pass));
+        }
+        probes
+    };
     let mut probes = s.matrix(ip4);
-    // The published port of public2, through the host: closed to public1.
-    probes.push(Probe::tcp_port(&s.public1, &gateway, &port2, false));
+    probes.extend(host_path(false));
     // The unmanaged network is untouched, both ways.
     let private1 = s.lab.ip4(&s.private1, &s.private);
     let proxy_private = s.lab.ip4(&s.proxy, &s.private);
@@ -107,21 +154,30 @@ fn public_network_is_isolated_private_is_not() {
     probes.push(Probe::ping(&s.private1, &proxy_private, true));
     assert_probes("public isolated", &probes, &s.lab);
 
-    // allow_host_traffic, by a reload (SIGHUP): the published port opens, nothing else.
+    // allow_host_traffic, by a reload (SIGHUP): the host path opens, nothing else.
     s.lab.write_config(&s.config(true));
     s.lab.signal("HUP");
     s.lab
         .wait_for_log("configuration reloaded", 1, Duration::from_secs(10));
     s.lab.wait_for_log("isolated:", 2, Duration::from_secs(10));
     let p2 = s.lab.ip4(&s.public2, &s.public);
-    assert_probes(
-        "allow_host_traffic",
-        &[
-            Probe::tcp_port(&s.public1, &gateway, &port2, true),
-            Probe::tcp(&s.public1, &p2, false),
-        ],
-        &s.lab,
-    );
+    let mut probes = host_path(true);
+    probes.push(Probe::tcp(&s.public1, &p2, false));
+    assert_probes("allow_host_traffic", &probes, &s.lab);
+}
+
+/// A TCP server of the host (the test's network namespace: the engine's, under
+/// tests/run-all) that answers `pong` like the containers; returns its port.
+fn host_pong() -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind a host port");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"pong\n");
+        }
+    });
+    port.to_string()
 }
 
 #[test]
@@ -763,5 +819,174 @@ fn reload_to_another_table_name_hands_over_without_a_gap() {
             Probe::tcp(&proxy, &ip_b, true),
         ],
         &lab,
+    );
+}
+
+/// `com.docker.network.bridge.enable_icc=false`: Docker itself drops all traffic between
+/// the containers of the network, the proxy's included (our chains only return or drop, they
+/// cannot override that drop). The proxy reaches a backend over a second network they share.
+/// Our counters show who dropped what: a backend's connection to another is dropped by us,
+/// the proxy's passes our chains and is dropped by Docker.
+#[test]
+fn icc_disabled_network_blocks_the_proxy_too_a_shared_network_does_not() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } =
+        lab.trio_on(&["-o", "com.docker.network.bridge.enable_icc=false"]);
+    let shared = lab.network("shared", &[]);
+    lab.connect(&proxy, &shared);
+    lab.connect(&a, &shared);
+    lab.write_config(&format!(
+        "{}{}",
+        whitelist_section(&net, &format!("name={proxy}")),
+        whitelist_section(&shared, &format!("name={proxy}"))
+    ));
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 2, Duration::from_secs(10));
+    let (ip_a, ip_b) = (lab.ip4(&a, &net), lab.ip4(&b, &net));
+
+    let before = lab.dropped();
+    assert_probes(
+        "icc=false: the proxy on the network",
+        &[
+            Probe::tcp(&proxy, &ip_a, false),
+            Probe::ping(&proxy, &ip_b, false),
+        ],
+        &lab,
+    );
+    let by_us_for_the_proxy = lab.dropped() - before;
+    assert_eq!(
+        by_us_for_the_proxy, 0,
+        "our chains dropped the proxy's packets (Docker should)"
+    );
+    let before = lab.dropped();
+    assert_probes(
+        "icc=false: backend to backend",
+        &[Probe::tcp(&a, &ip_b, false), Probe::ping(&b, &ip_a, false)],
+        &lab,
+    );
+    let by_us_for_backends = lab.dropped() - before;
+    assert!(
+        by_us_for_backends >= 2,
+        "our chains counted {by_us_for_backends} drops for 2 blocked probes"
+    );
+    // Positive control: the proxy reaches the backend over the shared network, and the
+    // shared network is isolated too.
+    let (a_shared, proxy_shared) = (lab.ip4(&a, &shared), lab.ip4(&proxy, &shared));
+    assert_probes(
+        "icc=false: the shared network",
+        &[
+            Probe::tcp(&proxy, &a_shared, true),
+            Probe::ping(&proxy, &a_shared, true),
+            Probe::tcp(&a, &proxy_shared, false),
+        ],
+        &lab,
+    );
+    eprintln!(
+        "engine {}: icc=false, proxy->backend dropped by Docker (ours: {by_us_for_the_proxy} \
+         packets), backend->backend dropped by us ({by_us_for_backends} packets)",
+        engine_major()
+    );
+}
+
+/// An `--internal` network (no route out, no published ports): the proxy reaches the
+/// backends, the backends nothing.
+#[test]
+fn internal_network_is_isolated() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio_on(&["--internal"]);
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let (ip_a, ip_b, ip_proxy) = (lab.ip4(&a, &net), lab.ip4(&b, &net), lab.ip4(&proxy, &net));
+    let mut probes = Vec::new();
+    for to in [&ip_a, &ip_b] {
+        probes.push(Probe::tcp(&proxy, to, true));
+        probes.push(Probe::ping(&proxy, to, true));
+    }
+    for (from, to) in [(&a, &ip_b), (&b, &ip_a), (&a, &ip_proxy)] {
+        probes.push(Probe::tcp(from, to, false));
+        probes.push(Probe::ping(from, to, false));
+    }
+    assert_probes("internal", &probes, &lab);
+}
+
+/// Our tables compose with the engine's own iptables chains (Docker 28's `DOCKER-FORWARD`,
+/// older engines' `DOCKER-ISOLATION-STAGE-*` straight from `FORWARD`): the daemon leaves
+/// them exactly as they were, and our drop counters count the blocked probes.
+#[test]
+fn our_tables_compose_with_the_engines_chains() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio();
+    // Docker's rules for this network's bridge, and the jumps from FORWARD (other tests
+    // change the rest meanwhile).
+    let bridge = format!(
+        "br-{}",
+        &docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net])[..12]
+    );
+    let iptables = || {
+        common::run("iptables", &["-S"])
+            .lines()
+            .filter(|l| l.contains(&bridge) || l.starts_with("-A FORWARD -j "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let docker_rules = iptables();
+    assert!(docker_rules.contains(&bridge), "{docker_rules}");
+    let docker_forward = docker_rules.contains("-A FORWARD -j DOCKER-FORWARD");
+    assert_eq!(
+        docker_forward,
+        engine_major() >= 28,
+        "Docker 28 and later jump from FORWARD to DOCKER-FORWARD:\n{docker_rules}"
+    );
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+
+    let (ip_a, ip_b) = (lab.ip4(&a, &net), lab.ip4(&b, &net));
+    let before = lab.dropped();
+    let blocked = [
+        Probe::tcp(&a, &ip_b, false),
+        Probe::tcp(&b, &ip_a, false),
+        Probe::ping(&a, &ip_b, false),
+    ];
+    assert_probes("blocked", &blocked, &lab);
+    let counted = lab.dropped() - before;
+    assert!(
+        counted >= blocked.len() as u64,
+        "{counted} drops counted for {} blocked probes",
+        blocked.len()
+    );
+    assert_probes(
+        "the proxy",
+        &[
+            Probe::tcp(&proxy, &ip_a, true),
+            Probe::tcp(&proxy, &ip_b, true),
+        ],
+        &lab,
+    );
+    assert_eq!(
+        iptables(),
+        docker_rules,
+        "the engine's iptables rules changed"
+    );
+    let ruleset = common::run("nft", &["list", "ruleset"]);
+    assert!(ruleset.contains(&format!("table inet {} {{", lab.table)));
+    if docker_forward {
+        assert!(ruleset.contains("chain DOCKER-FORWARD {"), "{ruleset}");
+    }
+    eprintln!(
+        "engine {}: DOCKER-FORWARD {docker_forward}, {counted} drops counted for {} blocked probes",
+        engine_major(),
+        blocked.len()
     );
 }

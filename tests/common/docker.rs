@@ -212,11 +212,17 @@ impl DockerLab {
         ])
     }
 
-    /// The host port Docker published for the container's 8080.
-    pub fn published_port(&self, container: &str) -> String {
+    /// The IPv4 host port Docker published for the container's 8080, if any (none on a
+    /// `gateway_mode_ipv4=routed` network, where `docker port` says `0.0.0.0:`).
+    pub fn published_port(&self, container: &str) -> Option<String> {
         let out = docker_ok(&["port", container, "8080/tcp"]);
-        let first = out.lines().next().expect("a published port");
-        first.rsplit(':').next().expect("port").to_owned()
+        // `0.0.0.0:32768`, `[::]:32768` (older CLIs: `8080/tcp -> 0.0.0.0:32768`).
+        out.lines()
+            .filter_map(|l| l.rsplit(" -> ").next())
+            .filter(|addr| !addr.starts_with('['))
+            .filter_map(|addr| addr.rsplit(':').next())
+            .find(|port| !port.is_empty())
+            .map(String::from)
     }
 
     /// Writes the test's configuration: `00-daemon.toml` (its table, the engine) and
@@ -351,6 +357,28 @@ impl Drop for DockerLab {
     }
 }
 
+/// The engine's major version (20 for Debian 12's docker.io, 26 for trixie's, 28 for sid's).
+pub fn engine_major() -> u32 {
+    let version = docker_ok(&["version", "--format", "{{.Server.Version}}"]);
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("engine version {version:?}"))
+}
+
+impl DockerLab {
+    /// Packets counted so far by the drop rules of the lab's tables (inet and bridge).
+    pub fn dropped(&self) -> u64 {
+        let installed = trafficjam::nft::read_installed(&self.table).expect("read our tables");
+        installed
+            .tables
+            .values()
+            .flat_map(|t| t.dropped_per_chain.values())
+            .sum()
+    }
+}
+
 /// `[network.NET]` whitelisting `filter`, as a config body.
 pub fn whitelist_section(net: &str, filter: &str) -> String {
     format!("[network.{net}]\nwhitelist = \"{filter}\"\n")
@@ -368,7 +396,12 @@ pub struct Trio {
 impl DockerLab {
     /// Creates the usual scene and configures it (the daemon is not started).
     pub fn trio(&mut self) -> Trio {
-        let net = self.network("net", &[]);
+        self.trio_on(&[])
+    }
+
+    /// The usual scene on a network created with `network_args`.
+    pub fn trio_on(&mut self, network_args: &[&str]) -> Trio {
+        let net = self.network("net", network_args);
         let proxy = self.container("proxy", &net, &[]);
         let a = self.container("a", &net, &[]);
         let b = self.container("b", &net, &[]);
