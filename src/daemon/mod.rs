@@ -72,8 +72,8 @@ pub enum Msg {
 
 /// At most this many repairs in [`REPAIR_WINDOW`]: beyond, another process keeps rewriting
 /// our tables, and we retry at the end of the window instead of fighting it at full speed.
-const REPAIR_BURST: usize = 5;
-const REPAIR_WINDOW: Duration = Duration::from_secs(10);
+const REPAIR_BURST: usize = 10;
+const REPAIR_WINDOW: Duration = Duration::from_secs(1);
 /// A failed repair is retried after this long (and at every pass).
 const REPAIR_RETRY: Duration = Duration::from_secs(1);
 /// How long `Status()` reuses drop counters it read.
@@ -646,9 +646,9 @@ impl Daemon {
         }
         if self.repairs.len() >= REPAIR_BURST {
             let why = format!(
-                "another process keeps changing our tables ({}): restoring them every {} s at most",
+                "another process keeps changing our tables ({}): at most {REPAIR_BURST} repairs per {} ms",
                 problems.join("; "),
-                REPAIR_WINDOW.as_secs()
+                REPAIR_WINDOW.as_millis()
             );
             if self.condition != Condition::Degraded(why.clone()) {
                 error!("{why}");
@@ -1132,6 +1132,30 @@ mod tests {
         let k = fake.kernel();
         assert_eq!(k.installed, committed);
         assert_eq!(k.applies, [BatchKind::Full, BatchKind::Full]);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_keeps_rewriting_our_tables_is_fought_at_a_bounded_rate() {
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        d.watch_ruleset().await;
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        for _ in 0..3 * REPAIR_BURST {
+            fake.kernel().installed = None;
+            report(
+                &fake,
+                TableChange::Foreign(BTreeSet::from(["trafficjam".into()])),
+            );
+            serve_queued(&mut d).await;
+        }
+        // The first pass, then REPAIR_BURST repairs: the rest waits for the window's end.
+        assert_eq!(fake.kernel().applies.len(), 1 + REPAIR_BURST);
+        assert!(
+            matches!(d.condition, Condition::Degraded(ref why) if why.contains("keeps changing")),
+            "{:?}",
+            d.condition
+        );
+        assert!(d.repair_retry.is_some(), "no retry scheduled");
     }
 
     #[tokio::test]
