@@ -510,6 +510,85 @@ fn a_new_proxy_is_whitelisted_before_its_first_packet() {
 }
 
 #[test]
+fn after_a_reboot_isolation_comes_before_docker_and_a_broken_config_keeps_the_last_good_one() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio();
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ip_b = lab.ip4(&b, &net);
+    assert!(lab.stop_daemon().success());
+
+    // A reboot: our tables are gone, and Docker does not answer yet (here: the daemon's
+    // docker_host is a socket nobody serves).
+    let clear = std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+        .args(["clear", "--table", &lab.table])
+        .output()
+        .unwrap();
+    assert!(clear.status.success(), "{}", common::text(&clear));
+    assert!(!lab.table_present());
+    let daemon_toml = lab.config_dir.join("00-daemon.toml");
+    let good_daemon_toml = std::fs::read_to_string(&daemon_toml).unwrap();
+    std::fs::write(
+        &daemon_toml,
+        format!(
+            "[daemon]\ntable = \"{}\"\nlabel_opt_in = false\ndocker_host = \"unix:///nonexistent/docker.sock\"\n",
+            lab.table
+        ),
+    )
+    .unwrap();
+    lab.start_daemon_until("network(s) of the last run");
+    assert!(lab.table_present(), "not isolated before Docker answered");
+    assert_probes(
+        "before Docker answers: closed, the proxy included",
+        &[
+            Probe::tcp(&a, &ip_b, false),
+            Probe::tcp(&proxy, &ip_b, false),
+        ],
+        &lab,
+    );
+    // Docker answers: the proxy is whitelisted again.
+    std::fs::write(&daemon_toml, good_daemon_toml).unwrap();
+    lab.signal("HUP");
+    lab.wait_for_log("connected to Docker", 1, Duration::from_secs(20));
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    assert_probes(
+        "Docker answered",
+        &[
+            Probe::tcp(&a, &ip_b, false),
+            Probe::tcp(&proxy, &ip_b, true),
+        ],
+        &lab,
+    );
+    assert!(lab.stop_daemon().success());
+
+    // A configuration that no longer loads at start: the last good one runs, and the log
+    // says where the broken one is wrong.
+    let toml = lab.config_dir.join("trafficjam.toml");
+    std::fs::write(&toml, "[network.x]\nwhitelist = []\n").unwrap();
+    lab.start_daemon();
+    lab.wait_for_log("running the last good one", 1, Duration::from_secs(10));
+    assert!(
+        lab.log_text()
+            .contains(&format!("{}:2:13:", toml.display())),
+        "{}",
+        lab.log_text()
+    );
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    assert_probes(
+        "on the last good configuration",
+        &[
+            Probe::tcp(&a, &ip_b, false),
+            Probe::tcp(&proxy, &ip_b, true),
+        ],
+        &lab,
+    );
+}
+
+#[test]
 fn check_prints_the_ruleset_or_the_error() {
     if !docker_tier_available() {
         return;
