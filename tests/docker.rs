@@ -332,20 +332,6 @@ fn a_deleted_table_is_restored_and_a_stopped_daemon_leaves_its_rules() {
     assert_probes("cleared", &[Probe::tcp(&a, &ip_b, true)], &lab);
 }
 
-/// Our tables as `nft -s` lists them (rules and set elements, no counter values).
-fn our_tables(lab: &DockerLab) -> String {
-    ["inet", "bridge"]
-        .iter()
-        .map(|family| {
-            let out = std::process::Command::new("nft")
-                .args(["-s", "list", "table", family, &lab.table])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })
-        .collect()
-}
-
 #[test]
 fn tampering_is_repaired_at_once_whatever_the_resync_interval() {
     if !docker_tier_available() {
@@ -357,7 +343,7 @@ fn tampering_is_repaired_at_once_whatever_the_resync_interval() {
     lab.start_daemon(); // the default resync interval: 30 s
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
     let (ip_b, ip_proxy) = (lab.ip4(&b, &net), lab.ip4(&proxy, &net));
-    let intact = our_tables(&lab);
+    let intact = lab.tables_listing();
     assert!(intact.contains(&ip_proxy), "{intact}");
     let applies = lab.log_text().matches("ruleset applied").count();
 
@@ -379,7 +365,7 @@ fn tampering_is_repaired_at_once_whatever_the_resync_interval() {
         // Repaired: the daemon says so (the change was seen, and it was one) and our
         // tables are back as they were. The repair may beat the first look at them.
         let repairs = || lab.log_text().matches("restored in").count();
-        while repairs() <= i || our_tables(&lab) != intact {
+        while repairs() <= i || lab.tables_listing() != intact {
             assert!(
                 tampered.elapsed() < Duration::from_secs(5),
                 "nft {args:?} not repaired within 5 s (resync is 30 s):\n{}",
@@ -421,22 +407,6 @@ fn tampering_is_repaired_at_once_whatever_the_resync_interval() {
         "{log}"
     );
     assert_eq!(log.matches("ruleset applied").count(), applies, "{log}");
-}
-
-/// Runs `busybox time -f %e nc …` (one TCP connection, no retry) as the first and only
-/// action of `docker ARGS…`; returns whether the answer came and how long it took (s).
-fn first_connection(args: &[&str], to: &str) -> (bool, f64) {
-    let mut all = args.to_vec();
-    all.extend(["busybox", "time", "-f", "%e", "nc", "-w", "3", to, "8080"]);
-    let out = docker(&all);
-    let answered = String::from_utf8_lossy(&out.stdout).contains("pong");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let seconds = stderr
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .next_back()
-        .unwrap_or_else(|| panic!("no time in {stderr:?}"));
-    (answered, seconds)
 }
 
 #[test]

@@ -116,54 +116,20 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // A new proxy's very first action is one connection: how long until the answer.
-    let mut first_connection = Vec::new();
+    let mut first_connections = Vec::new();
     for i in 0..runs {
         let name = format!("{proxy_prefix}-first-{i}");
-        let out = docker(&[
-            "run",
-            "--rm",
-            "--name",
-            &name,
-            "--network",
-            &net,
-            IMAGE,
-            "busybox",
-            "time",
-            "-f",
-            "%e",
-            "nc",
-            "-w",
-            "3",
+        let (answered, seconds) = first_connection(
+            &["run", "--rm", "--name", &name, "--network", &net, IMAGE],
             &backend_ip,
-            "8080",
-        ]);
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("pong"),
-            "run {i}: no answer"
         );
-        let seconds: f64 = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .next_back()
-            .expect("busybox time's output");
-        first_connection.push(seconds * 1e3);
+        assert!(answered, "run {i}: no answer");
+        first_connections.push(seconds * 1e3);
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // Tampering by another process, repaired from the kernel's notification.
-    let tables = |table: &str| -> String {
-        ["inet", "bridge"]
-            .iter()
-            .map(|family| {
-                let out = std::process::Command::new("nft")
-                    .args(["-s", "list", "table", family, table])
-                    .output()
-                    .expect("nft");
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            })
-            .collect()
-    };
-    let intact = tables(&lab.table);
+    let intact = lab.tables_listing();
     let mut repaired = Vec::new();
     for i in 0..runs {
         let args: Vec<&str> = if i % 2 == 0 {
@@ -177,7 +143,7 @@ fn main() {
             .expect("nft");
         let tampered = Instant::now();
         assert!(status.success());
-        while tables(&lab.table) != intact {
+        while lab.tables_listing() != intact {
             assert!(tampered.elapsed() < Duration::from_secs(10), "not repaired");
         }
         repaired.push(tampered.elapsed().as_secs_f64() * 1e3);
@@ -211,7 +177,7 @@ fn main() {
     );
     summary(
         "new proxy's first connection (no retry), inside the container",
-        first_connection,
+        first_connections,
     );
     summary(
         "tampering (nft delete/flush table) → our tables back, seen from outside",

@@ -379,6 +379,39 @@ impl DockerLab {
     }
 }
 
+impl DockerLab {
+    /// The lab's tables as `nft -s` lists them (rules and set elements, no counter
+    /// values): what a repair must bring back exactly.
+    pub fn tables_listing(&self) -> String {
+        ["inet", "bridge"]
+            .iter()
+            .map(|family| {
+                let out = Command::new("nft")
+                    .args(["-s", "list", "table", family, &self.table])
+                    .output()
+                    .expect("nft");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    }
+}
+
+/// Runs `busybox time -f %e nc …` (one TCP connection, no retry) as the first and only
+/// action of `docker ARGS…`; returns whether the answer came and how long it took (s).
+pub fn first_connection(args: &[&str], to: &str) -> (bool, f64) {
+    let mut all = args.to_vec();
+    all.extend(["busybox", "time", "-f", "%e", "nc", "-w", "3", to, "8080"]);
+    let out = docker(&all);
+    let answered = String::from_utf8_lossy(&out.stdout).contains("pong");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seconds = stderr
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no time in {stderr:?}"));
+    (answered, seconds)
+}
+
 /// `[network.NET]` whitelisting `filter`, as a config body.
 pub fn whitelist_section(net: &str, filter: &str) -> String {
     format!("[network.{net}]\nwhitelist = \"{filter}\"\n")
