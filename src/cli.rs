@@ -318,8 +318,14 @@ fn check(config_dir: &Path) -> ExitCode {
         for network in &snapshot.waiting {
             eprintln!("note: network {network} does not exist (yet)");
         }
-        // As the daemon would: odd networks are set aside, the others isolated.
-        match reconcile(&config.daemon.table, &snapshot, None) {
+        // As the daemon would: odd networks are set aside, the others isolated, and
+        // containers bound to their ports (when the kernel lets us read them).
+        let bridges = snapshot.networks.iter().map(|n| n.bridge.clone()).collect();
+        let ports = crate::nft::bridge_ports(&bridges).unwrap_or_else(|e| {
+            eprintln!("warning: cannot read the bridges' ports ({e}): none is shown bound");
+            Default::default()
+        });
+        match reconcile(&config.daemon.table, &snapshot, &ports, None) {
             Ok(reconciled) => {
                 for e in &reconciled.rejected {
                     eprintln!("warning: {e}: that network would not be isolated");

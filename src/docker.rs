@@ -17,7 +17,7 @@ use futures_util::Stream;
 use ipnetwork::IpNetwork;
 
 use crate::config::{Config, Filter, NetworkPolicy, PolicySource};
-use crate::plan::ManagedNetwork;
+use crate::plan::{Mac, ManagedNetwork};
 
 /// Requests (not event streams) must answer within this time.
 const REQUEST_TIMEOUT_SECS: u64 = 10;
@@ -45,6 +45,9 @@ pub struct Endpoint {
     pub container_id: String,
     pub container_name: String,
     pub addrs: Vec<IpAddr>,
+    /// The endpoint's MAC, as Docker assigned it (port security finds the container's
+    /// port by it).
+    pub mac: Option<Mac>,
 }
 
 /// One managed network as Docker describes it, with its policy.
@@ -56,6 +59,10 @@ pub struct NetworkSnapshot {
     pub subnets: Vec<IpNetwork>,
     /// The containers matching the whitelist that have an address on this network.
     pub whitelisted: Vec<Endpoint>,
+    /// Every container on the network (whitelisted or not).
+    pub endpoints: Vec<Endpoint>,
+    /// The gateway addresses of the network's subnets.
+    pub gateways: Vec<IpAddr>,
     pub policy: NetworkPolicy,
     pub source: PolicySource,
 }
@@ -86,8 +93,20 @@ pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
                 .flat_map(|e| e.addrs.iter().copied())
                 .collect(),
             allow_host_traffic: n.policy.allow_host_traffic,
+            gateways: n.gateways.clone(),
+            ..ManagedNetwork::default()
         })
         .collect()
+}
+
+/// Parses Docker's `02:42:ac:11:00:02`.
+pub fn parse_mac(text: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// An endpoint's address as network inspection shows it (`172.20.0.2/16`; empty when none).
@@ -170,10 +189,13 @@ impl DockerClient {
                 continue;
             }
             // The list carries IPAM and options: no inspect needed.
-            let subnets = net
-                .ipam
-                .and_then(|i| i.config)
-                .unwrap_or_default()
+            let ipam = net.ipam.and_then(|i| i.config).unwrap_or_default();
+            let gateways = ipam
+                .iter()
+                .filter_map(|c| c.gateway.as_deref())
+                .filter_map(endpoint_address)
+                .collect();
+            let subnets = ipam
                 .into_iter()
                 .filter_map(|c| c.subnet)
                 .filter_map(|s| match s.parse::<IpNetwork>() {
@@ -186,7 +208,7 @@ impl DockerClient {
                     }
                 })
                 .collect();
-            let whitelisted = self.whitelisted_on(&policy.whitelist, &id).await?;
+            let (whitelisted, endpoints) = self.endpoints_on(&policy.whitelist, &id).await?;
             let options = net.options.clone().unwrap_or_default();
             snapshot.networks.push(NetworkSnapshot {
                 bridge: bridge_name(&id, &options),
@@ -194,6 +216,8 @@ impl DockerClient {
                 id,
                 subnets,
                 whitelisted,
+                endpoints,
+                gateways,
                 policy,
                 source,
             });
@@ -207,45 +231,43 @@ impl DockerClient {
         Ok(snapshot)
     }
 
-    /// The containers `docker ps --all --filter …` lists (exactly as Docker filters them)
-    /// that have an endpoint on the network `network_id`, with their addresses there.
+    /// The containers with an endpoint on the network `network_id`, with their addresses
+    /// and MACs there: first those `docker ps --all --filter …` lists (exactly as Docker
+    /// filters them; the whitelisted), then all of them.
     ///
     /// The addresses come from the network's endpoints, not from the container list: Docker
     /// creates the endpoint (and sends the network `connect` event) before the container's
     /// process runs, while the list shows the address only once it runs. So a whitelisted
     /// container is whitelisted before its first packet. A container that is not running
     /// has no endpoint, and stays out.
-    async fn whitelisted_on(
+    async fn endpoints_on(
         &self,
         filters: &[Filter],
         network_id: &str,
-    ) -> Result<Vec<Endpoint>, DockerError> {
-        if filters.is_empty() {
-            return Ok(Vec::new());
-        }
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(Filter::to_docker(filters)),
-            ..Default::default()
+    ) -> Result<(Vec<Endpoint>, Vec<Endpoint>), DockerError> {
+        let matching: HashMap<String, String> = if filters.is_empty() {
+            HashMap::new()
+        } else {
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(Filter::to_docker(filters)),
+                ..Default::default()
+            };
+            self.docker
+                .list_containers(Some(options))
+                .await
+                .map_err(Self::request_err("list containers"))?
+                .into_iter()
+                .filter_map(|c| {
+                    let name = c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_owned())
+                        .unwrap_or_default();
+                    Some((c.id?, name))
+                })
+                .collect()
         };
-        let matching: HashMap<String, String> = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(Self::request_err("list containers"))?
-            .into_iter()
-            .filter_map(|c| {
-                let name = c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| n.trim_start_matches('/').to_owned())
-                    .unwrap_or_default();
-                Some((c.id?, name))
-            })
-            .collect();
-        if matching.is_empty() {
-            return Ok(Vec::new());
-        }
         let network = self
             .docker
             .inspect_network(network_id, None::<InspectNetworkOptions>)
@@ -256,25 +278,33 @@ impl DockerClient {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(container_id, endpoint)| {
-                let container_name = matching.get(&container_id)?.clone();
                 let addrs: Vec<IpAddr> = [endpoint.ipv4_address, endpoint.ipv6_address]
                     .into_iter()
                     .flatten()
                     .filter_map(|a| endpoint_address(&a))
                     .collect();
-                (!addrs.is_empty()).then_some(Endpoint {
+                (!addrs.is_empty()).then(|| Endpoint {
+                    container_name: endpoint.name.clone().unwrap_or_default(),
                     container_id,
-                    container_name,
                     addrs,
+                    mac: endpoint.mac_address.as_deref().and_then(parse_mac),
                 })
             })
             .collect();
         endpoints.sort_by(|a, b| a.container_name.cmp(&b.container_name));
-        Ok(endpoints)
+        let whitelisted = endpoints
+            .iter()
+            .filter_map(|e| {
+                let name = matching.get(&e.container_id)?;
+                Some(Endpoint {
+                    container_name: name.clone(),
+                    ..e.clone()
+                })
+            })
+            .collect();
+        Ok((whitelisted, endpoints))
     }
 
-    /// The events that can change what is isolated or whitelisted, from `since` (Unix
-    /// seconds) on.
     pub fn events_since(
         &self,
         since: &str,
@@ -338,7 +368,19 @@ mod tests {
             container_id: id.into(),
             container_name: format!("name-{id}"),
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            mac: None,
         }
+    }
+
+    #[test]
+    fn macs_parse_as_docker_writes_them() {
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:0f"),
+            Some([2, 0x42, 0xac, 0x11, 0, 0x0f])
+        );
+        assert_eq!(parse_mac("02:42:ac:11:00"), None);
+        assert_eq!(parse_mac("02:42:ac:11:00:0f:01"), None);
+        assert_eq!(parse_mac(""), None);
     }
 
     #[test]
@@ -374,6 +416,8 @@ mod tests {
                     endpoint("proxy", &["172.20.0.2", "fd00::2"]),
                     endpoint("proxy2", &["172.20.0.3"]),
                 ],
+                endpoints: Vec::new(),
+                gateways: vec!["172.20.0.1".parse().unwrap()],
                 policy: NetworkPolicy {
                     whitelist: vec![Filter::parse("name=proxy").unwrap()],
                     allow_host_traffic: true,

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::nft::NftError;
+use std::collections::BTreeMap;
+
+use crate::nft::{BridgePorts, NftError};
 use crate::plan::{Change, Counters, Ruleset};
 
 /// How an apply reached the kernel.
@@ -86,6 +88,14 @@ pub trait Firewall: Send + 'static {
     /// Turns on (where the policy says so) and reports stateful filtering on each bridge.
     fn bridge_filtering(&mut self, bridges: &BTreeSet<String>) -> Vec<BridgeFiltering>;
 
+    /// The ports of each of `bridges` that exists, with the MAC of the container
+    /// interface behind each, read from the kernel (never from the bridge's forwarding
+    /// database, which a container can write).
+    fn bridge_ports(
+        &mut self,
+        bridges: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, BridgePorts>, NftError>;
+
     /// Starts watching the ruleset: `report` hears of every change another process makes
     /// to tables of ours, from a thread of the watch's own, until it returns false.
     fn watch(&mut self, report: ChangeReport) -> Result<(), NftError>;
@@ -147,6 +157,8 @@ pub struct FakeKernel {
     pub refuse_next_apply: Option<String>,
     /// Whether bridges report stateful filtering.
     pub stateful: bool,
+    /// The bridges' ports `bridge_ports` answers with.
+    pub ports: BTreeMap<String, BridgePorts>,
 }
 
 impl std::fmt::Debug for FakeKernel {
@@ -260,6 +272,19 @@ impl Firewall for Fake {
             .collect()
     }
 
+    fn bridge_ports(
+        &mut self,
+        bridges: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, BridgePorts>, NftError> {
+        let kernel = self.kernel();
+        Ok(kernel
+            .ports
+            .iter()
+            .filter(|(b, _)| bridges.contains(*b))
+            .map(|(b, p)| (b.clone(), p.clone()))
+            .collect())
+    }
+
     fn watch(&mut self, report: ChangeReport) -> Result<(), NftError> {
         self.kernel().watch = Some(report);
         Ok(())
@@ -279,7 +304,7 @@ mod tests {
                 bridge: "br-web".into(),
                 subnets: vec!["10.1.0.0/24".parse().unwrap()],
                 whitelist: whitelist.iter().map(|a| a.parse().unwrap()).collect(),
-                allow_host_traffic: false,
+                ..ManagedNetwork::default()
             }],
         )
         .unwrap()

@@ -49,8 +49,8 @@ impl IsolatedNetwork {
             name: self.name.clone(),
             bridge: self.bridge.clone(),
             subnets: self.subnets.clone(),
-            whitelist: Default::default(),
             allow_host_traffic: self.allow_host_traffic,
+            ..ManagedNetwork::default()
         }
     }
 }

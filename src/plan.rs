@@ -14,8 +14,17 @@
 //!   a non-whitelisted source may not open TCP or ping anyone; replies to a whitelisted
 //!   destination return; the rest is dropped.
 //!
-//! Our chains only ever `return` or `drop`: `accept` would not end another table's chain
-//! anyway, and dropping composes with Docker's own rules whatever backend it uses.
+//! - `bridge` table, port security (`prerouting`, before the bridge learns a source MAC):
+//!   a frame from a container's resolved port must carry that container's own MAC, IP
+//!   source, ARP sender and neighbour-advertisement target, and no router advertisement,
+//!   redirect or DHCP server message; a frame from any other port may not claim the
+//!   identity (MAC, address, ARP sender, advertised target) of a resolved container or of
+//!   the gateway. Every check is a set lookup, so a container start is an element update.
+//!
+//! Isolation chains only ever `return` or `drop`: `accept` would not end another table's
+//! chain anyway, and dropping composes with Docker's own rules whatever backend it uses.
+//! Port security accepts a frame it has checked whole, which ends only our own
+//! `prerouting` chain (so a checked frame skips the claims of other networks).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -31,6 +40,9 @@ pub const DEFAULT_TABLE: &str = "trafficjam";
 pub const INET_PRIORITY: i32 = -10;
 /// Priority of the bridge backstop: `filter` of the bridge family.
 pub const BRIDGE_PRIORITY: i32 = -200;
+/// Priority of port security: `dstnat` of the bridge family, ahead of anything that could
+/// act on a forged frame.
+pub const PORT_PRIORITY: i32 = -300;
 
 /// ICMPv6 neighbour discovery: router solicitation (133) to neighbour advertisement (136).
 /// Without these, IPv6 neighbours cannot resolve each other's link-layer address.
@@ -45,6 +57,8 @@ pub mod names {
     pub const FORWARD: &str = "forward";
     /// The base chain at the input hook (`inet`).
     pub const INPUT: &str = "input";
+    /// The base chain of port security at the prerouting hook (`bridge`).
+    pub const PREROUTING: &str = "prerouting";
 
     /// `inet`: bridge-to-bridge traffic of one network.
     pub fn forward_chain(network: &str) -> String {
@@ -68,10 +82,98 @@ pub mod names {
             IpVersion::V6 => format!("wl6_{network}"),
         }
     }
+
+    /// `bridge`: the port-security chains of one network, by role.
+    pub fn port_chain(role: PortCheck, network: &str) -> String {
+        let prefix = match role {
+            PortCheck::Mac => "port",
+            PortCheck::Source => "port_src",
+            PortCheck::Ipv4 => "port_ip4",
+            PortCheck::Ipv6 => "port_ip6",
+            PortCheck::Advert => "port_na",
+            PortCheck::Arp => "port_arp",
+            PortCheck::Claims => "claims",
+        };
+        format!("{prefix}_{network}")
+    }
+
+    /// `bridge`: the port-security sets of one network, by content.
+    pub fn port_set(content: PortSet, network: &str) -> String {
+        let prefix = match content {
+            PortSet::Ports => "ports",
+            PortSet::PortMac => "pmac",
+            PortSet::PortIpv4 => "pip4",
+            PortSet::PortIpv6 => "pip6",
+            PortSet::PortAdvert => "pna",
+            PortSet::Mac => "idmac",
+            PortSet::Ipv4 => "idip4",
+            PortSet::Ipv6 => "idip6",
+            PortSet::Advert => "idna",
+        };
+        format!("{prefix}_{network}")
+    }
+
+    /// The roles of the port-security chains.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum PortCheck {
+        /// A resolved port's source MAC.
+        Mac,
+        /// Dispatch by ethertype, once the MAC is the port's own.
+        Source,
+        Ipv4,
+        Ipv6,
+        /// IPv6 neighbour advertisements: the target must be the port's own.
+        Advert,
+        Arp,
+        /// Frames from every other port: no claim on a known identity.
+        Claims,
+    }
+
+    impl PortCheck {
+        pub const ALL: [PortCheck; 7] = [
+            PortCheck::Mac,
+            PortCheck::Source,
+            PortCheck::Ipv4,
+            PortCheck::Ipv6,
+            PortCheck::Advert,
+            PortCheck::Arp,
+            PortCheck::Claims,
+        ];
+    }
+
+    /// The contents of the port-security sets: per port (name . identity), and the known
+    /// identities of the network (every resolved container and the gateway).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum PortSet {
+        Ports,
+        PortMac,
+        PortIpv4,
+        PortIpv6,
+        /// The same elements as `PortIpv6`, typed for a raw neighbour-advertisement target.
+        PortAdvert,
+        Mac,
+        Ipv4,
+        Ipv6,
+        /// The same elements as `Ipv6`, typed for a raw neighbour-advertisement target.
+        Advert,
+    }
+}
+
+/// An Ethernet address.
+pub type Mac = [u8; 6];
+
+/// A container's port on a managed network's bridge, resolved from the kernel: the
+/// host-side interface, the MAC of its peer in the container, and the container's
+/// addresses on the network (from Docker's endpoint with that MAC).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Port {
+    pub name: String,
+    pub mac: Mac,
+    pub addrs: Vec<IpAddr>,
 }
 
 /// One Docker network under isolation, as plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ManagedNetwork {
     /// The Docker network's name (used in chain and set names).
     pub name: String,
@@ -83,6 +185,12 @@ pub struct ManagedNetwork {
     pub whitelist: BTreeSet<IpAddr>,
     /// Whether the containers may open connections to the host.
     pub allow_host_traffic: bool,
+    /// The containers' resolved ports (port security binds each to its own identity).
+    pub ports: Vec<Port>,
+    /// The bridge's own MAC (the gateway's), when known.
+    pub gateway_mac: Option<Mac>,
+    /// The gateway addresses of the network's subnets.
+    pub gateways: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +261,7 @@ impl Family {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
+    Prerouting,
     Forward,
     Input,
 }
@@ -199,13 +308,47 @@ pub enum Match {
     /// `ip frag-off & 0x3fff != 0`: an IPv4 fragment, whose transport header cannot be
     /// read (so the TCP and ICMP matches above cannot judge it).
     Ipv4Fragment,
+    /// `meta protocol ip`: the frame's ethertype (bridge family).
+    Protocol(EtherType),
+    /// `udp sport 67`
+    UdpSourcePort(u16),
+    /// `ip6 saddr ::`: duplicate address detection speaks from the unspecified address.
+    Ipv6Unspecified,
+    /// `arp saddr ip 0.0.0.0`: an ARP probe.
+    ArpProbe,
+    /// `iifname . ether saddr @set`: the concatenation of fields, looked up in a set.
+    Lookup(Vec<Field>, String),
+}
+
+/// The ethertypes port security lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtherType {
+    Ipv4,
+    Ipv6,
+    Arp,
+}
+
+/// One field of a set lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    IifName,
+    EtherSource,
+    IpSource(IpVersion),
+    ArpSenderMac,
+    ArpSenderIp,
+    /// The target address of an IPv6 neighbour advertisement (`@th,64,128`: nft 1.0.6
+    /// has no name for it).
+    AdvertTarget,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Return,
     Drop,
+    /// Ends our base chain for this packet (port security: a frame checked whole).
+    Accept,
     Jump(String),
+    Goto(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,12 +383,191 @@ pub struct Chain {
     pub rules: Vec<Rule>,
 }
 
-/// A named set of addresses of one family.
+/// What a set's elements are: the kernel's key type and length follow from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetKey {
+    Ipv4,
+    Ipv6,
+    Ether,
+    Ifname,
+    IfnameEther,
+    IfnameIpv4,
+    IfnameIpv6,
+    /// `typeof @th,64,128`: IPv6 addresses, looked up as a raw transport-header field.
+    Raw128,
+    /// `typeof iifname . @th,64,128`
+    IfnameRaw128,
+}
+
+/// nft's user data for the keys that need it to print (captured from nft 1.0.6 with
+/// `strace -e read=3 nft list set`): an interface name is in host byte order, and the two
+/// `typeof` keys carry the expression they were declared with.
+const HOST_BYTE_ORDER: &[u8] = b"\x00\x04\x01\x00\x00\x00";
+const TYPEOF_RAW128: &[u8] = b"\x00\x04\x02\x00\x00\x00\x03\x26\x00\x04\x07\x00\x00\x00\x01\x1e\x00\x04\x00\x00\x00\x00\x01\x04\x00\x00\x00\x00\x02\x04\x03\x00\x00\x00\x03\x04\x40\x00\x00\x00\x04\x04\x80\x00\x00\x00";
+const TYPEOF_IFNAME_RAW128: &[u8] = b"\x00\x04\x00\x00\x00\x00\x03\x40\x00\x04\x0d\x00\x00\x00\x01\x38\x00\x0e\x00\x04\x09\x00\x00\x00\x01\x06\x00\x04\x06\x00\x00\x00\x01\x26\x00\x04\x07\x00\x00\x00\x01\x1e\x00\x04\x00\x00\x00\x00\x01\x04\x00\x00\x00\x00\x02\x04\x03\x00\x00\x00\x03\x04\x40\x00\x00\x00\x04\x04\x80\x00\x00\x00";
+
+/// nft's data type numbers, and how it numbers a concatenation of two.
+const TYPE_INTEGER: u32 = 4;
+const TYPE_IPV4: u32 = 7;
+const TYPE_IPV6: u32 = 8;
+const TYPE_ETHER: u32 = 9;
+const TYPE_IFNAME: u32 = 41;
+const fn concat(first: u32, second: u32) -> u32 {
+    (first << 6) | second
+}
+/// An interface name as the kernel compares it: NUL-padded to IFNAMSIZ.
+pub const IFNAME_LEN: usize = 16;
+
+impl SetKey {
+    /// nft's key type number.
+    pub fn type_id(self) -> u32 {
+        match self {
+            SetKey::Ipv4 => TYPE_IPV4,
+            SetKey::Ipv6 => TYPE_IPV6,
+            SetKey::Ether => TYPE_ETHER,
+            SetKey::Ifname => TYPE_IFNAME,
+            SetKey::IfnameEther => concat(TYPE_IFNAME, TYPE_ETHER),
+            SetKey::IfnameIpv4 => concat(TYPE_IFNAME, TYPE_IPV4),
+            SetKey::IfnameIpv6 => concat(TYPE_IFNAME, TYPE_IPV6),
+            SetKey::Raw128 => TYPE_INTEGER,
+            SetKey::IfnameRaw128 => concat(TYPE_IFNAME, TYPE_INTEGER),
+        }
+    }
+
+    /// Key length in bytes: each part of a concatenation padded to 4 bytes.
+    pub fn key_len(self) -> u32 {
+        match self {
+            SetKey::Ipv4 => 4,
+            SetKey::Ipv6 | SetKey::Ifname | SetKey::Raw128 => 16,
+            SetKey::Ether => 6,
+            SetKey::IfnameEther => 24,
+            SetKey::IfnameIpv4 => 20,
+            SetKey::IfnameIpv6 | SetKey::IfnameRaw128 => 32,
+        }
+    }
+
+    /// The user data nft stores with a set of this key, where nft needs it.
+    pub fn userdata(self) -> Option<&'static [u8]> {
+        match self {
+            SetKey::Ifname => Some(HOST_BYTE_ORDER),
+            SetKey::Raw128 => Some(TYPEOF_RAW128),
+            SetKey::IfnameRaw128 => Some(TYPEOF_IFNAME_RAW128),
+            _ => None,
+        }
+    }
+
+    fn declaration(self) -> &'static str {
+        match self {
+            SetKey::Ipv4 => "type ipv4_addr",
+            SetKey::Ipv6 => "type ipv6_addr",
+            SetKey::Ether => "type ether_addr",
+            SetKey::Ifname => "type ifname",
+            SetKey::IfnameEther => "type ifname . ether_addr",
+            SetKey::IfnameIpv4 => "type ifname . ipv4_addr",
+            SetKey::IfnameIpv6 => "type ifname . ipv6_addr",
+            SetKey::Raw128 => "typeof @th,64,128",
+            SetKey::IfnameRaw128 => "typeof iifname . @th,64,128",
+        }
+    }
+
+    /// Whether the address part is written as a raw 128-bit integer.
+    fn raw(self) -> bool {
+        matches!(self, SetKey::Raw128 | SetKey::IfnameRaw128)
+    }
+}
+
+/// One element of a set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Element {
+    Ip(IpAddr),
+    Mac(Mac),
+    Port(String),
+    PortMac(String, Mac),
+    PortIp(String, IpAddr),
+}
+
+fn ifname_bytes(name: &str) -> Vec<u8> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.resize(IFNAME_LEN, 0);
+    bytes
+}
+
+fn ip_bytes(addr: &IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+impl Element {
+    /// The key as the kernel holds it (concatenated parts padded to 4 bytes).
+    pub fn key_bytes(&self) -> Vec<u8> {
+        match self {
+            Element::Ip(a) => ip_bytes(a),
+            Element::Mac(m) => m.to_vec(),
+            Element::Port(p) => ifname_bytes(p),
+            Element::PortMac(p, m) => {
+                let mut k = ifname_bytes(p);
+                k.extend_from_slice(m);
+                k.extend_from_slice(&[0, 0]);
+                k
+            }
+            Element::PortIp(p, a) => {
+                let mut k = ifname_bytes(p);
+                k.extend(ip_bytes(a));
+                k
+            }
+        }
+    }
+
+    fn text(&self, key: SetKey) -> String {
+        let addr = |a: &IpAddr| match a {
+            IpAddr::V6(v6) if key.raw() => format!("0x{:032x}", u128::from(*v6)),
+            _ => a.to_string(),
+        };
+        match self {
+            Element::Ip(a) => addr(a),
+            Element::Mac(m) => mac_text(m),
+            Element::Port(p) => format!("\"{p}\""),
+            Element::PortMac(p, m) => format!("\"{p}\" . {}", mac_text(m)),
+            Element::PortIp(p, a) => format!("\"{p}\" . {}", addr(a)),
+        }
+    }
+}
+
+pub fn mac_text(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The IPv6 link-local address the kernel derives from a MAC (EUI-64), as a container's
+/// interface and a Docker bridge get by default.
+pub fn link_local(mac: &Mac) -> IpAddr {
+    let eui = [
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ];
+    let mut octets = [0u8; 16];
+    octets[0] = 0xfe;
+    octets[1] = 0x80;
+    octets[8..].copy_from_slice(&eui);
+    IpAddr::V6(octets.into())
+}
+
+/// A named set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: String,
-    pub version: IpVersion,
-    pub elements: BTreeSet<IpAddr>,
+    pub key: SetKey,
+    pub elements: BTreeSet<Element>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +591,8 @@ pub struct PlannedNetwork {
     pub name: String,
     pub bridge: String,
     pub drop_chains: Vec<ChainId>,
+    /// The chains whose counters count forged frames (port security).
+    pub spoof_chains: Vec<ChainId>,
 }
 
 /// The complete desired state of our tables. `tables` is empty when nothing is managed:
@@ -318,6 +642,24 @@ impl Ruleset {
             .sum()
     }
 
+    /// How many container ports of `network` are bound to their identity.
+    pub fn bound_ports(&self, network: &str) -> usize {
+        let name = names::port_set(names::PortSet::Ports, network);
+        self.table(Family::Bridge)
+            .and_then(|t| t.sets.iter().find(|s| s.name == name))
+            .map_or(0, |s| s.elements.len())
+    }
+
+    /// The forged frames dropped for `network` (port security).
+    pub fn spoofed(&self, network: &str, counters: &Counters) -> u64 {
+        self.networks
+            .iter()
+            .filter(|n| n.name == network)
+            .flat_map(|n| &n.spoof_chains)
+            .filter_map(|chain| counters.get(chain))
+            .sum()
+    }
+
     /// What it takes to go from `committed` (what the kernel was last given, if known) to
     /// this ruleset.
     pub fn change_from(&self, committed: Option<&Ruleset>) -> Change {
@@ -344,7 +686,7 @@ impl Ruleset {
                         .iter()
                         .map(|s| Set {
                             name: s.name.clone(),
-                            version: s.version,
+                            key: s.key,
                             elements: BTreeSet::new(),
                         })
                         .collect(),
@@ -368,7 +710,7 @@ impl Ruleset {
                     && a.sets
                         .iter()
                         .zip(&b.sets)
-                        .all(|(x, y)| x.name == y.name && x.version == y.version)
+                        .all(|(x, y)| x.name == y.name && x.key == y.key)
             })
     }
 
@@ -407,18 +749,21 @@ pub fn valid_network_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// An interface name that netlink messages and `nft` text can carry: IFNAMSIZ is 16 with
+/// the terminating NUL; '/' and whitespace are never valid.
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < IFNAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != '"')
+}
+
 fn validate_network(net: &ManagedNetwork) -> Result<(), PlanError> {
     if !valid_network_name(&net.name) {
         return Err(PlanError::BadNetworkName(net.name.clone()));
     }
-    // IFNAMSIZ is 16 with the terminating NUL; '/' and whitespace are never valid.
-    let bridge_ok = !net.bridge.is_empty()
-        && net.bridge.len() < 16
-        && net
-            .bridge
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '/' && c != '"');
-    if !bridge_ok {
+    if !valid_interface_name(&net.bridge) {
         return Err(PlanError::BadBridgeName {
             network: net.name.clone(),
             bridge: net.bridge.clone(),
@@ -432,12 +777,15 @@ fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
         .into_iter()
         .map(|version| Set {
             name: names::whitelist_set(&net.name, version),
-            version,
+            key: match version {
+                IpVersion::V4 => SetKey::Ipv4,
+                IpVersion::V6 => SetKey::Ipv6,
+            },
             elements: net
                 .whitelist
                 .iter()
                 .filter(|a| IpVersion::of(a) == version)
-                .copied()
+                .map(|a| Element::Ip(*a))
                 .collect(),
         })
         .collect()
@@ -529,6 +877,265 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     }
 }
 
+/// Port security for one network: its sets, its chains, and the two rules it adds to
+/// `prerouting` (send a resolved port's frames to its checks; check every other port's
+/// frames for claims on the network's identities).
+struct PortSecurity {
+    sets: Vec<Set>,
+    chains: Vec<Chain>,
+    dispatch: Rule,
+    claims: Rule,
+}
+
+fn port_security(net: &ManagedNetwork) -> PortSecurity {
+    use names::{PortCheck as C, PortSet as S};
+    let set = |content| names::port_set(content, &net.name);
+    let chain = |role| names::port_chain(role, &net.name);
+    let ports: Vec<&Port> = net
+        .ports
+        .iter()
+        .filter(|p| valid_interface_name(&p.name))
+        .collect();
+
+    // Each port's own addresses: Docker's, and the link-local one its MAC gives.
+    let own = |p: &Port| -> Vec<IpAddr> {
+        let mut addrs = p.addrs.clone();
+        addrs.push(link_local(&p.mac));
+        addrs
+    };
+    let port_ips = |version| -> BTreeSet<Element> {
+        ports
+            .iter()
+            .flat_map(|p| {
+                own(p)
+                    .into_iter()
+                    .filter(move |a| IpVersion::of(a) == version)
+                    .map(|a| Element::PortIp(p.name.clone(), a))
+            })
+            .collect()
+    };
+    let mut known_ips: BTreeSet<IpAddr> = ports.iter().flat_map(|p| own(p)).collect();
+    known_ips.extend(net.gateways.iter().copied());
+    let mut known_macs: BTreeSet<Element> = ports.iter().map(|p| Element::Mac(p.mac)).collect();
+    if let Some(mac) = net.gateway_mac {
+        known_macs.insert(Element::Mac(mac));
+        known_ips.insert(link_local(&mac));
+    }
+    let known = |version| -> BTreeSet<Element> {
+        known_ips
+            .iter()
+            .filter(|a| IpVersion::of(a) == version)
+            .map(|a| Element::Ip(*a))
+            .collect()
+    };
+    let sets = vec![
+        Set {
+            name: set(S::Ports),
+            key: SetKey::Ifname,
+            elements: ports
+                .iter()
+                .map(|p| Element::Port(p.name.clone()))
+                .collect(),
+        },
+        Set {
+            name: set(S::PortMac),
+            key: SetKey::IfnameEther,
+            elements: ports
+                .iter()
+                .map(|p| Element::PortMac(p.name.clone(), p.mac))
+                .collect(),
+        },
+        Set {
+            name: set(S::PortIpv4),
+            key: SetKey::IfnameIpv4,
+            elements: port_ips(IpVersion::V4),
+        },
+        Set {
+            name: set(S::PortIpv6),
+            key: SetKey::IfnameIpv6,
+            elements: port_ips(IpVersion::V6),
+        },
+        Set {
+            name: set(S::PortAdvert),
+            key: SetKey::IfnameRaw128,
+            elements: port_ips(IpVersion::V6),
+        },
+        Set {
+            name: set(S::Mac),
+            key: SetKey::Ether,
+            elements: known_macs,
+        },
+        Set {
+            name: set(S::Ipv4),
+            key: SetKey::Ipv4,
+            elements: known(IpVersion::V4),
+        },
+        Set {
+            name: set(S::Ipv6),
+            key: SetKey::Ipv6,
+            elements: known(IpVersion::V6),
+        },
+        Set {
+            name: set(S::Advert),
+            key: SetKey::Raw128,
+            elements: known(IpVersion::V6),
+        },
+    ];
+
+    let lookup = |fields: &[Field], content| Match::Lookup(fields.to_vec(), set(content));
+    let drop = || Rule::counted(vec![], Verdict::Drop);
+    let port_and = |field| lookup(&[Field::IifName, field], S::PortMac);
+    let chains = vec![
+        Chain {
+            name: chain(C::Mac),
+            base: None,
+            rules: vec![
+                Rule::new(
+                    vec![port_and(Field::EtherSource)],
+                    Verdict::Goto(chain(C::Source)),
+                ),
+                drop(),
+            ],
+        },
+        Chain {
+            name: chain(C::Source),
+            base: None,
+            rules: vec![
+                Rule::new(
+                    vec![Match::Protocol(EtherType::Ipv4)],
+                    Verdict::Goto(chain(C::Ipv4)),
+                ),
+                Rule::new(
+                    vec![Match::Protocol(EtherType::Ipv6)],
+                    Verdict::Goto(chain(C::Ipv6)),
+                ),
+                Rule::new(
+                    vec![Match::Protocol(EtherType::Arp)],
+                    Verdict::Goto(chain(C::Arp)),
+                ),
+                // Anything else (VLAN tags, other protocols): no container needs it.
+                drop(),
+            ],
+        },
+        Chain {
+            name: chain(C::Ipv4),
+            base: None,
+            rules: vec![
+                // A DHCP server answering other containers.
+                Rule::counted(vec![Match::UdpSourcePort(67)], Verdict::Drop),
+                Rule::new(
+                    vec![lookup(
+                        &[Field::IifName, Field::IpSource(IpVersion::V4)],
+                        S::PortIpv4,
+                    )],
+                    Verdict::Accept,
+                ),
+                drop(),
+            ],
+        },
+        Chain {
+            name: chain(C::Ipv6),
+            base: None,
+            rules: vec![
+                // Router advertisements and redirects: only the host routes.
+                Rule::counted(vec![Match::Icmpv6Types(134, 134)], Verdict::Drop),
+                Rule::counted(vec![Match::Icmpv6Types(137, 137)], Verdict::Drop),
+                // A DHCPv6 server or relay answering other containers.
+                Rule::counted(vec![Match::UdpSourcePort(547)], Verdict::Drop),
+                Rule::new(
+                    vec![Match::Icmpv6Types(136, 136)],
+                    Verdict::Goto(chain(C::Advert)),
+                ),
+                Rule::new(
+                    vec![lookup(
+                        &[Field::IifName, Field::IpSource(IpVersion::V6)],
+                        S::PortIpv6,
+                    )],
+                    Verdict::Accept,
+                ),
+                // Duplicate address detection: a solicitation and an MLD report from `::`.
+                Rule::new(
+                    vec![Match::Ipv6Unspecified, Match::Icmpv6Types(135, 135)],
+                    Verdict::Accept,
+                ),
+                Rule::new(
+                    vec![Match::Ipv6Unspecified, Match::Icmpv6Types(143, 143)],
+                    Verdict::Accept,
+                ),
+                drop(),
+            ],
+        },
+        Chain {
+            name: chain(C::Advert),
+            base: None,
+            rules: vec![
+                Rule::new(
+                    vec![
+                        lookup(
+                            &[Field::IifName, Field::IpSource(IpVersion::V6)],
+                            S::PortIpv6,
+                        ),
+                        lookup(&[Field::IifName, Field::AdvertTarget], S::PortAdvert),
+                    ],
+                    Verdict::Accept,
+                ),
+                drop(),
+            ],
+        },
+        Chain {
+            name: chain(C::Arp),
+            base: None,
+            rules: vec![
+                Rule::new(
+                    vec![
+                        port_and(Field::ArpSenderMac),
+                        lookup(&[Field::IifName, Field::ArpSenderIp], S::PortIpv4),
+                    ],
+                    Verdict::Accept,
+                ),
+                Rule::new(
+                    vec![port_and(Field::ArpSenderMac), Match::ArpProbe],
+                    Verdict::Accept,
+                ),
+                drop(),
+            ],
+        },
+        Chain {
+            name: chain(C::Claims),
+            base: None,
+            rules: vec![
+                Rule::counted(vec![lookup(&[Field::EtherSource], S::Mac)], Verdict::Drop),
+                Rule::counted(
+                    vec![lookup(&[Field::IpSource(IpVersion::V4)], S::Ipv4)],
+                    Verdict::Drop,
+                ),
+                Rule::counted(
+                    vec![lookup(&[Field::IpSource(IpVersion::V6)], S::Ipv6)],
+                    Verdict::Drop,
+                ),
+                Rule::counted(vec![lookup(&[Field::ArpSenderMac], S::Mac)], Verdict::Drop),
+                Rule::counted(vec![lookup(&[Field::ArpSenderIp], S::Ipv4)], Verdict::Drop),
+                Rule::counted(
+                    vec![
+                        Match::Icmpv6Types(136, 136),
+                        lookup(&[Field::AdvertTarget], S::Advert),
+                    ],
+                    Verdict::Drop,
+                ),
+            ],
+        },
+    ];
+    PortSecurity {
+        sets,
+        chains,
+        dispatch: Rule::new(
+            vec![lookup(&[Field::IifName], S::Ports)],
+            Verdict::Goto(chain(C::Mac)),
+        ),
+        claims: Rule::new(vec![], Verdict::Jump(chain(C::Claims))),
+    }
+}
+
 fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut forward = Chain {
         name: names::FORWARD.into(),
@@ -538,8 +1145,27 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         }),
         rules: Vec::new(),
     };
+    let mut prerouting = Chain {
+        name: names::PREROUTING.into(),
+        base: Some(BaseChain {
+            hook: Hook::Prerouting,
+            priority: PORT_PRIORITY,
+        }),
+        rules: Vec::new(),
+    };
+    let mut claims = Vec::new();
     let mut sets = Vec::new();
     let mut chains = Vec::new();
+    for net in networks {
+        let ps = port_security(net);
+        prerouting.rules.push(ps.dispatch);
+        claims.push(ps.claims);
+        sets.extend(ps.sets);
+        chains.extend(ps.chains);
+    }
+    // Every network's resolved ports first: a frame checked whole is accepted and skips
+    // the claims, which judge the frames of every other port.
+    prerouting.rules.extend(claims);
     for net in networks {
         let iso_name = names::isolation_chain(&net.name);
         // Both ends inside the network's subnets (any pair: --ip-range slices and several
@@ -586,7 +1212,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         });
         sets.extend(whitelist_sets(net));
     }
-    let mut all_chains = vec![forward];
+    let mut all_chains = vec![prerouting, forward];
     all_chains.extend(chains);
     Table {
         family: Family::Bridge,
@@ -669,6 +1295,10 @@ pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, Pl
                 name: net.name.clone(),
                 bridge: net.bridge.clone(),
                 drop_chains,
+                spoof_chains: names::PortCheck::ALL
+                    .iter()
+                    .map(|role| (Family::Bridge, names::port_chain(*role, &net.name)))
+                    .collect(),
             }
         })
         .collect();
@@ -707,6 +1337,27 @@ impl fmt::Display for Match {
             Match::EchoRequest(IpVersion::V4) => f.write_str("icmp type echo-request"),
             Match::EchoRequest(IpVersion::V6) => f.write_str("icmpv6 type echo-request"),
             Match::Ipv4Fragment => f.write_str("ip frag-off & 0x3fff != 0"),
+            Match::Protocol(EtherType::Ipv4) => f.write_str("meta protocol ip"),
+            Match::Protocol(EtherType::Ipv6) => f.write_str("meta protocol ip6"),
+            Match::Protocol(EtherType::Arp) => f.write_str("meta protocol arp"),
+            Match::UdpSourcePort(port) => write!(f, "udp sport {port}"),
+            Match::Ipv6Unspecified => f.write_str("ip6 saddr ::"),
+            Match::ArpProbe => f.write_str("arp saddr ip 0.0.0.0"),
+            Match::Lookup(fields, set) => {
+                let fields: Vec<&str> = fields
+                    .iter()
+                    .map(|field| match field {
+                        Field::IifName => "iifname",
+                        Field::EtherSource => "ether saddr",
+                        Field::IpSource(IpVersion::V4) => "ip saddr",
+                        Field::IpSource(IpVersion::V6) => "ip6 saddr",
+                        Field::ArpSenderMac => "arp saddr ether",
+                        Field::ArpSenderIp => "arp saddr ip",
+                        Field::AdvertTarget => "@th,64,128",
+                    })
+                    .collect();
+                write!(f, "{} @{set}", fields.join(" . "))
+            }
         }
     }
 }
@@ -722,7 +1373,9 @@ impl fmt::Display for Rule {
         match &self.verdict {
             Verdict::Return => f.write_str("return"),
             Verdict::Drop => f.write_str("drop"),
+            Verdict::Accept => f.write_str("accept"),
             Verdict::Jump(chain) => write!(f, "jump {chain}"),
+            Verdict::Goto(chain) => write!(f, "goto {chain}"),
         }
     }
 }
@@ -732,13 +1385,9 @@ impl fmt::Display for Table {
         writeln!(f, "table {} {} {{", self.family.keyword(), self.name)?;
         for set in &self.sets {
             writeln!(f, "\tset {} {{", set.name)?;
-            let ty = match set.version {
-                IpVersion::V4 => "ipv4_addr",
-                IpVersion::V6 => "ipv6_addr",
-            };
-            writeln!(f, "\t\ttype {ty}")?;
+            writeln!(f, "\t\t{}", set.key.declaration())?;
             if !set.elements.is_empty() {
-                let list: Vec<String> = set.elements.iter().map(|a| a.to_string()).collect();
+                let list: Vec<String> = set.elements.iter().map(|e| e.text(set.key)).collect();
                 writeln!(f, "\t\telements = {{ {} }}", list.join(", "))?;
             }
             writeln!(f, "\t}}")?;
@@ -747,6 +1396,7 @@ impl fmt::Display for Table {
             writeln!(f, "\tchain {} {{", chain.name)?;
             if let Some(base) = chain.base {
                 let hook = match base.hook {
+                    Hook::Prerouting => "prerouting",
                     Hook::Forward => "forward",
                     Hook::Input => "input",
                 };
@@ -787,7 +1437,7 @@ mod tests {
             bridge: bridge.into(),
             subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
             whitelist: whitelist.iter().map(|s| s.parse().unwrap()).collect(),
-            allow_host_traffic: false,
+            ..ManagedNetwork::default()
         }
     }
 
@@ -872,14 +1522,14 @@ mod tests {
             let sets = &rs.table(family).unwrap().sets;
             let wl4 = sets.iter().find(|s| s.name == "wl4_public").unwrap();
             let wl6 = sets.iter().find(|s| s.name == "wl6_public").unwrap();
-            assert_eq!(wl4.version, IpVersion::V4);
+            assert_eq!(wl4.key, SetKey::Ipv4);
             assert_eq!(
                 wl4.elements,
-                BTreeSet::from(["172.20.0.2".parse().unwrap()])
+                BTreeSet::from([Element::Ip("172.20.0.2".parse().unwrap())])
             );
             assert_eq!(
                 wl6.elements,
-                BTreeSet::from(["fd00:20::2".parse().unwrap()])
+                BTreeSet::from([Element::Ip("fd00:20::2".parse().unwrap())])
             );
         }
     }

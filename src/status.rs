@@ -62,6 +62,12 @@ pub struct NetworkStatus {
     pub whitelisted: Vec<ContainerStatus>,
     /// Packets dropped by this network's rules (read from the kernel's counters).
     pub dropped_packets: u64,
+    /// Container ports bound to their own identity (port security).
+    #[serde(default)]
+    pub bound_ports: usize,
+    /// Forged frames dropped by port security (read from the kernel's counters).
+    #[serde(default)]
+    pub spoofed_frames: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -172,6 +178,10 @@ impl Status {
                 ));
             }
             out.push_str(&format!("  dropped: {} packets\n", n.dropped_packets));
+            out.push_str(&format!(
+                "  port security: {} container ports bound, {} forged frames dropped\n",
+                n.bound_ports, n.spoofed_frames
+            ));
         }
         for w in &self.waiting {
             out.push_str(&format!(
@@ -205,6 +215,8 @@ mod tests {
                     addresses: vec!["172.20.0.2".into(), "fd00::2".into()],
                 }],
                 dropped_packets: 42,
+                bound_ports: 3,
+                spoofed_frames: 5,
             }],
             waiting: vec!["later".into()],
             last_apply: Some(ApplyStatus {
@@ -234,6 +246,7 @@ network: web
   configured by: /etc/trafficjam/web.toml
   whitelisted: traefik (0123456789ab) 172.20.0.2, fd00::2
   dropped: 42 packets
+  port security: 3 container ports bound, 5 forged frames dropped
 
 network: later
   waiting: it does not exist (yet)

@@ -246,6 +246,111 @@ fn whitelist_follows_containers_and_not_addresses() {
     );
 }
 
+/// The attack of a compromised backend with Docker's default capabilities: a user-space
+/// TCP handshake with another backend, as the proxy (its MAC and address). Without
+/// trafficjam it gets the answer; with it, the backend's port is bound to the backend's own
+/// identity and the frames are dropped, also after a restart gives it a new port.
+#[test]
+fn a_backend_cannot_impersonate_the_proxy_and_ports_follow_restarts() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio();
+    let impersonate = |lab: &DockerLab| {
+        lab.attack_from(
+            &b,
+            &[
+                "handshake",
+                "--src-mac",
+                &lab.mac(&proxy, &net),
+                "--src-ip",
+                &lab.ip4(&proxy, &net),
+                "--dst-ip",
+                &lab.ip4(&a, &net),
+                "--dst-mac",
+                &lab.mac(&a, &net),
+                "--dport",
+                "8080",
+                "--payload",
+                "hi",
+                "--timeout",
+                "2",
+            ],
+        )
+    };
+    // Control: Docker alone lets it through.
+    let got = impersonate(&lab);
+    assert_eq!(got["synack"], true, "control: {got}");
+    assert!(
+        got["data"].as_str().unwrap_or("").contains("pong"),
+        "control: {got}"
+    );
+
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ports_set = format!("ports_{net}");
+    let bound = |lab: &DockerLab| lab.set_listing(&ports_set).matches("\"veth").count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bound(&lab) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the trio's ports were not bound: {}\n{}",
+            lab.set_listing(&ports_set),
+            lab.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = impersonate(&lab);
+    assert_eq!(got["synack"], false, "a answered the forged proxy: {got}");
+    // Counted as forged at the attacker's port.
+    let listing = std::process::Command::new("nft")
+        .args([
+            "list",
+            "chain",
+            "bridge",
+            &lab.table,
+            &format!("port_{net}"),
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let counted: u64 = listing
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(counted > 0, "no forged frame counted:\n{listing}");
+
+    // A restart gives the backend a new port: bound again, honest traffic unharmed.
+    let old_ports = lab.set_listing(&ports_set);
+    docker_ok(&["restart", "-t", "0", &a]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.set_listing(&ports_set) == old_ports || bound(&lab) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted backend's port was not bound: {}\n{}",
+            lab.set_listing(&ports_set),
+            lab.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ip_a = lab.ip4(&a, &net);
+    assert_probes(
+        "after a restart",
+        &[
+            Probe::tcp(&proxy, &ip_a, true),
+            Probe::ping(&proxy, &ip_a, true),
+            Probe::tcp(&b, &ip_a, false),
+        ],
+        &lab,
+    );
+    let got = impersonate(&lab);
+    assert_eq!(got["synack"], false, "after the restart: {got}");
+}
+
 #[test]
 fn label_managed_network_needs_no_toml() {
     if !docker_tier_available() {

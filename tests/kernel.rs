@@ -73,6 +73,7 @@ impl PublicLab {
             ],
             whitelist: self.addrs("proxy").into_iter().collect(),
             allow_host_traffic,
+            ..ManagedNetwork::default()
         }
     }
 
@@ -390,6 +391,7 @@ fn several_subnets_on_one_bridge() {
                 .collect(),
             whitelist: lab.get("proxy").addrs.iter().copied().collect(),
             allow_host_traffic: false,
+            ..ManagedNetwork::default()
         };
         let rs = plan(TABLE, &[net]).unwrap();
         apply(&lab, Kernel::new(BridgeNetfilter::Leave), &rs);
@@ -613,6 +615,7 @@ fn updates_are_atomic_under_traffic() {
         subnets: vec!["10.50.0.0/24".parse().unwrap()],
         whitelist: BTreeSet::from(["10.50.0.2".parse().unwrap()]),
         allow_host_traffic: false,
+        ..ManagedNetwork::default()
     };
     let mut other_changed = other.clone();
     other_changed.whitelist.insert("10.50.0.3".parse().unwrap());
@@ -802,4 +805,105 @@ fn a_foreign_table_with_our_name_is_refused() {
         "{err}"
     );
     assert_eq!(p.lab.host.nft(&["-s", "list", "ruleset"]), before);
+}
+
+/// `bridge_ports` maps each veth port of a bridge to its peer's address, read from the
+/// kernel with the peers in the containers' namespaces (IFLA_TARGET_NETNSID) or in the
+/// host's own, as `ip` shows them from inside; a port that is not a veth, a link that is
+/// no port, a link that is no bridge and a missing bridge are not listed.
+#[test]
+fn bridge_ports_map_host_ports_to_their_peers_macs() {
+    use trafficjam::nft::{BridgePorts, PortLink, bridge_ports};
+
+    if !kernel_tier_available() {
+        return;
+    }
+    fn json(out: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("ip -j: {e}: {out}"))
+    }
+    fn mac(link: &serde_json::Value) -> [u8; 6] {
+        let text = link["address"].as_str().expect("an address");
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+            .collect();
+        bytes
+            .try_into()
+            .unwrap_or_else(|_| panic!("not a MAC: {text}"))
+    }
+    let mut lab = Lab::new();
+    lab.bridge("br-ports", &["10.20.0.1/24"]);
+    lab.bridge("br-other", &[]);
+    for (name, bridge) in [("c1", "br-ports"), ("c2", "br-ports"), ("c3", "br-other")] {
+        lab.container(name, bridge, &[], &[]);
+    }
+    // A veth whose peer stays in the host's namespace.
+    lab.host.ip(&[
+        "link",
+        "add",
+        "vlocal",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vlocal-peer",
+    ]);
+    lab.host
+        .ip(&["link", "set", "vlocal", "master", "br-ports", "up"]);
+    // A port that is not a veth (a tap, as a virtual machine's).
+    lab.host.ip(&["tuntap", "add", "tap-port", "mode", "tap"]);
+    lab.host
+        .ip(&["link", "set", "tap-port", "master", "br-ports", "up"]);
+
+    // What `ip` shows: each container's eth0 (its address, and its peer's index in the
+    // host), the bridges' ports in the host.
+    let host_link = |name: &str| json(&lab.host.ip(&["-j", "link", "show", name])).remove(0);
+    let expected = |bridge: &str| {
+        let ports = json(&lab.host.ip(&["-j", "link", "show", "master", bridge]));
+        let mut expected: Vec<PortLink> = lab
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let eth0 = json(&c.ns.ip(&["-j", "link", "show", "eth0"])).remove(0);
+                let port = ports.iter().find(|p| p["ifindex"] == eth0["link_index"])?;
+                Some(PortLink {
+                    name: port["ifname"].as_str().expect("a name").to_owned(),
+                    peer_mac: mac(&eth0),
+                })
+            })
+            .collect();
+        if bridge == "br-ports" {
+            expected.push(PortLink {
+                name: "vlocal".into(),
+                peer_mac: mac(&host_link("vlocal-peer")),
+            });
+        }
+        expected.sort();
+        BridgePorts {
+            mac: Some(mac(&host_link(bridge))),
+            ports: expected,
+        }
+    };
+    let listed = lab.host.ip(&["-br", "link", "show", "master", "br-ports"]);
+    assert!(listed.contains("tap-port"), "{listed}");
+    let want_ports = expected("br-ports");
+    let want_other = expected("br-other");
+    assert_eq!(want_ports.ports.len(), 3, "{want_ports:?}");
+    assert_eq!(want_other.ports.len(), 1, "{want_other:?}");
+
+    let asked: BTreeSet<String> = ["br-ports", "br-other", "br-missing", "vlocal-peer"]
+        .map(String::from)
+        .into();
+    let (got, took) = lab.host.enter(move || {
+        let start = std::time::Instant::now();
+        let got = bridge_ports(&asked).expect("bridge_ports");
+        (got, start.elapsed())
+    });
+    eprintln!("bridge_ports: {got:?} in {took:?}");
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["br-other", "br-ports"]
+    );
+    assert_eq!(got["br-ports"], want_ports);
+    assert_eq!(got["br-other"], want_other);
 }

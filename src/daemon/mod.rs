@@ -9,7 +9,7 @@
 mod inputs;
 pub mod reconcile;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,7 @@ use reconcile::{bridges_to_set, reconcile};
 use crate::config::{Config, ConfigError, PolicySource};
 use crate::docker::{DockerClient, Snapshot};
 use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
-use crate::nft::NftError;
+use crate::nft::{BridgePorts, NftError};
 use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
 use crate::plan::{self, Change, Counters, Ruleset};
@@ -128,6 +128,8 @@ pub struct Daemon {
     /// READY=1 goes out once, at start.
     ready_sent: bool,
     last_snapshot: Option<Snapshot>,
+    /// The managed bridges' ports, as last read from the kernel.
+    ports: BTreeMap<String, BridgePorts>,
     last_apply: Option<ApplyStatus>,
     last_error: Option<String>,
     /// Where the isolated networks and the last good configuration are kept (none in
@@ -177,6 +179,7 @@ impl Daemon {
             retired_table: None,
             ready_sent: false,
             last_snapshot: None,
+            ports: BTreeMap::new(),
             last_apply: None,
             last_error: None,
             state: None,
@@ -257,6 +260,8 @@ impl Daemon {
                         })
                         .collect(),
                     dropped_packets: 0,
+                    bound_ports: self.enforced.as_ref().map_or(0, |r| r.bound_ports(&n.name)),
+                    spoofed_frames: 0,
                 })
                 .collect()
         };
@@ -306,6 +311,7 @@ impl Daemon {
         };
         for net in &mut status.networks {
             net.dropped_packets = enforced.dropped(&net.name, &counters);
+            net.spoofed_frames = enforced.spoofed(&net.name, &counters);
         }
         status
     }
@@ -825,9 +831,11 @@ impl Daemon {
         if resync {
             self.check_drift().await;
         }
+        self.read_ports(&snapshot).await;
         let reconciled = match reconcile(
             &self.config.daemon.table,
             &snapshot,
+            &self.ports,
             self.committed.as_deref(),
         ) {
             Ok(r) => r,
@@ -898,6 +906,21 @@ impl Daemon {
             self.log_apply(&report, &snapshot, started, event_time);
         }
         self.last_snapshot = Some(snapshot);
+    }
+
+    /// Reads the ports of the snapshot's bridges from the kernel, for port security. On
+    /// failure the ports last read stay bound (never unbind on an error).
+    async fn read_ports(&mut self, snapshot: &Snapshot) {
+        let bridges: BTreeSet<String> =
+            snapshot.networks.iter().map(|n| n.bridge.clone()).collect();
+        match self
+            .firewall
+            .call(move |fw| fw.bridge_ports(&bridges))
+            .await
+        {
+            Ok(ports) => self.ports = ports,
+            Err(e) => warn!("cannot read the bridges' ports ({e}); keeping those read before"),
+        }
     }
 
     async fn set_bridge_filtering(&mut self, bridges: BTreeSet<String>) {

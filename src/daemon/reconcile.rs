@@ -2,10 +2,11 @@
 //! was last committed in, what the kernel must hold and how to get it there out. Used by
 //! the daemon loop and by `trafficjam check`, so both set odd networks aside alike.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::docker::{self, Snapshot};
-use crate::plan::{self, Change, ManagedNetwork, PlanError, Ruleset};
+use crate::nft::BridgePorts;
+use crate::plan::{self, Change, ManagedNetwork, PlanError, Port, Ruleset};
 
 /// What one reconcile decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,16 +24,55 @@ pub struct Reconciled {
     pub bridges_changed: bool,
 }
 
-/// Plans the networks of `snapshot` into our table `table`, against `committed` (what the
-/// kernel was last given, if it is believed to still hold it).
+/// Binds each network's containers to their bridge ports: a port whose peer carries the
+/// MAC of one of the network's endpoints is that container's. A port with no such
+/// endpoint (not Docker's, or a container that changed its MAC) stays unresolved, and port
+/// security lets it claim no known identity.
+fn attach_ports(
+    networks: &mut [ManagedNetwork],
+    snapshot: &Snapshot,
+    ports: &BTreeMap<String, BridgePorts>,
+) {
+    for net in networks {
+        let (Some(found), Some(docker)) = (
+            ports.get(&net.bridge),
+            snapshot.networks.iter().find(|n| n.name == net.name),
+        ) else {
+            continue;
+        };
+        net.gateway_mac = found.mac;
+        net.ports = found
+            .ports
+            .iter()
+            .filter_map(|link| {
+                let endpoint = docker
+                    .endpoints
+                    .iter()
+                    .find(|e| e.mac == Some(link.peer_mac))?;
+                Some(Port {
+                    name: link.name.clone(),
+                    mac: link.peer_mac,
+                    addrs: endpoint.addrs.clone(),
+                })
+            })
+            .collect();
+    }
+}
+
+/// Plans the networks of `snapshot` into our table `table`, with the bridges' `ports` as
+/// the kernel showed them, against `committed` (what the kernel was last given, if it is
+/// believed to still hold it).
 ///
 /// Fails only when the table name itself is unusable; odd networks are set aside instead.
 pub fn reconcile(
     table: &str,
     snapshot: &Snapshot,
+    ports: &BTreeMap<String, BridgePorts>,
     committed: Option<&Ruleset>,
 ) -> Result<Reconciled, PlanError> {
-    let (networks, rejected) = plan::retain_plannable(docker::managed_networks(snapshot));
+    let mut managed = docker::managed_networks(snapshot);
+    attach_ports(&mut managed, snapshot, ports);
+    let (networks, rejected) = plan::retain_plannable(managed);
     let ruleset = plan::plan(table, &networks)?;
     let change = ruleset.change_from(committed);
     let committed_bridges = committed.map(Ruleset::bridges).unwrap_or_default();
@@ -70,15 +110,22 @@ pub(crate) mod tests {
                     container_id: "c0ffee".into(),
                     container_name: "proxy".into(),
                     addrs: vec![addr.parse().unwrap()],
+                    mac: Some([2, 0, 0, 0, 0, 2]),
                 })
                 .into_iter()
                 .collect(),
+            endpoints: Vec::new(),
+            gateways: vec!["10.1.0.1".parse().unwrap()],
             policy: NetworkPolicy {
                 whitelist: vec![Filter::parse("name=proxy").unwrap()],
                 allow_host_traffic: false,
             },
             source: PolicySource::Labels,
         }
+    }
+
+    fn no_ports() -> BTreeMap<String, BridgePorts> {
+        BTreeMap::new()
     }
 
     fn snapshot(networks: Vec<NetworkSnapshot>) -> Snapshot {
@@ -91,7 +138,7 @@ pub(crate) mod tests {
     #[test]
     fn nothing_committed_means_a_full_batch_and_new_bridges() {
         let s = snapshot(vec![network("web", "br-web", Some("10.1.0.2"))]);
-        let r = reconcile(DEFAULT_TABLE, &s, None).unwrap();
+        let r = reconcile(DEFAULT_TABLE, &s, &no_ports(), None).unwrap();
         assert_eq!(r.change, Change::Full);
         assert!(r.bridges_changed);
         assert_eq!(
@@ -103,8 +150,10 @@ pub(crate) mod tests {
     #[test]
     fn the_same_snapshot_changes_nothing_and_a_new_proxy_address_is_an_element_update() {
         let s = snapshot(vec![network("web", "br-web", Some("10.1.0.2"))]);
-        let first = reconcile(DEFAULT_TABLE, &s, None).unwrap().ruleset;
-        let again = reconcile(DEFAULT_TABLE, &s, Some(&first)).unwrap();
+        let first = reconcile(DEFAULT_TABLE, &s, &no_ports(), None)
+            .unwrap()
+            .ruleset;
+        let again = reconcile(DEFAULT_TABLE, &s, &no_ports(), Some(&first)).unwrap();
         assert_eq!(again.change, Change::None);
         assert!(!again.bridges_changed);
         assert_eq!(bridges_to_set(&again, false), None);
@@ -112,7 +161,7 @@ pub(crate) mod tests {
         assert!(bridges_to_set(&again, true).is_some());
 
         let moved = snapshot(vec![network("web", "br-web", Some("10.1.0.9"))]);
-        let r = reconcile(DEFAULT_TABLE, &moved, Some(&first)).unwrap();
+        let r = reconcile(DEFAULT_TABLE, &moved, &no_ports(), Some(&first)).unwrap();
         assert_eq!(r.change, Change::Elements);
         assert!(!r.bridges_changed);
     }
@@ -120,9 +169,11 @@ pub(crate) mod tests {
     #[test]
     fn a_recreated_network_on_a_new_bridge_is_a_full_batch() {
         let s = snapshot(vec![network("web", "br-web", Some("10.1.0.2"))]);
-        let first = reconcile(DEFAULT_TABLE, &s, None).unwrap().ruleset;
+        let first = reconcile(DEFAULT_TABLE, &s, &no_ports(), None)
+            .unwrap()
+            .ruleset;
         let recreated = snapshot(vec![network("web", "br-new", Some("10.1.0.2"))]);
-        let r = reconcile(DEFAULT_TABLE, &recreated, Some(&first)).unwrap();
+        let r = reconcile(DEFAULT_TABLE, &recreated, &no_ports(), Some(&first)).unwrap();
         assert_eq!(r.change, Change::Full);
         assert!(r.bridges_changed);
     }
@@ -134,7 +185,7 @@ pub(crate) mod tests {
             network("twin", "br-web", None),
             network("api", "br-api", None),
         ]);
-        let r = reconcile(DEFAULT_TABLE, &s, None).unwrap();
+        let r = reconcile(DEFAULT_TABLE, &s, &no_ports(), None).unwrap();
         let names: Vec<&str> = r.ruleset.networks.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["api", "web"]);
         assert_eq!(r.rejected.len(), 1, "{:?}", r.rejected);
@@ -142,10 +193,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ports_are_bound_to_the_endpoints_with_their_peers_mac_and_new_ones_are_elements() {
+        use crate::nft::PortLink;
+        let mut web = network("web", "br-web", Some("10.1.0.2"));
+        web.endpoints = web.whitelisted.clone();
+        web.endpoints.push(Endpoint {
+            container_id: "b1".into(),
+            container_name: "backend".into(),
+            addrs: vec!["10.1.0.3".parse().unwrap()],
+            mac: Some([2, 0, 0, 0, 0, 3]),
+        });
+        let s = snapshot(vec![web]);
+        let link = |name: &str, last| PortLink {
+            name: name.into(),
+            peer_mac: [2, 0, 0, 0, 0, last],
+        };
+        let mut ports = BTreeMap::from([(
+            "br-web".to_owned(),
+            BridgePorts {
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                // A port whose peer has no endpoint's MAC (a changed MAC, a foreign
+                // veth) is left unresolved.
+                ports: vec![link("veth-proxy", 2), link("veth-stray", 9)],
+            },
+        )]);
+        let first = reconcile(DEFAULT_TABLE, &s, &ports, None).unwrap();
+        let net = &first.networks[0];
+        assert_eq!(net.gateway_mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            net.ports,
+            [Port {
+                name: "veth-proxy".into(),
+                mac: [2, 0, 0, 0, 0, 2],
+                addrs: vec!["10.1.0.2".parse().unwrap()],
+            }]
+        );
+        // The backend's port appears: its binding is an element update.
+        ports
+            .get_mut("br-web")
+            .unwrap()
+            .ports
+            .push(link("veth-b1", 3));
+        let second = reconcile(DEFAULT_TABLE, &s, &ports, Some(&first.ruleset)).unwrap();
+        assert_eq!(second.networks[0].ports.len(), 2);
+        assert_eq!(second.change, Change::Elements);
+    }
+
+    #[test]
     fn no_managed_network_means_no_table() {
-        let r = reconcile(DEFAULT_TABLE, &Snapshot::default(), None).unwrap();
+        let r = reconcile(DEFAULT_TABLE, &Snapshot::default(), &no_ports(), None).unwrap();
         assert!(r.ruleset.tables.is_empty());
         assert!(!r.bridges_changed);
-        assert!(reconcile("bad name", &Snapshot::default(), None).is_err());
+        assert!(reconcile("bad name", &Snapshot::default(), &no_ports(), None).is_err());
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rustables::sys::{
     NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
@@ -48,8 +47,8 @@ pub struct InstalledTable {
     pub rules_per_chain: BTreeMap<String, usize>,
     /// Packets counted by the rules of each chain (our counters only count drops).
     pub dropped_per_chain: BTreeMap<String, u64>,
-    /// Every set, with its elements.
-    pub sets: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Every set, with its elements' keys as the kernel holds them.
+    pub sets: BTreeMap<String, BTreeSet<Vec<u8>>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,18 +148,14 @@ fn collect_dump(answer: &Answer<'_>, answers: &mut Vec<Vec<u8>>) -> Option<Resul
 }
 
 /// The addresses in one answer of a set-element dump.
-fn set_elements(answer: &[u8]) -> impl Iterator<Item = IpAddr> + '_ {
+fn set_elements(answer: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
     attribute(answer, NFTA_SET_ELEM_LIST_ELEMENTS)
         .into_iter()
         .flat_map(attributes)
         .filter_map(|(_, element)| {
             let key = attribute(element, NFTA_SET_ELEM_KEY)
                 .and_then(|k| attribute(k, NFTA_DATA_VALUE))?;
-            match key.len() {
-                4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(key).ok()?))),
-                16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(key).ok()?))),
-                _ => None,
-            }
+            Some(key.to_vec())
         })
 }
 
@@ -312,10 +307,10 @@ mod tests {
             attribute(&answers[0], NFTA_SET_ELEM_LIST_SET).map(string),
             Some("wl4_web".to_owned())
         );
-        let elements: BTreeSet<IpAddr> = answers.iter().flat_map(|a| set_elements(a)).collect();
+        let elements: BTreeSet<Vec<u8>> = answers.iter().flat_map(|a| set_elements(a)).collect();
         assert_eq!(
             elements,
-            BTreeSet::from(["10.1.0.2".parse().unwrap(), "10.1.0.3".parse().unwrap()])
+            BTreeSet::from([vec![10, 1, 0, 2], vec![10, 1, 0, 3]])
         );
     }
 

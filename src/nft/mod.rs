@@ -15,29 +15,36 @@ mod bridge;
 mod dump;
 mod monitor;
 mod netlink;
+mod ports;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use rustables::expr::ct::{ConnTrackState, Conntrack, ConntrackKey};
 use rustables::expr::{
     Bitwise, Cmp, CmpOp, Counter, Immediate, Lookup, Meta, MetaType, Payload, Register, VerdictKind,
 };
 use rustables::set::{SetBuilder, SetElementList};
-use rustables::sys::{NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER};
+use rustables::sys::{
+    NFT_PAYLOAD_LL_HEADER, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER,
+};
 use rustables::{ChainPolicy, ChainType, HookClass, ProtocolFamily};
 
 pub use bridge::{BridgeNetfilter, bridge_filtering, set_nf_call};
 pub use dump::{
     InstalledRuleset, InstalledTable, OWNER_MARK, read_counters, read_installed, table_owners,
 };
+pub use ports::{BridgePorts, PortLink, bridge_ports};
 use tracing::warn;
 
 use crate::firewall::{
     ApplyReport, BatchKind, BridgeFiltering, ChangeReport, Firewall, TableChange,
 };
-use crate::plan::{Change, Counters, Dir, Family, Hook, IpVersion, Match, Ruleset, Set, Verdict};
+use crate::plan::{
+    Change, Counters, Dir, Element, EtherType, Family, Field, Hook, IpVersion, Match, Ruleset, Set,
+    Verdict,
+};
 use netlink::Transaction;
 
 /// Set elements per netlink message: the element list is one attribute, and an attribute
@@ -152,6 +159,13 @@ impl Firewall for Netlink {
             .collect()
     }
 
+    fn bridge_ports(
+        &mut self,
+        bridges: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, BridgePorts>, NftError> {
+        bridge_ports(bridges)
+    }
+
     fn watch(&mut self, mut report: ChangeReport) -> Result<(), NftError> {
         // Called on the worker thread, which makes every commit of ours: the kernel names
         // it as the committer of our generations.
@@ -243,6 +257,8 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
             let mut nft_chain = rustables::Chain::new(&nft_table).with_name(&chain.name);
             if let Some(base) = chain.base {
                 let hook = match base.hook {
+                    // NF_BR_PRE_ROUTING is NF_INET_PRE_ROUTING's number.
+                    Hook::Prerouting => HookClass::PreRouting,
                     Hook::Forward => HookClass::Forward,
                     Hook::Input => HookClass::In,
                 };
@@ -260,8 +276,10 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
                 let label = format!("rule \"{rule}\" in chain {}", chain.name);
                 let mut nft_rule =
                     rustables::Rule::new(nft_chain).map_err(|e| build_err(&label, e))?;
+                let mut loaded = Dependencies::default();
                 for m in &rule.matches {
-                    add_match(&mut nft_rule, family, m, &sets).map_err(|e| build_err(&label, e))?;
+                    add_match(&mut nft_rule, family, m, &sets, &mut loaded)
+                        .map_err(|e| build_err(&label, e))?;
                 }
                 if rule.counter {
                     nft_rule.add_expr(Counter::default().with_nb_bytes(0u64).with_nb_packets(0u64));
@@ -269,7 +287,11 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
                 nft_rule.add_expr(Immediate::new_verdict(match &rule.verdict {
                     Verdict::Return => VerdictKind::Return,
                     Verdict::Drop => VerdictKind::Drop,
+                    Verdict::Accept => VerdictKind::Accept,
                     Verdict::Jump(target) => VerdictKind::Jump {
+                        chain: target.clone(),
+                    },
+                    Verdict::Goto(target) => VerdictKind::Goto {
                         chain: target.clone(),
                     },
                 }));
@@ -282,51 +304,54 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
     Ok(messages)
 }
 
+/// A set key as raw bytes: the set's declared type and length come from [`SetKey`].
+struct RawKey(Vec<u8>);
+
+impl rustables::data_type::DataType for RawKey {
+    const TYPE: u32 = 0;
+    const LEN: u32 = 0;
+
+    fn data(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+}
+
 /// The set itself and its elements, chunked to fit in netlink attributes.
 fn set_messages<'a>(
     table: &rustables::Table,
     set: &Set,
-    elements: impl Iterator<Item = &'a IpAddr>,
+    elements: impl Iterator<Item = &'a Element>,
 ) -> Result<(rustables::Set, Vec<SetElementList>), NftError> {
-    let elements: Vec<&IpAddr> = elements.collect();
+    let elements: Vec<&Element> = elements.collect();
     let what = || format!("set {}", set.name);
     let mut lists = Vec::new();
     let mut nft_set = None;
     // At least one builder runs, so the set exists even when empty.
-    let chunks: Vec<&[&IpAddr]> = if elements.is_empty() {
+    let chunks: Vec<&[&Element]> = if elements.is_empty() {
         vec![&[]]
     } else {
         elements.chunks(ELEMENTS_PER_MESSAGE).collect()
     };
     for chunk in chunks {
-        let (s, list) = match set.version {
-            IpVersion::V4 => {
-                let mut b = SetBuilder::<Ipv4Addr>::new(&set.name, table)
-                    .map_err(|e| build_err(what(), e))?;
-                for addr in chunk {
-                    if let IpAddr::V4(a) = addr {
-                        b.add(a);
-                    }
-                }
-                b.finish()
-            }
-            IpVersion::V6 => {
-                let mut b = SetBuilder::<Ipv6Addr>::new(&set.name, table)
-                    .map_err(|e| build_err(what(), e))?;
-                for addr in chunk {
-                    if let IpAddr::V6(a) = addr {
-                        b.add(a);
-                    }
-                }
-                b.finish()
-            }
-        };
+        let mut builder =
+            SetBuilder::<RawKey>::new(&set.name, table).map_err(|e| build_err(what(), e))?;
+        for element in chunk {
+            builder.add(&RawKey(element.key_bytes()));
+        }
+        let (s, list) = builder.finish();
         if !chunk.is_empty() {
             lists.push(list);
         }
         nft_set.get_or_insert(s);
     }
-    Ok((nft_set.expect("at least one chunk"), lists))
+    let mut nft_set = nft_set
+        .expect("at least one chunk")
+        .with_key_type(set.key.type_id())
+        .with_key_len(set.key.key_len());
+    if let Some(userdata) = set.key.userdata() {
+        nft_set = nft_set.with_userdata(userdata.to_vec());
+    }
+    Ok((nft_set, lists))
 }
 
 /// The batch that turns `current`'s set elements into `desired`'s (same skeleton).
@@ -339,8 +364,8 @@ fn element_transaction(
     for (cur_table, new_table) in current.tables.iter().zip(&desired.tables) {
         let nft_table = table_object(new_table.family, &new_table.name);
         for (cur, new) in cur_table.sets.iter().zip(&new_table.sets) {
-            let gone: BTreeSet<&IpAddr> = cur.elements.difference(&new.elements).collect();
-            let fresh: BTreeSet<&IpAddr> = new.elements.difference(&cur.elements).collect();
+            let gone: BTreeSet<&Element> = cur.elements.difference(&new.elements).collect();
+            let fresh: BTreeSet<&Element> = new.elements.difference(&cur.elements).collect();
             removed += gone.len();
             added += fresh.len();
             for list in set_messages(&nft_table, new, gone.into_iter())?.1 {
@@ -377,6 +402,15 @@ fn add_l3_dependency(rule: &mut rustables::Rule, family: Family, version: IpVers
     }
 }
 
+/// `ether type arp`, as nft checks it for an ARP field.
+fn add_arp_dependency(rule: &mut rustables::Rule, loaded: &mut Dependencies) {
+    if !loaded.arp {
+        rule.add_expr(payload(NFT_PAYLOAD_LL_HEADER, 12, 2));
+        rule.add_expr(Cmp::new(CmpOp::Eq, (libc::ETH_P_ARP as u16).to_be_bytes()));
+        loaded.arp = true;
+    }
+}
+
 fn payload(base: u32, offset: u32, len: u32) -> Payload {
     Payload::default()
         .with_base(base)
@@ -407,11 +441,36 @@ fn interface_name(name: &str) -> Vec<u8> {
     bytes
 }
 
+/// The protocol checks a rule already made, so that each is made once, as nft does.
+#[derive(Debug, Default)]
+struct Dependencies {
+    network: Option<IpVersion>,
+    arp: bool,
+}
+
+/// Where a lookup field is loaded from, and how long it is.
+fn field_payload(field: Field, dreg: Register) -> Payload {
+    let (base, offset, len) = match field {
+        Field::IifName => unreachable!("a meta field"),
+        Field::EtherSource => (NFT_PAYLOAD_LL_HEADER, 6, 6),
+        Field::IpSource(version) => {
+            let p = address_payload(Dir::Src, version);
+            return p.with_dreg(dreg);
+        }
+        // ARP for Ethernet and IPv4: sender MAC at 8, sender IP at 14.
+        Field::ArpSenderMac => (NFT_PAYLOAD_NETWORK_HEADER, 8, 6),
+        Field::ArpSenderIp => (NFT_PAYLOAD_NETWORK_HEADER, 14, 4),
+        Field::AdvertTarget => (NFT_PAYLOAD_TRANSPORT_HEADER, 8, 16),
+    };
+    payload(base, offset, len).with_dreg(dreg)
+}
+
 fn add_match(
     rule: &mut rustables::Rule,
     family: Family,
     m: &Match,
     sets: &HashMap<String, rustables::Set>,
+    loaded: &mut Dependencies,
 ) -> Result<(), String> {
     match m {
         Match::IifName(name) => {
@@ -433,7 +492,10 @@ fn add_match(
         }
         Match::Subnet(dir, net) => {
             let version = IpVersion::of(&net.ip());
-            add_l3_dependency(rule, family, version);
+            if loaded.network != Some(version) {
+                add_l3_dependency(rule, family, version);
+                loaded.network = Some(version);
+            }
             rule.add_expr(address_payload(*dir, version));
             let (mask, addr) = match (net.mask(), net.network()) {
                 (IpAddr::V4(m), IpAddr::V4(a)) => (m.octets().to_vec(), a.octets().to_vec()),
@@ -449,6 +511,7 @@ fn add_match(
         Match::InSet(dir, version, name) => {
             let set = sets.get(name).ok_or_else(|| format!("no set {name}"))?;
             add_l3_dependency(rule, family, *version);
+            loaded.network = Some(*version);
             rule.add_expr(address_payload(*dir, *version));
             rule.add_expr(Lookup::new(set).map_err(|e| e.to_string())?);
         }
@@ -474,6 +537,60 @@ fn add_match(
             rule.add_expr(payload(NFT_PAYLOAD_NETWORK_HEADER, 6, 2));
             rule.add_expr(Bitwise::new([0x3fu8, 0xff], [0u8, 0]).map_err(|e| e.to_string())?);
             rule.add_expr(Cmp::new(CmpOp::Neq, [0u8, 0]));
+        }
+        Match::Protocol(ethertype) => {
+            let value: u16 = match ethertype {
+                EtherType::Ipv4 => libc::ETH_P_IP as u16,
+                EtherType::Ipv6 => libc::ETH_P_IPV6 as u16,
+                EtherType::Arp => libc::ETH_P_ARP as u16,
+            };
+            rule.add_expr(Meta::new(MetaType::Protocol));
+            rule.add_expr(Cmp::new(CmpOp::Eq, value.to_be_bytes()));
+        }
+        Match::UdpSourcePort(port) => {
+            add_l4proto(rule, libc::IPPROTO_UDP);
+            rule.add_expr(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2));
+            rule.add_expr(Cmp::new(CmpOp::Eq, port.to_be_bytes()));
+        }
+        Match::Ipv6Unspecified => {
+            add_l3_dependency(rule, family, IpVersion::V6);
+            loaded.network = Some(IpVersion::V6);
+            rule.add_expr(address_payload(Dir::Src, IpVersion::V6));
+            rule.add_expr(Cmp::new(CmpOp::Eq, [0u8; 16]));
+        }
+        Match::ArpProbe => {
+            add_arp_dependency(rule, loaded);
+            rule.add_expr(field_payload(Field::ArpSenderIp, Register::Reg1));
+            rule.add_expr(Cmp::new(CmpOp::Eq, [0u8; 4]));
+        }
+        Match::Lookup(fields, name) => {
+            let set = sets.get(name).ok_or_else(|| format!("no set {name}"))?;
+            for field in fields {
+                match field {
+                    Field::IpSource(version) if loaded.network != Some(*version) => {
+                        add_l3_dependency(rule, family, *version);
+                        loaded.network = Some(*version);
+                    }
+                    Field::ArpSenderMac | Field::ArpSenderIp => add_arp_dependency(rule, loaded),
+                    _ => {}
+                }
+            }
+            // A concatenation fills consecutive registers: the interface name takes
+            // 16 bytes, exactly one 128-bit register.
+            for (field, dreg) in fields.iter().zip([Register::Reg1, Register::Reg2]) {
+                match field {
+                    Field::IifName => {
+                        rule.add_expr(Meta::new(MetaType::IifName).with_dreg(dreg));
+                    }
+                    other => {
+                        rule.add_expr(field_payload(*other, dreg));
+                    }
+                }
+            }
+            if fields.len() > 2 || (fields.len() == 2 && fields[0] != Field::IifName) {
+                return Err(format!("cannot concatenate {fields:?}"));
+            }
+            rule.add_expr(Lookup::new(set).map_err(|e| e.to_string())?);
         }
         Match::EchoRequest(version) => {
             let (proto, echo) = match version {
@@ -527,12 +644,17 @@ pub fn drift(desired: &Ruleset) -> Result<Vec<String>, NftError> {
                 for set in &want.sets {
                     match have.sets.get(&set.name) {
                         None => problems.push(format!("{name}: set {} is missing", set.name)),
-                        Some(elements) if *elements != set.elements => problems.push(format!(
-                            "{name}: set {} holds {} elements, want {}",
-                            set.name,
-                            elements.len(),
-                            set.elements.len()
-                        )),
+                        Some(elements)
+                            if *elements
+                                != set.elements.iter().map(Element::key_bytes).collect() =>
+                        {
+                            problems.push(format!(
+                                "{name}: set {} holds {} elements, want {}",
+                                set.name,
+                                elements.len(),
+                                set.elements.len()
+                            ))
+                        }
                         Some(_) => {}
                     }
                 }

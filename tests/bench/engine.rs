@@ -49,6 +49,7 @@ fn networks(count: usize, whitelisted: usize) -> Vec<ManagedNetwork> {
             ],
             whitelist: addresses(k, whitelisted),
             allow_host_traffic: false,
+            ..ManagedNetwork::default()
         })
         .collect()
 }
@@ -251,6 +252,7 @@ fn throughput_benchmark() {
             subnets: vec!["10.77.0.0/16".parse().expect("subnet")],
             whitelist,
             allow_host_traffic: false,
+            ..ManagedNetwork::default()
         }],
     )
     .expect("plan");

@@ -194,6 +194,49 @@ impl DockerLab {
         docker_ok(&["inspect", "-f", &format, container])
     }
 
+    pub fn mac(&self, container: &str, network: &str) -> String {
+        self.inspect(container, network, "MacAddress")
+    }
+
+    /// Runs `tests/attack.py ARGS…` in `container`'s network namespace with no power a
+    /// default container lacks (CAP_NET_RAW alone); returns its JSON result.
+    pub fn attack_from(&self, container: &str, args: &[&str]) -> serde_json::Value {
+        let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+        let netns = format!("--net=/proc/{pid}/ns/net");
+        let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/attack.py");
+        let mut all = vec![
+            netns.as_str(),
+            "setpriv",
+            "--bounding-set=-all,+net_raw",
+            "--inh-caps=-all",
+            "/usr/bin/python3",
+            tool,
+        ];
+        all.extend_from_slice(args);
+        let out = Command::new("nsenter")
+            .args(&all)
+            .output()
+            .expect("nsenter");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "attack {args:?} from {container}: no JSON result ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// The elements of one of the lab's sets (`nft list set bridge TABLE NAME`), or
+    /// nothing when the set does not exist.
+    pub fn set_listing(&self, set: &str) -> String {
+        let out = Command::new("nft")
+            .args(["list", "set", "bridge", &self.table, set])
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn ip4(&self, container: &str, network: &str) -> String {
         self.inspect(container, network, "IPAddress")
     }

@@ -1,0 +1,568 @@
+//! Kernel tier, port security: a backend with a default container's powers (raw sockets,
+//! so any frame it likes) attacks its neighbours from its own network namespace, with
+//! `tests/attack.py` (scapy). Each attack runs twice: once against isolation without port
+//! security (the positive control: the attack is real and works there), once with the
+//! ports bound (it must fail). Honest traffic is checked beside every attack.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::*;
+use trafficjam::firewall::Firewall;
+use trafficjam::nft::{BridgeNetfilter, Netlink, bridge_ports};
+use trafficjam::plan::{DEFAULT_TABLE, Mac, ManagedNetwork, Port, Ruleset, mac_text, plan};
+
+const TABLE: &str = DEFAULT_TABLE;
+const BRIDGE: &str = "br-ps";
+const GATEWAY4: &str = "10.20.0.1";
+const GATEWAY6: &str = "fd00:20::1";
+
+/// A host with bridge `br-ps` and four containers: `proxy` (.2, whitelisted), `b1` (.3),
+/// `b2` (.4) and `attacker` (.5), each running echo listeners.
+struct Network {
+    lab: Lab,
+    listeners: BTreeMap<String, Listeners>,
+}
+
+impl Network {
+    fn new(bridge_nf_call: bool) -> Network {
+        let mut lab = Lab::new();
+        let switch = if bridge_nf_call { "1" } else { "0" };
+        lab.host
+            .sysctl("net.bridge.bridge-nf-call-iptables", switch);
+        lab.host
+            .sysctl("net.bridge.bridge-nf-call-ip6tables", switch);
+        lab.bridge(
+            BRIDGE,
+            &[&format!("{GATEWAY4}/24"), &format!("{GATEWAY6}/64")],
+        );
+        for (name, n) in [("proxy", 2), ("b1", 3), ("b2", 4), ("attacker", 5)] {
+            lab.container(
+                name,
+                BRIDGE,
+                &[&format!("10.20.0.{n}/24"), &format!("fd00:20::{n}/64")],
+                &[GATEWAY4, GATEWAY6],
+            );
+        }
+        let listeners = lab
+            .containers
+            .iter()
+            .map(|c| (c.name.clone(), Listeners::start(&c.ns)))
+            .collect();
+        Network { lab, listeners }
+    }
+
+    fn ns(&self, name: &str) -> &Netns {
+        &self.lab.get(name).ns
+    }
+
+    fn mac(&self, name: &str) -> Mac {
+        link_mac(self.ns(name), "eth0")
+    }
+
+    fn gateway_mac(&self) -> Mac {
+        link_mac(&self.lab.host, BRIDGE)
+    }
+
+    fn addr(&self, name: &str, v6: bool) -> IpAddr {
+        let c = self.lab.get(name);
+        if v6 { c.v6() } else { c.v4() }
+    }
+
+    /// The network as the daemon plans it: with every port bound to its container (as
+    /// the daemon binds them: the kernel's ports, matched by their peer's MAC), except
+    /// those named in `unbound`; or with none bound at all (isolation alone).
+    fn managed(&self, port_security: bool, unbound: &[&str]) -> ManagedNetwork {
+        let mut net = ManagedNetwork {
+            name: "ps".into(),
+            bridge: BRIDGE.into(),
+            subnets: vec![
+                "10.20.0.0/24".parse().unwrap(),
+                "fd00:20::/64".parse().unwrap(),
+            ],
+            whitelist: self.lab.get("proxy").addrs.iter().copied().collect(),
+            ..ManagedNetwork::default()
+        };
+        if !port_security {
+            return net;
+        }
+        let found = self
+            .lab
+            .host
+            .enter(|| bridge_ports(&[BRIDGE.to_owned()].into()).expect("bridge ports"));
+        let bridge = &found[BRIDGE];
+        net.gateway_mac = bridge.mac;
+        net.gateways = vec![GATEWAY4.parse().unwrap(), GATEWAY6.parse().unwrap()];
+        for c in &self.lab.containers {
+            if unbound.contains(&c.name.as_str()) {
+                continue;
+            }
+            let mac = self.mac(&c.name);
+            let link = bridge
+                .ports
+                .iter()
+                .find(|p| p.peer_mac == mac)
+                .unwrap_or_else(|| panic!("no port with the MAC of {}", c.name));
+            net.ports.push(Port {
+                name: link.name.clone(),
+                mac,
+                addrs: c.addrs.clone(),
+            });
+        }
+        net
+    }
+
+    fn apply(&self, net: ManagedNetwork) -> Ruleset {
+        let rs = plan(TABLE, &[net]).expect("plan");
+        let applied = rs.clone();
+        self.lab.host.enter(move || {
+            Netlink::new(BridgeNetfilter::Leave)
+                .apply(None, &applied)
+                .unwrap_or_else(|e| panic!("apply: {e}\n{applied}"))
+        });
+        rs
+    }
+
+    /// The neighbour entry of `owner` for `addr`: its MAC, if resolved.
+    fn neighbour(&self, owner: &str, addr: &str) -> Option<String> {
+        let out = self.ns(owner).ip(&["neigh", "show", addr, "dev", "eth0"]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_owned)
+    }
+
+    /// Runs the attack tool in `from`'s namespace; returns its JSON result line.
+    fn attack(&self, from: &str, args: &[&str]) -> serde_json::Value {
+        let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/attack.py");
+        let mut full = vec![tool];
+        full.extend_from_slice(args);
+        // Debian's interpreter: python3-scapy is installed for it.
+        let out = self.ns(from).exec("/usr/bin/python3", &full);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "attack {args:?}: no JSON result ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// A user-space TCP handshake from the attacker, as `claim` (MAC and address of
+    /// another container), to b1's echo port: what b1 answered.
+    fn impersonate(&self, claim: &str, v6: bool) -> serde_json::Value {
+        let mac = mac_text(&self.mac(claim));
+        let src = self.addr(claim, v6).to_string();
+        let dst = self.addr("b1", v6).to_string();
+        let dst_mac = mac_text(&self.mac("b1"));
+        let port = TCP_PORT.to_string();
+        self.attack(
+            "attacker",
+            &[
+                "handshake",
+                "--src-mac",
+                &mac,
+                "--src-ip",
+                &src,
+                "--dst-ip",
+                &dst,
+                "--dst-mac",
+                &dst_mac,
+                "--dport",
+                &port,
+                "--payload",
+                "hello b1",
+                "--timeout",
+                "2",
+            ],
+        )
+    }
+
+    fn probe(&self, from: &str, to: &str, proto: Proto, pass: bool) -> bool {
+        let timeout = if pass { PASS_TIMEOUT } else { BLOCKED_TIMEOUT };
+        let mut ok = false;
+        for v6 in [false, true] {
+            ok |= probe(self.ns(from), self.addr(to, v6), proto, timeout);
+        }
+        ok
+    }
+}
+
+fn link_mac(ns: &Netns, dev: &str) -> Mac {
+    let out = ns.ip(&["-br", "link", "show", dev]);
+    let text = out.split_whitespace().nth(2).expect("a MAC in ip -br link");
+    trafficjam::docker::parse_mac(text).unwrap_or_else(|| panic!("not a MAC: {text}"))
+}
+
+/// Proxy traffic to every backend passes, backends stay apart: the honest paths.
+fn assert_honest_paths(n: &Network, what: &str) {
+    let mut failures = Vec::new();
+    for proto in ALL_PROTOS {
+        for to in ["b1", "b2", "attacker"] {
+            if !n.probe("proxy", to, proto, true) {
+                failures.push(format!("proxy -> {to} {proto:?} blocked"));
+            }
+        }
+        if n.probe("b1", "b2", proto, false) {
+            failures.push(format!("b1 -> b2 {proto:?} passed"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{what}: {failures:?}\n{}",
+        n.lab.host.nft(&["list", "ruleset"])
+    );
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, within: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < within {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+#[test]
+fn a_backend_cannot_impersonate_the_proxy_or_the_gateway_to_open_a_connection() {
+    if !kernel_tier_available() {
+        return;
+    }
+    for bridge_nf_call in [true, false] {
+        let n = Network::new(bridge_nf_call);
+        // Control: isolation alone. The forged handshake gets the echo back.
+        n.apply(n.managed(false, &[]));
+        for v6 in [false, true] {
+            let got = n.impersonate("proxy", v6);
+            assert_eq!(
+                got["synack"], true,
+                "control (br_netfilter {bridge_nf_call}, v6 {v6}): the attack should work \
+                 without port security: {got}"
+            );
+            assert!(
+                got["data"].as_str().unwrap_or("").contains("hello b1"),
+                "control: {got}"
+            );
+        }
+        // Port security: the same frames are dropped at the attacker's port.
+        let rs = n.apply(n.managed(true, &[]));
+        for v6 in [false, true] {
+            let got = n.impersonate("proxy", v6);
+            assert_eq!(
+                got["synack"], false,
+                "br_netfilter {bridge_nf_call}, v6 {v6}: b1 answered the forged proxy: {got}\n{rs}"
+            );
+        }
+        assert_honest_paths(&n, "with port security");
+        let spoofed = n
+            .lab
+            .host
+            .enter(|| trafficjam::nft::read_counters(TABLE).expect("counters"));
+        assert!(
+            rs.spoofed("ps", &spoofed) > 0,
+            "no forged frame counted: {spoofed:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unresolved_port_cannot_claim_a_known_identity_but_may_speak_as_itself() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    // The attacker's port is not bound yet (a container that just started).
+    n.apply(n.managed(true, &["attacker"]));
+    for v6 in [false, true] {
+        let got = n.impersonate("proxy", v6);
+        assert_eq!(got["synack"], false, "v6 {v6}: {got}");
+    }
+    // Gateway identity: a handshake as the gateway's MAC and address.
+    let got = n.attack(
+        "attacker",
+        &[
+            "handshake",
+            "--src-mac",
+            &mac_text(&n.gateway_mac()),
+            "--src-ip",
+            GATEWAY4,
+            "--dst-ip",
+            &n.addr("b1", false).to_string(),
+            "--dst-mac",
+            &mac_text(&n.mac("b1")),
+            "--dport",
+            &TCP_PORT.to_string(),
+            "--timeout",
+            "2",
+        ],
+    );
+    assert_eq!(got["synack"], false, "as the gateway: {got}");
+    // As itself, it is an ordinary backend: reachable from the proxy.
+    for proto in ALL_PROTOS {
+        assert!(n.probe("proxy", "attacker", proto, true), "{proto:?}");
+    }
+}
+
+#[test]
+fn arp_poisoning_leaves_every_neighbour_table_true() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let attacker_mac = mac_text(&n.mac("attacker"));
+    // (victim, the address it must keep right, whose MAC that is)
+    let gateway_mac = mac_text(&n.gateway_mac());
+    let proxy_mac = mac_text(&n.mac("proxy"));
+    let b1_mac = mac_text(&n.mac("b1"));
+    let proxy4 = n.addr("proxy", false).to_string();
+    let b14 = n.addr("b1", false).to_string();
+    let cases = [
+        ("b1", proxy4.as_str(), proxy_mac.as_str()),
+        ("proxy", b14.as_str(), b1_mac.as_str()),
+        ("b2", GATEWAY4, gateway_mac.as_str()),
+    ];
+    let poison = |victim: &str, claim: &str| {
+        let victim_ip = n.addr(victim, false).to_string();
+        let victim_mac = mac_text(&n.mac(victim));
+        n.attack(
+            "attacker",
+            &[
+                "arp-reply",
+                "--src-mac",
+                &attacker_mac,
+                "--claim-ip",
+                claim,
+                "--target-ip",
+                &victim_ip,
+                "--target-mac",
+                &victim_mac,
+                "--count",
+                "3",
+            ],
+        );
+    };
+    let resolve = |victim: &str, addr: &str| {
+        // Any packet makes the victim resolve the address (the reply is irrelevant).
+        n.ns(victim)
+            .exec("ping", &["-n", "-q", "-c", "1", "-W", "0.5", addr]);
+    };
+
+    // Control: without port security, every entry is poisoned.
+    n.apply(n.managed(false, &[]));
+    for (victim, addr, _) in cases {
+        resolve(victim, addr);
+        poison(victim, addr);
+        assert!(
+            wait_until(
+                || n.neighbour(victim, addr).as_deref() == Some(attacker_mac.as_str()),
+                Duration::from_secs(2)
+            ),
+            "control: {victim}'s entry for {addr} was not poisoned: {:?}",
+            n.neighbour(victim, addr)
+        );
+        n.ns(victim).ip(&["neigh", "flush", "dev", "eth0"]);
+    }
+
+    n.apply(n.managed(true, &[]));
+    for (victim, addr, truth) in cases {
+        resolve(victim, addr);
+        poison(victim, addr);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            n.neighbour(victim, addr).as_deref(),
+            Some(truth),
+            "{victim}'s entry for {addr}"
+        );
+    }
+    // The proxy's requests still reach the real backend.
+    for proto in ALL_PROTOS {
+        assert!(n.probe("proxy", "b1", proto, true), "proxy -> b1 {proto:?}");
+    }
+}
+
+#[test]
+fn ipv6_neighbour_advertisements_and_router_advertisements_are_not_believed() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let attacker_mac = mac_text(&n.mac("attacker"));
+    let proxy6 = n.addr("proxy", true).to_string();
+    let b16 = n.addr("b1", true).to_string();
+    let advertise = || {
+        let attacker6 = n.addr("attacker", true).to_string();
+        n.attack(
+            "attacker",
+            &[
+                "na",
+                "--src-mac",
+                &attacker_mac,
+                "--src-ip",
+                &attacker6,
+                "--target-ip",
+                &proxy6,
+                "--dst-ip",
+                &b16,
+                "--dst-mac",
+                &mac_text(&n.mac("b1")),
+                "--count",
+                "3",
+            ],
+        );
+    };
+    let rogue_router = || {
+        n.attack(
+            "attacker",
+            &[
+                "ra",
+                "--src-mac",
+                &attacker_mac,
+                "--src-ip",
+                &trafficjam::plan::link_local(&n.mac("attacker")).to_string(),
+                "--prefix",
+                "2001:db8:bad::/64",
+            ],
+        );
+    };
+    let rogue_address = || {
+        n.ns("b1")
+            .ip(&["-6", "addr", "show", "dev", "eth0"])
+            .contains("2001:db8:bad:")
+    };
+    n.ns("b1").sysctl("net.ipv6.conf.eth0.accept_ra", "2");
+    let resolve = || {
+        n.ns("b1")
+            .exec("ping", &["-n", "-q", "-c", "1", "-W", "0.5", &proxy6]);
+    };
+
+    n.apply(n.managed(false, &[]));
+    resolve();
+    advertise();
+    assert!(
+        wait_until(
+            || n.neighbour("b1", &proxy6).as_deref() == Some(attacker_mac.as_str()),
+            Duration::from_secs(2)
+        ),
+        "control: the advertisement did not poison b1: {:?}",
+        n.neighbour("b1", &proxy6)
+    );
+    rogue_router();
+    assert!(
+        wait_until(rogue_address, Duration::from_secs(3)),
+        "control: the rogue router advertisement gave b1 no address"
+    );
+    n.ns("b1").ip(&["neigh", "flush", "dev", "eth0"]);
+    n.ns("b1")
+        .ip(&["-6", "addr", "flush", "dev", "eth0", "dynamic"]);
+
+    n.apply(n.managed(true, &[]));
+    resolve();
+    advertise();
+    rogue_router();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        n.neighbour("b1", &proxy6),
+        Some(mac_text(&n.mac("proxy"))),
+        "b1's entry for the proxy"
+    );
+    assert!(!rogue_address(), "b1 took an address from the rogue router");
+    // Honest IPv6 neighbour discovery and duplicate address detection still work.
+    n.ns("b2")
+        .ip(&["addr", "add", "fd00:20::44/64", "dev", "eth0"]);
+    assert!(
+        wait_until(
+            || {
+                let out = n.ns("b2").ip(&["-6", "addr", "show", "dev", "eth0"]);
+                out.contains("fd00:20::44") && !out.contains("tentative")
+            },
+            Duration::from_secs(4)
+        ),
+        "duplicate address detection never finished"
+    );
+    assert_honest_paths(&n, "after the IPv6 attacks");
+}
+
+#[test]
+fn forged_source_datagrams_are_not_delivered() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let forge = |v6: bool| {
+        n.attack(
+            "attacker",
+            &[
+                "udp",
+                "--src-mac",
+                &mac_text(&n.mac("attacker")),
+                "--src-ip",
+                &n.addr("proxy", v6).to_string(),
+                "--dst-ip",
+                &n.addr("b1", v6).to_string(),
+                "--dst-mac",
+                &mac_text(&n.mac("b1")),
+                "--dport",
+                &UDP_PORT.to_string(),
+                "--count",
+                "5",
+            ],
+        );
+    };
+    let delivered = |v6| n.listeners["b1"].udp_count_from(n.addr("proxy", v6));
+    n.apply(n.managed(false, &[]));
+    for v6 in [false, true] {
+        forge(v6);
+        assert!(
+            wait_until(|| delivered(v6) > 0, Duration::from_secs(2)),
+            "control: forged datagrams (v6 {v6}) never arrived"
+        );
+    }
+    n.apply(n.managed(true, &[]));
+    let before = [delivered(false), delivered(true)];
+    for v6 in [false, true] {
+        forge(v6);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        [delivered(false), delivered(true)],
+        before,
+        "forged datagrams delivered"
+    );
+}
+
+/// What `nft -f` makes of our rendered text (every set kind, bound ports) is what our
+/// netlink batch installs, and a read-back finds no drift.
+#[test]
+fn port_security_text_and_batch_install_the_same_ruleset() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let rs = n.apply(n.managed(true, &["b2"]));
+    let problems = {
+        let rs = rs.clone();
+        n.lab
+            .host
+            .enter(move || trafficjam::nft::drift(&rs).expect("read back"))
+    };
+    assert!(problems.is_empty(), "drift: {problems:?}");
+    let ours = n.lab.host.nft(&["-s", "list", "ruleset"]);
+    let other = Netns::new("text");
+    let path = std::env::temp_dir().join(format!("{}.nft", other.name));
+    std::fs::write(&path, rs.to_string()).unwrap();
+    let loaded = other.exec("nft", &["-f", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    assert!(
+        loaded.status.success(),
+        "nft -f refused our text: {}\n{rs}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let theirs = other.nft(&["-s", "list", "ruleset"]);
+    assert_eq!(ours, theirs, "netlink batch and nft text differ");
+}
