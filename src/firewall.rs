@@ -61,6 +61,9 @@ pub enum TableChange {
 /// Receives [`TableChange`]s; returning false ends the watch.
 pub type ChangeReport = Box<dyn FnMut(TableChange) -> bool + Send>;
 
+/// Hears that a bridge's ports may have changed; returning false ends the watch.
+pub type PortsReport = Box<dyn FnMut() -> bool + Send>;
+
 /// Every effect trafficjam has on the kernel. Implementations touch only the tables named
 /// by the rulesets and table names they are given.
 pub trait Firewall: Send + 'static {
@@ -95,6 +98,11 @@ pub trait Firewall: Send + 'static {
         &mut self,
         bridges: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, BridgePorts>, NftError>;
+
+    /// Starts watching the links: `report` hears of every port added to, changed on or
+    /// removed from any bridge (the moment a container's interface appears, before Docker
+    /// says anything), from a thread of the watch's own, until it returns false.
+    fn watch_ports(&mut self, report: PortsReport) -> Result<(), NftError>;
 
     /// Starts watching the ruleset: `report` hears of every change another process makes
     /// to tables of ours, from a thread of the watch's own, until it returns false.
@@ -143,6 +151,8 @@ impl Worker {
 pub struct FakeKernel {
     /// The watch the daemon started, to report changes "made by another process".
     pub watch: Option<ChangeReport>,
+    /// The link watch the daemon started, to report ports "moved by Docker".
+    pub watch_ports: Option<PortsReport>,
     /// Our tables as the simulated kernel holds them (None: absent).
     pub installed: Option<Ruleset>,
     /// Every apply, in order.
@@ -283,6 +293,11 @@ impl Firewall for Fake {
             .filter(|(b, _)| bridges.contains(*b))
             .map(|(b, p)| (b.clone(), p.clone()))
             .collect())
+    }
+
+    fn watch_ports(&mut self, report: PortsReport) -> Result<(), NftError> {
+        self.kernel().watch_ports = Some(report);
+        Ok(())
     }
 
     fn watch(&mut self, report: ChangeReport) -> Result<(), NftError> {

@@ -907,3 +907,48 @@ fn bridge_ports_map_host_ports_to_their_peers_macs() {
     assert_eq!(got["br-ports"], want_ports);
     assert_eq!(got["br-other"], want_other);
 }
+
+/// A port joining or leaving a bridge is announced at once (the daemon binds it without
+/// waiting for Docker); a link that joins no bridge is not.
+#[test]
+fn port_changes_are_announced() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use trafficjam::nft::{subscribe_links, watch_links};
+
+    if !kernel_tier_available() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.bridge("br-watch", &[]);
+    let (tx, rx) = mpsc::channel();
+    let sock = lab.host.enter(|| subscribe_links().expect("subscribe"));
+    std::thread::spawn(move || watch_links(&sock, || tx.send(()).is_ok()));
+    let drain =
+        |rx: &mpsc::Receiver<()>| while rx.recv_timeout(Duration::from_millis(200)).is_ok() {};
+    drain(&rx);
+
+    lab.host.ip(&[
+        "link",
+        "add",
+        "vlone",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vlone-peer",
+    ]);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a link outside any bridge was announced"
+    );
+    lab.container("c1", "br-watch", &["10.30.0.2/24"], &[]);
+    rx.recv_timeout(Duration::from_secs(1))
+        .expect("a new port was not announced");
+    drain(&rx);
+    let port = lab.host.ip(&["-br", "link", "show", "master", "br-watch"]);
+    let port = port.split(['@', ' ']).next().expect("a port").to_owned();
+    lab.host.ip(&["link", "del", &port]);
+    rx.recv_timeout(Duration::from_secs(1))
+        .expect("a removed port was not announced");
+}

@@ -377,6 +377,13 @@ impl Daemon {
         if let Err(e) = self.firewall.call(move |fw| fw.watch(report)).await {
             warn!("cannot watch the ruleset ({e}): tampering is repaired at the next resync only");
         }
+        // A container's port appears before Docker reports the container: binding it
+        // (port security) and reading its endpoint start from the kernel's notice.
+        let tx = self.tx.clone();
+        let report = Box::new(move || tx.send(Msg::Changed(None)).is_ok());
+        if let Err(e) = self.firewall.call(move |fw| fw.watch_ports(report)).await {
+            warn!("cannot watch the links ({e}): ports are bound on Docker's events only");
+        }
     }
 
     /// Writes the state directory when what it should hold changed.

@@ -35,11 +35,11 @@ pub use bridge::{BridgeNetfilter, bridge_filtering, set_nf_call};
 pub use dump::{
     InstalledRuleset, InstalledTable, OWNER_MARK, read_counters, read_installed, table_owners,
 };
-pub use ports::{BridgePorts, PortLink, bridge_ports};
+pub use ports::{BridgePorts, PortLink, bridge_ports, subscribe_links, watch_links};
 use tracing::warn;
 
 use crate::firewall::{
-    ApplyReport, BatchKind, BridgeFiltering, ChangeReport, Firewall, TableChange,
+    ApplyReport, BatchKind, BridgeFiltering, ChangeReport, Firewall, PortsReport, TableChange,
 };
 use crate::plan::{
     Change, Counters, Dir, Element, EtherType, Family, Field, Hook, IpVersion, Match, Ruleset, Set,
@@ -164,6 +164,31 @@ impl Firewall for Netlink {
         bridges: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, BridgePorts>, NftError> {
         bridge_ports(bridges)
+    }
+
+    fn watch_ports(&mut self, mut report: PortsReport) -> Result<(), NftError> {
+        // Subscribed before this returns, in the caller's namespace (the thread inherits it).
+        let mut sock = subscribe_links()?;
+        std::thread::Builder::new()
+            .name("link-monitor".into())
+            .spawn(move || {
+                loop {
+                    match watch_links(&sock, &mut report) {
+                        Ok(()) => return,
+                        Err(e) => warn!("watching the links failed ({e}); subscribing again"),
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    match subscribe_links() {
+                        Ok(s) => sock = s,
+                        Err(e) => warn!("cannot subscribe to link changes ({e})"),
+                    }
+                    if !report() {
+                        return;
+                    }
+                }
+            })
+            .map_err(NftError::Socket)?;
+        Ok(())
     }
 
     fn watch(&mut self, mut report: ChangeReport) -> Result<(), NftError> {

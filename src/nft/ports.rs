@@ -378,6 +378,59 @@ fn answer_is_peer(peer: &Link, port: &Link, index: u32, nsid: i32) -> bool {
     peer.index == index && peer.target_netnsid == Some(nsid) && peer.is_peer_of(port)
 }
 
+/// The rtnetlink multicast group of link changes (RTNLGRP_LINK).
+const RTNLGRP_LINK: u32 = 1;
+
+/// A socket subscribed to link changes in the calling thread's network namespace.
+pub fn subscribe_links() -> Result<OwnedFd, NftError> {
+    let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
+    nix::sys::socket::bind(
+        sock.as_raw_fd(),
+        &nix::sys::socket::NetlinkAddr::new(0, 1 << (RTNLGRP_LINK - 1)),
+    )
+    .map_err(|e| NftError::Socket(e.into()))?;
+    Ok(sock)
+}
+
+/// Whether a link notification may change a bridge's ports: a link enslaved to a master
+/// (a port added, or changed), or a link deleted.
+fn moves_ports(answer: &Answer<'_>) -> bool {
+    match answer.kind {
+        libc::RTM_DELLINK => true,
+        libc::RTM_NEWLINK => parse_link(answer.body).is_some_and(|l| l.master.is_some()),
+        _ => false,
+    }
+}
+
+/// Reads link notifications from `sock` (see [`subscribe_links`]) and calls `report` after
+/// every datagram that may have moved a bridge port (and when notifications were lost),
+/// until it returns false.
+pub fn watch_links(sock: &OwnedFd, mut report: impl FnMut() -> bool) -> Result<(), NftError> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            // Notifications were lost: anything may have moved.
+            Err(Errno::ENOBUFS) => {
+                if !report() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(NftError::Receive(e.into())),
+        };
+        let mut moved = false;
+        parse_answers::<()>(&buf[..n], &mut |answer| {
+            moved |= moves_ports(&answer);
+            None
+        });
+        if moved && !report() {
+            return Ok(());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::Emitable;
