@@ -99,6 +99,28 @@ pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
         .collect()
 }
 
+/// The endpoints of the containers in `matching` (id -> name, as `docker ps` listed them).
+/// While a container starts, Docker 28 may list its endpoint under `ep-<endpoint id>`
+/// instead of the container's id: the endpoint's name (the container's, unique among
+/// containers) still tells whose it is.
+fn whitelisted_of(endpoints: &[Endpoint], matching: &HashMap<String, String>) -> Vec<Endpoint> {
+    endpoints
+        .iter()
+        .filter_map(|e| {
+            let (id, name) = matching.get_key_value(&e.container_id).or_else(|| {
+                matching
+                    .iter()
+                    .find(|(_, name)| !name.is_empty() && **name == e.container_name)
+            })?;
+            Some(Endpoint {
+                container_id: id.clone(),
+                container_name: name.clone(),
+                ..e.clone()
+            })
+        })
+        .collect()
+}
+
 /// Parses Docker's `02:42:ac:11:00:02`.
 pub fn parse_mac(text: &str) -> Option<Mac> {
     let mut mac = [0u8; 6];
@@ -292,16 +314,7 @@ impl DockerClient {
             })
             .collect();
         endpoints.sort_by(|a, b| a.container_name.cmp(&b.container_name));
-        let whitelisted = endpoints
-            .iter()
-            .filter_map(|e| {
-                let name = matching.get(&e.container_id)?;
-                Some(Endpoint {
-                    container_name: name.clone(),
-                    ..e.clone()
-                })
-            })
-            .collect();
+        let whitelisted = whitelisted_of(&endpoints, &matching);
         Ok((whitelisted, endpoints))
     }
 
@@ -370,6 +383,25 @@ mod tests {
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             mac: None,
         }
+    }
+
+    #[test]
+    fn a_starting_container_is_known_by_its_endpoint_name() {
+        let mut starting = endpoint("ep-0a1b2c", &["172.20.0.9"]);
+        starting.container_name = "proxy".into();
+        let mut other = endpoint("ep-ffff", &["172.20.0.8"]);
+        other.container_name = "backend".into();
+        let running = endpoint("c2", &["172.20.0.3"]);
+        let matching = HashMap::from([
+            ("c1".to_owned(), "proxy".to_owned()),
+            ("c2".to_owned(), "name-c2".to_owned()),
+        ]);
+        let got = whitelisted_of(&[starting, other, running], &matching);
+        let ids: Vec<(&str, &str)> = got
+            .iter()
+            .map(|e| (e.container_id.as_str(), e.container_name.as_str()))
+            .collect();
+        assert_eq!(ids, [("c1", "proxy"), ("c2", "name-c2")]);
     }
 
     #[test]
