@@ -566,3 +566,82 @@ fn port_security_text_and_batch_install_the_same_ruleset() {
     let theirs = other.nft(&["-s", "list", "ruleset"]);
     assert_eq!(ours, theirs, "netlink batch and nft text differ");
 }
+
+/// A backend answering as a DHCP or DHCPv6 server: what reaches another backend's
+/// interface, counted there. With br_netfilter on, the stateful chain already drops a
+/// backend's broadcasts; without it (the control), only port security stops them.
+#[test]
+fn dhcp_server_messages_do_not_leave_the_port() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(false);
+    let attacker_mac = mac_text(&n.mac("attacker"));
+    let received = |n: &Network| -> (u64, u64) {
+        let ready = std::env::temp_dir().join(format!("{}-sniff", n.ns("b1").name));
+        std::fs::remove_file(&ready).ok();
+        let ns = n.ns("b1").handle();
+        let ready_path = ready.to_str().unwrap().to_owned();
+        let sniffer = std::thread::spawn(move || {
+            let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/attack.py");
+            let out = ns.exec(
+                "/usr/bin/python3",
+                &[
+                    tool,
+                    "sniff-count",
+                    "--filter",
+                    "udp src port 67 or udp src port 547",
+                    "--timeout",
+                    "3",
+                    "--ready-file",
+                    &ready_path,
+                ],
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let last = stdout.lines().last().unwrap_or_default().to_owned();
+            serde_json::from_str::<serde_json::Value>(&last)
+                .unwrap_or_else(|e| panic!("sniff-count: {e}: {stdout}"))["count"]
+                .as_u64()
+                .expect("a count")
+        });
+        assert!(
+            wait_until(|| ready.exists(), Duration::from_secs(3)),
+            "the sniffer did not start"
+        );
+        let attacker4 = n.addr("attacker", false).to_string();
+        let sent4 = n.attack(
+            "attacker",
+            &[
+                "dhcp-offer",
+                "--src-mac",
+                &attacker_mac,
+                "--src-ip",
+                &attacker4,
+            ],
+        );
+        let attacker6 = n.addr("attacker", true).to_string();
+        let sent6 = n.attack(
+            "attacker",
+            &[
+                "dhcp6-advertise",
+                "--src-mac",
+                &attacker_mac,
+                "--src-ip",
+                &attacker6,
+            ],
+        );
+        assert_eq!(
+            (sent4["sent"].as_u64(), sent6["sent"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let total = sniffer.join().expect("sniffer");
+        std::fs::remove_file(&ready).ok();
+        (total, 2)
+    };
+    n.apply(n.managed(false, &[]));
+    let (got, sent) = received(&n);
+    assert_eq!(got, sent, "control: both server messages reach b1");
+    n.apply(n.managed(true, &[]));
+    let (got, _) = received(&n);
+    assert_eq!(got, 0, "a DHCP server message reached b1");
+}

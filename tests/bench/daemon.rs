@@ -6,6 +6,8 @@
 //!   returning to the first successful connection from that container to a backend;
 //! - first connection of a new proxy: one TCP connection (no retry) as the container's
 //!   first action, timed inside the container (`busybox time`, 10 ms resolution);
+//! - port binding: from the moment a new container's port joins the bridge (polled in the
+//!   kernel) to the moment port security holds it in the network's `ports_` set;
 //! - tampering: another process deletes a whitelist element or the whole table; the time
 //!   until our tables are back (seen from outside, polling `nft`), and the daemon's own
 //!   figure from the notification to the committed repair;
@@ -128,6 +130,56 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // Port security: a new container's port joins the bridge, then is bound.
+    let network_id = docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
+    let bridge = format!("br-{}", &network_id[..12]);
+    let bridges = std::collections::BTreeSet::from([bridge.clone()]);
+    let ports_set = format!("ports_{net}");
+    let port_names = || -> Vec<String> {
+        trafficjam::nft::bridge_ports(&bridges)
+            .expect("bridge ports")
+            .get(&bridge)
+            .map(|b| b.ports.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    let bound = |port: &str| -> bool {
+        let key = trafficjam::plan::Element::Port(port.to_owned()).key_bytes();
+        trafficjam::nft::read_installed(&lab.table)
+            .expect("read back")
+            .tables
+            .get(&trafficjam::plan::Family::Bridge)
+            .and_then(|t| t.sets.get(&ports_set))
+            .is_some_and(|elements| elements.contains(&key))
+    };
+    let mut binding = Vec::new();
+    for i in 0..runs {
+        let before = port_names();
+        let name = lab.name(&format!("bound{i}"));
+        let mut run = std::process::Command::new("docker")
+            .args(["run", "-d", "--name", &name, "--network", &net, IMAGE])
+            .args(SERVER)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("docker run");
+        let started = Instant::now();
+        let (port, appeared) = loop {
+            if let Some(p) = port_names().into_iter().find(|p| !before.contains(p)) {
+                break (p, Instant::now());
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no new port");
+        };
+        while !bound(&port) {
+            assert!(
+                appeared.elapsed() < Duration::from_secs(10),
+                "{port} never bound"
+            );
+        }
+        binding.push(appeared.elapsed().as_secs_f64() * 1e3);
+        assert!(run.wait().expect("docker run").success());
+        docker_ok(&["rm", "-f", &name]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Tampering by another process, repaired from the kernel's notification.
     let intact = lab.tables_listing();
     let mut repaired = Vec::new();
@@ -178,6 +230,10 @@ fn main() {
     summary(
         "new proxy's first connection (no retry), inside the container",
         first_connections,
+    );
+    summary(
+        "a container's port joins the bridge → bound (port security)",
+        binding,
     );
     summary(
         "tampering (nft delete/flush table) → our tables back, seen from outside",
