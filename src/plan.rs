@@ -1729,6 +1729,121 @@ mod tests {
         assert_eq!(empty.change_from(Some(&base)), Change::Full);
     }
 
+    fn set<'a>(rs: &'a Ruleset, name: &str) -> &'a Set {
+        rs.table(Family::Bridge)
+            .unwrap()
+            .sets
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no set {name}"))
+    }
+
+    #[test]
+    fn a_bound_port_may_speak_only_as_its_container_and_nobody_else_may() {
+        let mut n = public();
+        let mac = [0x02, 0x42, 0xac, 0x14, 0x00, 0x02];
+        n.ports = vec![
+            Port {
+                name: "veth1".into(),
+                mac,
+                addrs: vec!["172.20.0.2".parse().unwrap(), "fd00:20::2".parse().unwrap()],
+            },
+            // Not an interface name: never bound (it stays a port of unknown identity).
+            Port {
+                name: "bad/name".into(),
+                mac: [2, 0, 0, 0, 0, 9],
+                addrs: vec!["172.20.0.9".parse().unwrap()],
+            },
+        ];
+        n.gateway_mac = Some([0x02, 0x42, 0, 0, 0, 1]);
+        n.gateways = vec!["172.20.0.1".parse().unwrap()];
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        let link_local: IpAddr = "fe80::42:acff:fe14:2".parse().unwrap();
+        assert_eq!(link_local, super::link_local(&mac));
+        let port = |a: &str| Element::PortIp("veth1".into(), a.parse().unwrap());
+        assert_eq!(
+            set(&rs, "ports_public").elements,
+            BTreeSet::from([Element::Port("veth1".into())])
+        );
+        assert_eq!(
+            set(&rs, "pmac_public").elements,
+            BTreeSet::from([Element::PortMac("veth1".into(), mac)])
+        );
+        assert_eq!(
+            set(&rs, "pip4_public").elements,
+            BTreeSet::from([port("172.20.0.2")])
+        );
+        let own6 = BTreeSet::from([port("fd00:20::2"), port("fe80::42:acff:fe14:2")]);
+        assert_eq!(set(&rs, "pip6_public").elements, own6);
+        assert_eq!(set(&rs, "pna_public").elements, own6);
+        // Known identities: the bound container's and the gateway's.
+        assert_eq!(
+            set(&rs, "idmac_public").elements,
+            BTreeSet::from([Element::Mac(mac), Element::Mac([0x02, 0x42, 0, 0, 0, 1])])
+        );
+        assert_eq!(
+            set(&rs, "idip4_public").elements,
+            BTreeSet::from([
+                Element::Ip("172.20.0.1".parse().unwrap()),
+                Element::Ip("172.20.0.2".parse().unwrap())
+            ])
+        );
+        assert_eq!(set(&rs, "idip6_public").elements.len(), 3);
+        assert_eq!(rs.bound_ports("public"), 1);
+        let prerouting: Vec<String> = chain(&rs, Family::Bridge, "prerouting")
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(
+            prerouting,
+            [
+                "iifname @ports_public goto port_public",
+                "jump claims_public"
+            ]
+        );
+        assert_eq!(
+            chain(&rs, Family::Bridge, "prerouting").base,
+            Some(BaseChain {
+                hook: Hook::Prerouting,
+                priority: PORT_PRIORITY
+            })
+        );
+        // Every chain of port security counts its drops as forged frames.
+        let counters: Counters = rs.networks[0]
+            .spoof_chains
+            .iter()
+            .map(|c| (c.clone(), 1))
+            .collect();
+        assert_eq!(rs.spoofed("public", &counters), 7);
+        for (family, name) in &rs.networks[0].spoof_chains {
+            chain(&rs, *family, name);
+        }
+    }
+
+    #[test]
+    fn set_keys_are_laid_out_as_the_kernel_concatenates_them() {
+        let mac = [1, 2, 3, 4, 5, 6];
+        let port = Element::PortMac("v1".into(), mac).key_bytes();
+        assert_eq!(port.len() as u32, SetKey::IfnameEther.key_len());
+        assert_eq!(&port[..3], b"v1\0");
+        assert_eq!(&port[16..], &[1, 2, 3, 4, 5, 6, 0, 0]);
+        let v4 = Element::PortIp("v1".into(), "10.0.0.1".parse().unwrap()).key_bytes();
+        assert_eq!(v4.len() as u32, SetKey::IfnameIpv4.key_len());
+        let v6 = Element::PortIp("v1".into(), "fd00::1".parse().unwrap()).key_bytes();
+        assert_eq!(v6.len() as u32, SetKey::IfnameRaw128.key_len());
+        assert_eq!(
+            Element::Mac(mac).key_bytes().len() as u32,
+            SetKey::Ether.key_len()
+        );
+        assert_eq!(SetKey::IfnameEther.type_id(), (41 << 6) | 9);
+        // The raw 128-bit target reads as nft prints it.
+        assert_eq!(
+            Element::Ip("fd00::1".parse().unwrap()).text(SetKey::Raw128),
+            "0xfd000000000000000000000000000001"
+        );
+    }
+
     #[test]
     fn network_names_follow_docker_within_what_nftables_carries() {
         assert!(valid_network_name("traefik_public"));

@@ -74,16 +74,30 @@ struct Machine {
 }
 
 impl Machine {
+    /// Boots `root` in the test's network namespace, with the Docker socket bound in and
+    /// CAP_NET_ADMIN for trafficjam's nftables and bridges.
     fn boot(root: &Path, docker_socket: &str) -> Machine {
-        let name = format!("tjsys{}", std::process::id());
+        Machine::boot_with(
+            root,
+            "tjsys",
+            &[
+                "--capability=CAP_NET_ADMIN".into(),
+                format!("--bind={docker_socket}:/run/docker.sock"),
+            ],
+            &[],
+        )
+    }
+
+    /// Boots `root` with `args` added to systemd-nspawn's and `env` in its environment.
+    fn boot_with(root: &Path, role: &str, args: &[String], env: &[(&str, &str)]) -> Machine {
+        let name = format!("{role}{}", std::process::id());
         let nspawn = Command::new("systemd-nspawn")
             .args(["--boot", "--keep-unit", "--register=no", "--quiet"])
             .arg(format!("--machine={name}"))
             .arg("-D")
             .arg(root)
-            // The host network; CAP_NET_ADMIN for trafficjam's nftables and bridges.
-            .arg("--capability=CAP_NET_ADMIN")
-            .arg(format!("--bind={docker_socket}:/run/docker.sock"))
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -168,18 +182,18 @@ impl Drop for Machine {
     }
 }
 
-fn table_present() -> bool {
-    run(Command::new("nft").args(["list", "table", "inet", "trafficjam"]))
-        .status
-        .success()
+/// `packaging/build-deb` (the README's command), once for every test of the tier.
+fn built_deb() -> PathBuf {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| {
+        let deb = ok(&mut Command::new(repo().join("packaging/build-deb")));
+        PathBuf::from(deb.lines().last().unwrap())
+    })
+    .clone()
 }
 
-#[test]
-fn deb_installed_and_run_under_a_booted_systemd() {
-    if !docker_tier_available() {
-        return;
-    }
-    let _engine = engine_shared();
+/// The system tier's tools, or why it cannot run.
+fn system_tier_available() -> bool {
     let missing: Vec<&str> = [
         "debootstrap",
         "systemd-nspawn",
@@ -195,10 +209,25 @@ fn deb_installed_and_run_under_a_booted_systemd() {
             .success()
     })
     .collect();
-    if !common::tier_runs(
+    common::tier_runs(
         (!missing.is_empty())
             .then(|| format!("the system tier needs {missing:?} (tests/run-all installs them)")),
-    ) {
+    )
+}
+
+fn table_present() -> bool {
+    run(Command::new("nft").args(["list", "table", "inet", "trafficjam"]))
+        .status
+        .success()
+}
+
+#[test]
+fn deb_installed_and_run_under_a_booted_systemd() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    if !system_tier_available() {
         return;
     }
     assert!(
@@ -220,8 +249,7 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     let _cleanup = Cleanup(work.clone());
 
     // The packages, with the README's command; lintian and rpmlint on them.
-    let deb = ok(&mut Command::new(repo().join("packaging/build-deb")));
-    let deb = PathBuf::from(deb.lines().last().unwrap());
+    let deb = built_deb();
     let lint = run(Command::new("lintian")
         .args(["--fail-on", "error,warning"])
         .arg(&deb));
@@ -411,4 +439,209 @@ fn deb_installed_and_run_under_a_booted_systemd() {
         !machine.sh("getent passwd trafficjam").status.success(),
         "purge left the user"
     );
+}
+
+/// The base rootfs with Debian 12's Docker engine (`docker.io`) installed and enabled, the
+/// busybox binary for a test image, and what the engine needs to run under nspawn:
+/// nspawn mounts the cgroup v1 hierarchies read-only, and the engine writes them.
+fn rootfs_with_docker(work: &Path) -> PathBuf {
+    let cached = Path::new("/var/tmp/trafficjam-system-docker");
+    let marker = cached.join(".complete");
+    let wanted = format!("{INCLUDE},docker.io");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = std::fs::remove_dir_all(cached);
+        let base = rootfs(work);
+        ok(Command::new("mv").arg(&base).arg(cached));
+        let host =
+            std::env::var("TRAFFICJAM_HOST_NETNS").unwrap_or_else(|_| "/proc/1/ns/net".into());
+        ok(Command::new("nsenter")
+            .arg(format!("--net={host}"))
+            .args([
+                "systemd-nspawn",
+                "--quiet",
+                "--register=no",
+                "--keep-unit",
+                "--pipe",
+            ])
+            .arg("-D")
+            .arg(cached)
+            .args([
+                "/bin/sh",
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                 --no-install-recommends docker.io >/dev/null && apt-get clean",
+            ]));
+        std::fs::write(&marker, &wanted).unwrap();
+    }
+    let root = work.join("rootfs-docker");
+    ok(Command::new("cp").arg("-a").arg(cached).arg(&root));
+    let dropin = root.join("etc/systemd/system/docker.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("nspawn-cgroups.conf"),
+        "[Service]\nExecStartPre=/bin/sh -c 'mount -o remount,rw /sys/fs/cgroup; \
+         for c in /sys/fs/cgroup/*/; do mount -o remount,rw,bind \"$c\"; done'\n",
+    )
+    .unwrap();
+    let busybox = ok(Command::new("sh").args(["-c", "command -v busybox"]));
+    std::fs::copy(busybox, root.join("root/busybox")).unwrap();
+    root
+}
+
+/// Boots a machine with its own Docker engine in network namespace `netns` (a fresh one
+/// is a fresh kernel network state: no bridges, no tables, as after a reboot).
+fn boot_docker_machine(root: &Path, netns: &common::Netns) -> Machine {
+    Machine::boot_with(
+        root,
+        "tjboot",
+        &[
+            format!("--network-namespace-path=/run/netns/{}", netns.name),
+            // The engine needs everything a container manager needs.
+            "--capability=all".into(),
+            "--system-call-filter=add_key keyctl bpf".into(),
+        ],
+        // /proc/sys and /sys writable: the engine sets sysctls and cgroups.
+        &[("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "1")],
+    )
+}
+
+/// The issue's reboot: trafficjam and Docker both under the machine's systemd, containers
+/// with restart policies, a backend that tries to reach another every 50 ms from its
+/// first moment. After a reboot (a fresh kernel network state, both services started as
+/// systemd orders them, a configuration broken meanwhile), it never gets through; the
+/// same sequence without trafficjam lets it through (the control).
+#[test]
+fn a_reboot_under_systemd_never_opens_an_isolated_network() {
+    if !common::kernel_tier_available() || !system_tier_available() {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("tj-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(work.clone());
+    let deb = built_deb();
+    let root = rootfs_with_docker(&work);
+    std::fs::copy(&deb, root.join("root").join(deb.file_name().unwrap())).unwrap();
+    let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
+
+    let mut netns = common::Netns::new("boot");
+    let machine = boot_docker_machine(&root, &netns);
+    machine.wait_for(
+        "docker active",
+        "systemctl is-active docker",
+        Duration::from_secs(60),
+    );
+    machine.sh_ok(
+        "d=$(mktemp -d) && mkdir $d/bin && cp /root/busybox $d/bin/ && \
+         for a in sh nc sleep date grep echo; do ln -s busybox $d/bin/$a; done && \
+         tar -C $d -c . | docker import - tj/busybox >/dev/null && \
+         docker network create --subnet 10.231.0.0/24 web >/dev/null",
+    );
+    let server = "tj/busybox nc -ll -p 8080 -e /bin/echo pong";
+    machine.sh_ok(&format!(
+        "docker run -d --name proxy --restart always --network web --ip 10.231.0.2 {server} && \
+         docker run -d --name b --restart always --network web --ip 10.231.0.3 {server} && \
+         docker run -d --name a --restart always --network web --ip 10.231.0.4 tj/busybox \
+           sh -c 'while :; do if nc -w 1 10.231.0.3 8080 </dev/null | grep -q pong; then \
+           echo LEAK $(date +%s); fi; sleep 0.05; done'"
+    ));
+    let leaks_since = |machine: &Machine, since: u64| -> usize {
+        let logs = machine.sh_ok("docker logs a 2>&1");
+        logs.lines()
+            .filter_map(|l| l.strip_prefix("LEAK "))
+            .filter_map(|t| t.trim().parse::<u64>().ok())
+            .filter(|t| *t >= since)
+            .count()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // Control: Docker alone, a reaches b.
+    machine.wait_for(
+        "control: a reaches b without trafficjam",
+        "docker logs a 2>&1 | grep -q LEAK",
+        Duration::from_secs(10),
+    );
+
+    // trafficjam installed, the network configured in TOML: a stops reaching b.
+    machine.sh_ok(&format!(
+        "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ./{deb_name} >/dev/null && \
+         printf '[network.web]\\nwhitelist = \"name=proxy\"\\n' > /etc/trafficjam/50-web.toml && \
+         systemctl reload trafficjam"
+    ));
+    machine.wait_for(
+        "web isolated, proxy whitelisted",
+        "trafficjam status | grep -q 'whitelisted: proxy'",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let isolated_at = now();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        leaks_since(&machine, isolated_at),
+        0,
+        "a reached b under trafficjam"
+    );
+    machine.sh_ok("docker exec proxy nc -w 2 10.231.0.3 8080 | grep -q pong");
+
+    // Meanwhile the configuration breaks; then the machine reboots: a fresh kernel
+    // network state, our service before Docker, Docker restarting every container.
+    std::fs::write(
+        root.join("etc/trafficjam/50-web.toml"),
+        "[network.web]\nwhitelist = []\n",
+    )
+    .unwrap();
+    drop(machine);
+    netns = common::Netns::new("boot");
+    let rebooted_at = now();
+    let machine = boot_docker_machine(&root, &netns);
+    machine.wait_for(
+        "a restarted by its policy",
+        "docker inspect -f '{{.State.Running}}' a | grep -q true",
+        Duration::from_secs(60),
+    );
+    let order = machine.sh_ok(
+        "systemctl show -p ActiveEnterTimestampMonotonic --value trafficjam; \
+         systemctl show -p ExecMainStartTimestampMonotonic --value docker",
+    );
+    let order: Vec<u64> = order.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert!(
+        order[0] > 0 && order[0] <= order[1],
+        "trafficjam was not ready before Docker started: {order:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        leaks_since(&machine, rebooted_at),
+        0,
+        "a reached b during or after the reboot:\n{}",
+        machine.journal()
+    );
+    // The broken file is named, the last good configuration runs, the proxy is back.
+    let journal = machine.journal();
+    assert!(
+        journal.contains("running the last good one")
+            && journal.contains("/etc/trafficjam/50-web.toml:2:13:"),
+        "{journal}"
+    );
+    machine.wait_for(
+        "degraded, said so",
+        "trafficjam status | grep -q degraded",
+        Duration::from_secs(10),
+    );
+    machine.wait_for(
+        "the proxy whitelisted again once Docker answered",
+        "docker exec proxy nc -w 1 10.231.0.3 8080 | grep -q pong",
+        Duration::from_secs(20),
+    );
+    assert_eq!(leaks_since(&machine, rebooted_at), 0, "a reached b");
+    drop(machine);
+    drop(netns);
 }
