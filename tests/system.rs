@@ -545,13 +545,13 @@ fn a_reboot_under_systemd_never_opens_an_isolated_network() {
     let server = "tj/busybox nc -ll -p 8080 -e /bin/echo pong";
     machine.sh_ok(&format!(
         "docker run -d --name proxy --restart always --network web --ip 10.231.0.2 {server} && \
-         docker run -d --name b --restart always --network web --ip 10.231.0.3 {server} && \
-         docker run -d --name a --restart always --network web --ip 10.231.0.4 tj/busybox \
+         docker run -d --name target --restart always --network web --ip 10.231.0.3 {server} && \
+         docker run -d --name prober --restart always --network web --ip 10.231.0.4 tj/busybox \
            sh -c 'while :; do if nc -w 1 10.231.0.3 8080 </dev/null | grep -q pong; then \
            echo LEAK $(date +%s); fi; sleep 0.05; done'"
     ));
     let leaks_since = |machine: &Machine, since: u64| -> usize {
-        let logs = machine.sh_ok("docker logs a 2>&1");
+        let logs = machine.sh_ok("docker logs prober 2>&1");
         logs.lines()
             .filter_map(|l| l.strip_prefix("LEAK "))
             .filter_map(|t| t.trim().parse::<u64>().ok())
@@ -566,8 +566,8 @@ fn a_reboot_under_systemd_never_opens_an_isolated_network() {
     };
     // Control: Docker alone, a reaches b.
     machine.wait_for(
-        "control: a reaches b without trafficjam",
-        "docker logs a 2>&1 | grep -q LEAK",
+        "control: the prober reaches its target without trafficjam",
+        "docker logs prober 2>&1 | grep -q LEAK",
         Duration::from_secs(10),
     );
 
@@ -588,7 +588,7 @@ fn a_reboot_under_systemd_never_opens_an_isolated_network() {
     assert_eq!(
         leaks_since(&machine, isolated_at),
         0,
-        "a reached b under trafficjam"
+        "the prober reached its target under trafficjam"
     );
     machine.sh_ok("docker exec proxy nc -w 2 10.231.0.3 8080 | grep -q pong");
 
@@ -604,8 +604,8 @@ fn a_reboot_under_systemd_never_opens_an_isolated_network() {
     let rebooted_at = now();
     let machine = boot_docker_machine(&root, &netns);
     machine.wait_for(
-        "a restarted by its policy",
-        "docker inspect -f '{{.State.Running}}' a | grep -q true",
+        "the prober restarted by its policy",
+        "docker inspect -f '{{.State.Running}}' prober | grep -q true",
         Duration::from_secs(60),
     );
     let order = machine.sh_ok(
@@ -621,7 +621,7 @@ fn a_reboot_under_systemd_never_opens_an_isolated_network() {
     assert_eq!(
         leaks_since(&machine, rebooted_at),
         0,
-        "a reached b during or after the reboot:\n{}",
+        "the prober reached its target during or after the reboot:\n{}",
         machine.journal()
     );
     // The broken file is named, the last good configuration runs, the proxy is back.
@@ -641,7 +641,11 @@ fn a_reboot_under_systemd_never_opens_an_isolated_network() {
         "docker exec proxy nc -w 1 10.231.0.3 8080 | grep -q pong",
         Duration::from_secs(20),
     );
-    assert_eq!(leaks_since(&machine, rebooted_at), 0, "a reached b");
+    assert_eq!(
+        leaks_since(&machine, rebooted_at),
+        0,
+        "the prober reached its target"
+    );
     drop(machine);
     drop(netns);
 }
