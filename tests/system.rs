@@ -128,9 +128,12 @@ impl Machine {
         machine
     }
 
+    /// Runs `script` in the machine, with none of the test's environment (DOCKER_HOST
+    /// names the engine outside).
     fn sh(&self, script: &str) -> Output {
         run(Command::new("nsenter")
             .args(["-t", &self.leader, "-a", "/bin/sh", "-c", script])
+            .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
     }
 
