@@ -883,7 +883,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
 struct PortSecurity {
     sets: Vec<Set>,
     chains: Vec<Chain>,
-    dispatch: Rule,
+    dispatch: Vec<Rule>,
     claims: Rule,
 }
 
@@ -987,15 +987,10 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
     let port_and = |field| lookup(&[Field::IifName, field], S::PortMac);
     let chains = vec![
         Chain {
+            // A bound port's frame with a MAC not its own.
             name: chain(C::Mac),
             base: None,
-            rules: vec![
-                Rule::new(
-                    vec![port_and(Field::EtherSource)],
-                    Verdict::Goto(chain(C::Source)),
-                ),
-                drop(),
-            ],
+            rules: vec![drop()],
         },
         Chain {
             name: chain(C::Source),
@@ -1128,10 +1123,17 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
     PortSecurity {
         sets,
         chains,
-        dispatch: Rule::new(
-            vec![lookup(&[Field::IifName], S::Ports)],
-            Verdict::Goto(chain(C::Mac)),
-        ),
+        // An honest frame of a bound port costs one lookup here: its port and MAC.
+        dispatch: vec![
+            Rule::new(
+                vec![port_and(Field::EtherSource)],
+                Verdict::Goto(chain(C::Source)),
+            ),
+            Rule::new(
+                vec![lookup(&[Field::IifName], S::Ports)],
+                Verdict::Goto(chain(C::Mac)),
+            ),
+        ],
         claims: Rule::new(vec![], Verdict::Jump(chain(C::Claims))),
     }
 }
@@ -1158,7 +1160,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut chains = Vec::new();
     for net in networks {
         let ps = port_security(net);
-        prerouting.rules.push(ps.dispatch);
+        prerouting.rules.extend(ps.dispatch);
         claims.push(ps.claims);
         sets.extend(ps.sets);
         chains.extend(ps.chains);
@@ -1798,6 +1800,7 @@ mod tests {
         assert_eq!(
             prerouting,
             [
+                "iifname . ether saddr @pmac_public goto port_src_public",
                 "iifname @ports_public goto port_public",
                 "jump claims_public"
             ]
