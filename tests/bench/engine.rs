@@ -215,7 +215,10 @@ fn throughput_benchmark() {
         panic!("iperf3 is needed for the throughput benchmark: apt-get install iperf3");
     }
     let seconds = if quick() { "2" } else { "5" };
-    let rounds = if quick() { 1 } else { 3 };
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick() { 1 } else { 3 });
     let host = Ns::new("host");
     let proxy = Ns::new("proxy");
     let backend = Ns::new("backend");
