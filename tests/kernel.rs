@@ -571,20 +571,7 @@ fn rendered_text_and_netlink_batch_install_the_same_ruleset() {
     second.whitelist = BTreeSet::from(["10.99.0.9".parse().unwrap()]);
     let rs = plan(TABLE, &[p.network(false), second]).unwrap();
     apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
-    let ours = p.lab.host.nft(&["-s", "list", "ruleset"]);
-
-    let other = Netns::new("text");
-    let path = std::env::temp_dir().join(format!("{}.nft", other.name));
-    std::fs::write(&path, rs.to_string()).unwrap();
-    let loaded = other.exec("nft", &["-f", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).ok();
-    assert!(
-        loaded.status.success(),
-        "nft -f refused our text: {}\n{rs}",
-        String::from_utf8_lossy(&loaded.stderr)
-    );
-    let theirs = other.nft(&["-s", "list", "ruleset"]);
-    assert_eq!(ours, theirs, "netlink batch and nft text differ");
+    assert_text_installs_the_same(&p.lab.host, &rs.to_string());
 }
 
 /// 200 alternating updates (whitelist element changes, a second network added and

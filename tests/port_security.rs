@@ -552,19 +552,7 @@ fn port_security_text_and_batch_install_the_same_ruleset() {
             .enter(move || trafficjam::nft::drift(&rs).expect("read back"))
     };
     assert!(problems.is_empty(), "drift: {problems:?}");
-    let ours = n.lab.host.nft(&["-s", "list", "ruleset"]);
-    let other = Netns::new("text");
-    let path = std::env::temp_dir().join(format!("{}.nft", other.name));
-    std::fs::write(&path, rs.to_string()).unwrap();
-    let loaded = other.exec("nft", &["-f", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).ok();
-    assert!(
-        loaded.status.success(),
-        "nft -f refused our text: {}\n{rs}",
-        String::from_utf8_lossy(&loaded.stderr)
-    );
-    let theirs = other.nft(&["-s", "list", "ruleset"]);
-    assert_eq!(ours, theirs, "netlink batch and nft text differ");
+    assert_text_installs_the_same(&n.lab.host, &rs.to_string());
 }
 
 /// A backend answering as a DHCP or DHCPv6 server: what reaches another backend's

@@ -465,6 +465,24 @@ impl Lab {
     }
 }
 
+/// `nft -f` of `text` (the ruleset as `trafficjam check` prints it), in a namespace of its
+/// own, lists exactly what `host` holds: the printed text is the truth.
+pub fn assert_text_installs_the_same(host: &Netns, text: &str) {
+    let ours = host.nft(&["-s", "list", "ruleset"]);
+    let other = Netns::new("text");
+    let path = std::env::temp_dir().join(format!("{}.nft", other.name));
+    std::fs::write(&path, text).expect("write the text");
+    let loaded = other.exec("nft", &["-f", path.to_str().expect("a path")]);
+    std::fs::remove_file(&path).ok();
+    assert!(
+        loaded.status.success(),
+        "nft -f refused our text: {}\n{text}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let theirs = other.nft(&["-s", "list", "ruleset"]);
+    assert_eq!(ours, theirs, "netlink batch and nft text differ");
+}
+
 /// A probe expectation: from a namespace to an address, with a protocol.
 #[derive(Debug, Clone)]
 pub struct Expect {
