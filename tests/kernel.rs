@@ -159,12 +159,6 @@ fn assert_probes(lab: &Lab, expectations: &[Expect], ruleset: &Ruleset) {
     );
 }
 
-fn assert_no_drift(lab: &Lab, ruleset: &Ruleset) {
-    let ruleset2 = ruleset.clone();
-    let problems = lab.host.enter(move || drift(&ruleset2).expect("read back"));
-    assert!(problems.is_empty(), "drift: {problems:?}\n{ruleset}");
-}
-
 /// b1's neighbour entries for b2 (IPv4 and IPv6) have a link-layer address: ARP and
 /// neighbour discovery worked even though the traffic itself was blocked.
 fn assert_neighbours_resolved(p: &PublicLab) {
@@ -257,7 +251,7 @@ fn stateful_isolation_with_br_netfilter_on() {
     let (_nft, report) = apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
     assert_eq!(report.kind, BatchKind::Full);
     assert!(report.stateful(), "{report:?}");
-    assert_no_drift(&p.lab, &rs);
+    assert_no_drift(&p.lab.host, &rs);
     assert_probes(&p.lab, &isolation_matrix(&p, true), &rs);
     assert_neighbours_resolved(&p);
     // The drops were counted where they happened.
@@ -432,7 +426,7 @@ fn whitelist_changes_are_element_updates() {
         (report.kind, report.added, report.removed),
         (BatchKind::Elements, 4, 0)
     );
-    assert_no_drift(&p.lab, &rs);
+    assert_no_drift(&p.lab.host, &rs);
     let mut e = expect("b1 whitelisted", "b1", &p.addrs("b2"), true);
     e.extend(expect("b2 not", "b2", &p.addrs("b1"), false));
     assert_probes(&p.lab, &e, &rs);
@@ -452,7 +446,7 @@ fn whitelist_changes_are_element_updates() {
         (report.kind, report.added, report.removed),
         (BatchKind::Elements, 0, 4)
     );
-    assert_no_drift(&p.lab, &rs);
+    assert_no_drift(&p.lab.host, &rs);
     assert_probes(
         &p.lab,
         &expect("b1 no longer", "b1", &p.addrs("b2"), false),
@@ -523,7 +517,7 @@ fn drift_is_detected_and_a_full_apply_repairs_it() {
     let p = PublicLab::new(true);
     let rs = plan(TABLE, &[p.network(false)]).unwrap();
     let (mut nft, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
-    assert_no_drift(&p.lab, &rs);
+    assert_no_drift(&p.lab.host, &rs);
 
     p.lab.host.nft(&["delete", "table", "inet", TABLE]);
     let rs2 = rs.clone();
@@ -537,7 +531,7 @@ fn drift_is_detected_and_a_full_apply_repairs_it() {
     nft.forget();
     let (mut nft, report) = apply(&p.lab, nft, &rs);
     assert_eq!(report.kind, BatchKind::Full);
-    assert_no_drift(&p.lab, &rs);
+    assert_no_drift(&p.lab.host, &rs);
 
     p.lab
         .host
@@ -550,7 +544,7 @@ fn drift_is_detected_and_a_full_apply_repairs_it() {
     );
     nft.forget();
     apply(&p.lab, nft, &rs);
-    assert_no_drift(&p.lab, &rs);
+    assert_no_drift(&p.lab.host, &rs);
 }
 
 /// What `nft -f` makes of our rendered text is what our netlink batch installs: the text

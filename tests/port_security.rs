@@ -545,13 +545,7 @@ fn port_security_text_and_batch_install_the_same_ruleset() {
     }
     let n = Network::new(true);
     let rs = n.apply(n.managed(true, &["b2"]));
-    let problems = {
-        let rs = rs.clone();
-        n.lab
-            .host
-            .enter(move || trafficjam::nft::drift(&rs).expect("read back"))
-    };
-    assert!(problems.is_empty(), "drift: {problems:?}");
+    assert_no_drift(&n.lab.host, &rs);
     assert_text_installs_the_same(&n.lab.host, &rs.to_string());
 }
 

@@ -465,6 +465,14 @@ impl Lab {
     }
 }
 
+/// The kernel of `host` holds exactly `ruleset` (tables, fingerprint, rule counts, set
+/// elements), read back as the daemon reads it.
+pub fn assert_no_drift(host: &Netns, ruleset: &trafficjam::plan::Ruleset) {
+    let want = ruleset.clone();
+    let problems = host.enter(move || trafficjam::nft::drift(&want).expect("read back"));
+    assert!(problems.is_empty(), "drift: {problems:?}\n{ruleset}");
+}
+
 /// `nft -f` of `text` (the ruleset as `trafficjam check` prints it), in a namespace of its
 /// own, lists exactly what `host` holds: the printed text is the truth.
 pub fn assert_text_installs_the_same(host: &Netns, text: &str) {
