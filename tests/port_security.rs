@@ -303,6 +303,37 @@ fn an_unresolved_port_cannot_claim_a_known_identity_but_may_speak_as_itself() {
         ],
     );
     assert_eq!(got["synack"], false, "as the gateway: {got}");
+    // With its own MAC but the proxy's address (the claim on the address alone): no
+    // datagram delivered. (`forged_source_datagrams_are_not_delivered` shows the same
+    // frames delivered without port security.)
+    let before: Vec<usize> = [false, true]
+        .map(|v6| n.listeners["b1"].udp_count_from(n.addr("proxy", v6)))
+        .to_vec();
+    for v6 in [false, true] {
+        n.attack(
+            "attacker",
+            &[
+                "udp",
+                "--src-mac",
+                &mac_text(&n.mac("attacker")),
+                "--src-ip",
+                &n.addr("proxy", v6).to_string(),
+                "--dst-ip",
+                &n.addr("b1", v6).to_string(),
+                "--dst-mac",
+                &mac_text(&n.mac("b1")),
+                "--dport",
+                &UDP_PORT.to_string(),
+                "--count",
+                "5",
+            ],
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<usize> = [false, true]
+        .map(|v6| n.listeners["b1"].udp_count_from(n.addr("proxy", v6)))
+        .to_vec();
+    assert_eq!(after, before, "datagrams as the proxy from an unbound port");
     // As itself, it is an ordinary backend: reachable from the proxy.
     for proto in ALL_PROTOS {
         assert!(n.probe("proxy", "attacker", proto, true), "{proto:?}");
