@@ -25,18 +25,34 @@ const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot use Docker at {host}: {source}")]
+    #[error("cannot use Docker at {host}: {}", error_chain(.source))]
     Connect {
         host: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("Docker request failed ({what}): {source}")]
+    #[error("Docker request failed ({what}): {}", error_chain(.source))]
     Request {
         what: String,
         #[source]
         source: bollard::errors::Error,
     },
+}
+
+/// An error and its causes, "a: b: c": bollard's own message hides the cause that tells
+/// an operator what to do ("client error (Connect)" for a refused socket permission).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// A container attached to a managed network, with its addresses there.
@@ -373,6 +389,32 @@ impl DockerClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_shows_its_causes_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let text = super::error_chain(&bollard::errors::Error::from(io));
+        assert!(text.contains("permission denied"), "{text}");
+        assert_eq!(text.matches("permission denied").count(), 1, "{text}");
+    }
+
+    /// Through hyper's client, as the daemon meets it: the OS's reason is in the message.
+    #[tokio::test]
+    async fn a_socket_that_cannot_be_opened_is_named_with_the_reason() {
+        // A file that is not a socket: connect(2) refuses it.
+        let path = std::env::temp_dir().join(format!("tj-not-a-socket-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        let docker = bollard::Docker::connect_with_unix(
+            path.to_str().unwrap(),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        let error = docker.version().await.unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let text = super::error_chain(&error);
+        assert!(text.contains("Connection refused"), "{text}");
+    }
+
     use super::*;
     use crate::config::Filter;
 
