@@ -90,8 +90,8 @@ impl Filter {
         })
     }
 
-    /// The filters as Docker's API takes them: repeated keys are OR'ed, different keys
-    /// AND'ed, exactly like repeated `docker ps --filter`.
+    /// The filters as Docker's API takes them, exactly like repeated `docker ps --filter`:
+    /// different keys AND'ed; a repeated `label` AND'ed too, other repeated keys OR'ed.
     pub fn to_docker(filters: &[Filter]) -> HashMap<String, Vec<String>> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for f in filters {
@@ -432,7 +432,7 @@ impl Config {
                         text,
                         list_span,
                         format!(
-                            "network {name:?}: the whitelist is empty (whitelist the proxy, e.g. \"ancestor=traefik\")"
+                            "network {name:?}: the whitelist is empty (whitelist the proxy, e.g. \"label=trafficjam.role=proxy\")"
                         ),
                     ));
                 }
@@ -720,7 +720,7 @@ whitelist = "name=proxy"
         assert_eq!(c.daemon.resync_interval, DEFAULT_RESYNC_INTERVAL);
         assert_eq!(c.daemon.table, DEFAULT_TABLE);
         let (p, _) = &c.networks["traefik_public"];
-        assert_eq!(p.whitelist[0].to_string(), "ancestor=traefik:latest");
+        assert_eq!(p.whitelist[0].to_string(), "label=trafficjam.role=proxy");
         assert!(!p.allow_host_traffic);
     }
 
