@@ -195,6 +195,45 @@ fn built_deb() -> PathBuf {
     .clone()
 }
 
+/// The version `next_deb` bumps to: the tree's, its patch level plus one.
+fn next_version() -> String {
+    let version: Vec<u32> = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    format!("{}.{}.{}", version[0], version[1], version[2] + 1)
+}
+
+/// The next version's .deb: the tree's files in a copy, `packaging/version --set` there,
+/// built with the README's command (the crates and the build directory shared, the unit
+/// tests skipped: the tree is the one built and tested already).
+fn next_deb(work: &Path) -> PathBuf {
+    let copy = work.join("next");
+    std::fs::create_dir_all(&copy).unwrap();
+    ok(Command::new("sh")
+        .arg("-c")
+        .arg(
+            "git ls-files -z --cached --others --exclude-standard | \
+             xargs -0 sh -c 'for f; do if [ -e \"$f\" ] || [ -L \"$f\" ]; then cp -P --parents \"$f\" \"$0\"; fi; done' \"$1\"",
+        )
+        .arg("sh")
+        .arg(&copy)
+        .current_dir(repo()));
+    ok(Command::new("sh")
+        .arg("-c")
+        .arg("git init -q && git add -A")
+        .current_dir(&copy));
+    ok(Command::new(copy.join("packaging/version")).args([
+        "--set",
+        &next_version(),
+        "Upgrade test.",
+    ]));
+    let deb = ok(Command::new(copy.join("packaging/build-deb"))
+        .env("CARGO_TARGET_DIR", repo().join("target"))
+        .env("DEB_BUILD_OPTIONS", "nocheck"));
+    PathBuf::from(deb.lines().last().unwrap())
+}
+
 /// The system tier's tools, or why it cannot run.
 fn system_tier_available() -> bool {
     let missing: Vec<&str> = [
@@ -257,20 +296,16 @@ fn deb_installed_and_run_under_a_booted_systemd() {
         .args(["--fail-on", "error,warning"])
         .arg(&deb));
     assert!(lint.status.success(), "lintian: {}", text(&lint));
-    let rpm = ok(&mut Command::new(repo().join("packaging/build-rpm")));
-    let rpm = rpm.lines().last().unwrap().to_owned();
-    let lint = run(Command::new("rpmlint")
-        .arg("-r")
-        .arg(repo().join("rpm/rpmlintrc"))
-        .arg(repo().join("rpm/trafficjam.spec"))
-        .arg(&rpm));
-    assert!(
-        String::from_utf8_lossy(&lint.stdout).contains(" 0 errors"),
-        "rpmlint: {}",
-        text(&lint)
-    );
+    // The .rpm builds meanwhile (cargo's `rpm` profile: a build of its own), while the
+    // machine below mostly waits; linted at the end. --nocheck: the unit tests ran in the
+    // unit tier and in the .deb's build of this tree.
+    let rpm_build = std::thread::spawn(|| {
+        let rpm = ok(Command::new(repo().join("packaging/build-rpm")).arg("--nocheck"));
+        rpm.lines().last().unwrap().to_owned()
+    });
 
-    // A Debian 12 machine with the Docker socket and its group.
+    // A Debian 12 machine with a Docker engine that did not come from docker.io (the
+    // engine's socket is bound in, as docker-ce's would be), and no docker group yet.
     let root = rootfs(&work);
     let socket = std::env::var("DOCKER_HOST")
         .ok()
@@ -279,19 +314,40 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     let gid = ok(Command::new("stat").args(["-c", "%g", &socket]));
     std::fs::copy(&deb, root.join("root").join(deb.file_name().unwrap())).unwrap();
     let machine = Machine::boot(&root, &socket);
-    machine.sh_ok(&format!("getent group docker || groupadd -g {gid} docker"));
+    machine.sh_ok("! getent group docker || groupdel docker");
 
-    // apt install ./trafficjam_*.deb: the service runs, ready (Type=notify). Without the
-    // Recommends (docker.io): the machine uses the engine bound in, and it has no route to a
-    // mirror; the Depends are all in INCLUDE.
+    // apt install ./trafficjam_*.deb before Docker's group exists: the package creates no
+    // docker group of its own, and the service cannot start (216/GROUP) rather than run
+    // without the socket. Without the Recommends (docker.io): the machine uses the engine
+    // bound in, and it has no route to a mirror; the Depends are all in INCLUDE.
     let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
     machine.sh_ok(&format!(
         "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./{deb_name}"
     ));
+    assert!(
+        !machine.sh("getent group docker").status.success(),
+        "the package created a docker group"
+    );
+    machine.wait_for(
+        "trafficjam failed for want of the docker group",
+        "systemctl show -p ExecMainStatus --value trafficjam | grep -qx 216",
+        Duration::from_secs(30),
+    );
+
+    // Docker's package creates the group (docker-ce's postinst: groupadd --system docker);
+    // then a restart is all the service needs.
+    machine.sh_ok(&format!("groupadd -g {gid} docker"));
+    machine.sh_ok("systemctl reset-failed trafficjam; systemctl restart trafficjam");
     machine.wait_for(
         "trafficjam active",
         "systemctl is-active trafficjam",
         Duration::from_secs(30),
+    );
+    // The group is the unit's (SupplementaryGroups=docker), not /etc/group's.
+    let groups = machine.sh_ok("id -Gn trafficjam");
+    assert!(
+        !groups.split_whitespace().any(|g| g == "docker"),
+        "trafficjam is in group docker in /etc/group: {groups}"
     );
     let pid = machine.sh_ok("systemctl show -p MainPID --value trafficjam");
     let status = machine.sh_ok(&format!("cat /proc/{pid}/status"));
@@ -424,6 +480,119 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     );
     eprintln!("restart: table present in all {checks} checks");
 
+    // The socket-proxy drop-in takes the Docker socket away for real: the daemon runs
+    // without the docker group and cannot open the socket (it keeps the rules in force
+    // and says Docker is unreachable); without the drop-in it has both again.
+    let docker_groups = |pid: &str| {
+        let status = machine.sh_ok(&format!("cat /proc/{pid}/status"));
+        let groups = status
+            .lines()
+            .find(|l| l.starts_with("Groups:"))
+            .unwrap()
+            .to_owned();
+        groups.split_whitespace().any(|g| g == gid)
+    };
+    let pid = machine.sh_ok("systemctl show -p MainPID --value trafficjam");
+    assert!(
+        docker_groups(&pid),
+        "the daemon runs without the docker group"
+    );
+    machine.sh_ok(
+        "mkdir -p /etc/systemd/system/trafficjam.service.d && \
+         cp /usr/share/doc/trafficjam/examples/socket-proxy.conf /etc/systemd/system/trafficjam.service.d/ && \
+         systemctl daemon-reload && systemctl restart trafficjam",
+    );
+    let pid = machine.sh_ok("systemctl show -p MainPID --value trafficjam");
+    assert!(
+        !docker_groups(&pid),
+        "the socket-proxy drop-in left the docker group"
+    );
+    machine.wait_for(
+        "the daemon cannot open the Docker socket",
+        "journalctl -u trafficjam --no-pager -o cat -n 20 | grep 'Docker is unreachable' | grep -qi 'permission denied'",
+        Duration::from_secs(20),
+    );
+    assert!(table_present(), "rules dropped while Docker is unreachable");
+    assert_probes(
+        "Docker out of reach",
+        &[Probe::tcp(&web1, &ip_web2, false)],
+        &lab,
+    );
+    machine.sh_ok(
+        "rm -r /etc/systemd/system/trafficjam.service.d && systemctl daemon-reload && \
+         systemctl restart trafficjam",
+    );
+    machine.wait_for(
+        "Docker reachable again",
+        "trafficjam status | grep -q 'state: active'",
+        Duration::from_secs(20),
+    );
+
+    // An upgrade to the next version, built from the same tree with the version bumped,
+    // under traffic: the table never disappears, the backends never meet, the
+    // configuration (a changed conffile, a file of the user's) stays, the service runs.
+    let next = next_deb(&work);
+    let next_name = next.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(&next, root.join("root").join(&next_name)).unwrap();
+    machine.sh_ok("echo '# changed by the admin' >>/etc/trafficjam/trafficjam.toml");
+    let watcher = std::thread::spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut checks = 0;
+        while Instant::now() < deadline {
+            assert!(table_present(), "no table during the upgrade");
+            checks += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        checks
+    });
+    let prober = {
+        let (from, to) = (web1.clone(), ip_web2.clone());
+        std::thread::spawn(move || {
+            let script = format!("for i in 1 2 3 4 5 6; do nc -w 1 {to} 8080 </dev/null; done");
+            let out = docker(&["exec", &from, "sh", "-c", &script]);
+            String::from_utf8_lossy(&out.stdout).matches("pong").count()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    machine.sh_ok(&format!(
+        "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./{next_name}"
+    ));
+    let checks = watcher
+        .join()
+        .expect("the table vanished during the upgrade");
+    assert_eq!(
+        prober.join().unwrap(),
+        0,
+        "a backend reached another during the upgrade"
+    );
+    eprintln!("upgrade: table present in all {checks} checks");
+    machine.sh_ok("systemctl is-active trafficjam");
+    let upgraded = machine.sh_ok("trafficjam --version");
+    assert!(
+        upgraded.ends_with(&next_version()),
+        "after the upgrade: {upgraded}"
+    );
+    assert!(
+        machine
+            .sh_ok("cat /etc/trafficjam/trafficjam.toml")
+            .ends_with("# changed by the admin"),
+        "the upgrade replaced the changed configuration"
+    );
+    assert!(section.exists(), "the upgrade removed 50-web.toml");
+    machine.wait_for(
+        "web still isolated after the upgrade",
+        &format!("trafficjam status | grep -q 'network: {web}'"),
+        Duration::from_secs(10),
+    );
+    assert_probes(
+        "after the upgrade",
+        &[
+            Probe::tcp(&web1, &ip_web2, false),
+            Probe::tcp(&proxy, &ip_b, true),
+        ],
+        &lab,
+    );
+
     // apt remove: no table of ours; apt purge: configuration and user gone.
     machine.sh_ok("DEBIAN_FRONTEND=noninteractive apt-get remove -y trafficjam");
     assert!(!table_present(), "apt remove left our table");
@@ -442,6 +611,18 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     assert!(
         machine.sh("getent passwd trafficjam").status.success(),
         "purge deleted the system user"
+    );
+
+    let rpm = rpm_build.join().expect("packaging/build-rpm failed");
+    let lint = run(Command::new("rpmlint")
+        .arg("-r")
+        .arg(repo().join("rpm/rpmlintrc"))
+        .arg(repo().join("rpm/trafficjam.spec"))
+        .arg(&rpm));
+    assert!(
+        String::from_utf8_lossy(&lint.stdout).contains(" 0 errors"),
+        "rpmlint: {}",
+        text(&lint)
     );
 }
 
