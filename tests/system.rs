@@ -195,6 +195,44 @@ fn built_deb() -> PathBuf {
     .clone()
 }
 
+/// Runs `action` while a thread checks, every 10 ms for `watch`, that our table is there,
+/// and `from` tries to open connections to `to`:8080 (a backend to another): neither may
+/// ever succeed in finding a window.
+fn without_a_window(what: &str, from: &str, to: &str, watch: Duration, action: impl FnOnce()) {
+    let watcher = {
+        let what = what.to_owned();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + watch;
+            let mut checks = 0;
+            while Instant::now() < deadline {
+                assert!(table_present(), "no table during {what}");
+                checks += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            checks
+        })
+    };
+    let prober = {
+        let script = format!("for i in 1 2 3 4 5 6; do nc -w 1 {to} 8080 </dev/null; done");
+        let from = from.to_owned();
+        std::thread::spawn(move || {
+            let out = docker(&["exec", &from, "sh", "-c", &script]);
+            String::from_utf8_lossy(&out.stdout).matches("pong").count()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    action();
+    let checks = watcher
+        .join()
+        .unwrap_or_else(|_| panic!("the table vanished during {what}"));
+    assert_eq!(
+        prober.join().unwrap(),
+        0,
+        "a backend reached another during {what}"
+    );
+    eprintln!("{what}: table present in all {checks} checks");
+}
+
 /// The version `next_deb` bumps to: the tree's, its patch level plus one.
 fn next_version() -> String {
     let version: Vec<u32> = env!("CARGO_PKG_VERSION")
@@ -449,36 +487,10 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     );
 
     // systemctl restart: the table never disappears, backends never meet.
-    let watcher = std::thread::spawn(|| {
-        let deadline = Instant::now() + Duration::from_secs(6);
-        let mut checks = 0;
-        while Instant::now() < deadline {
-            assert!(table_present(), "no table during the restart");
-            checks += 1;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        checks
+    without_a_window("the restart", &a, &ip_b, Duration::from_secs(6), || {
+        machine.sh_ok("systemctl restart trafficjam");
+        machine.sh_ok("systemctl is-active trafficjam");
     });
-    let prober = {
-        let (from, to) = (a.clone(), ip_b.clone());
-        std::thread::spawn(move || {
-            let script = format!("for i in 1 2 3 4 5; do nc -w 1 {to} 8080 </dev/null; done");
-            let out = docker(&["exec", &from, "sh", "-c", &script]);
-            String::from_utf8_lossy(&out.stdout).matches("pong").count()
-        })
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    machine.sh_ok("systemctl restart trafficjam");
-    machine.sh_ok("systemctl is-active trafficjam");
-    let checks = watcher
-        .join()
-        .expect("the table vanished during the restart");
-    assert_eq!(
-        prober.join().unwrap(),
-        0,
-        "a backend reached another during the restart"
-    );
-    eprintln!("restart: table present in all {checks} checks");
 
     // The socket-proxy drop-in takes the Docker socket away for real: the daemon runs
     // without the docker group and cannot open the socket (it keeps the rules in force
@@ -535,37 +547,17 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     let next_name = next.file_name().unwrap().to_string_lossy().into_owned();
     std::fs::copy(&next, root.join("root").join(&next_name)).unwrap();
     machine.sh_ok("echo '# changed by the admin' >>/etc/trafficjam/trafficjam.toml");
-    let watcher = std::thread::spawn(|| {
-        let deadline = Instant::now() + Duration::from_secs(8);
-        let mut checks = 0;
-        while Instant::now() < deadline {
-            assert!(table_present(), "no table during the upgrade");
-            checks += 1;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        checks
-    });
-    let prober = {
-        let (from, to) = (web1.clone(), ip_web2.clone());
-        std::thread::spawn(move || {
-            let script = format!("for i in 1 2 3 4 5 6; do nc -w 1 {to} 8080 </dev/null; done");
-            let out = docker(&["exec", &from, "sh", "-c", &script]);
-            String::from_utf8_lossy(&out.stdout).matches("pong").count()
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    machine.sh_ok(&format!(
-        "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./{next_name}"
-    ));
-    let checks = watcher
-        .join()
-        .expect("the table vanished during the upgrade");
-    assert_eq!(
-        prober.join().unwrap(),
-        0,
-        "a backend reached another during the upgrade"
+    without_a_window(
+        "the upgrade",
+        &web1,
+        &ip_web2,
+        Duration::from_secs(8),
+        || {
+            machine.sh_ok(&format!(
+            "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./{next_name}"
+        ));
+        },
     );
-    eprintln!("upgrade: table present in all {checks} checks");
     machine.sh_ok("systemctl is-active trafficjam");
     let upgraded = machine.sh_ok("trafficjam --version");
     assert!(
