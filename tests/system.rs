@@ -190,7 +190,13 @@ fn built_deb() -> PathBuf {
     static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DEB.get_or_init(|| {
         let deb = ok(&mut Command::new(repo().join("packaging/build-deb")));
-        PathBuf::from(deb.lines().last().unwrap())
+        let deb = PathBuf::from(deb.lines().last().unwrap());
+        // Kept apart: the next version's build (next_deb) starts afresh in target/deb.
+        let kept = repo().join("target/system-tier");
+        std::fs::create_dir_all(&kept).unwrap();
+        let copy = kept.join(deb.file_name().unwrap());
+        std::fs::copy(&deb, &copy).unwrap();
+        copy
     })
     .clone()
 }
@@ -334,11 +340,13 @@ fn deb_installed_and_run_under_a_booted_systemd() {
         .args(["--fail-on", "error,warning"])
         .arg(&deb));
     assert!(lint.status.success(), "lintian: {}", text(&lint));
-    // The .rpm builds meanwhile (cargo's `rpm` profile: a build of its own), while the
-    // machine below mostly waits; linted at the end. --nocheck: the unit tests ran in the
-    // unit tier and in the .deb's build of this tree.
+    // The .rpm builds meanwhile, while the machine below mostly waits; linted at the end.
+    // --release-profile: cargo's release profile rather than Fedora's `rpm` one (one codegen
+    // unit and full debuginfo take twice as long); --nocheck: the unit tests ran in the unit
+    // tier and in the .deb's build of this tree.
     let rpm_build = std::thread::spawn(|| {
-        let rpm = ok(Command::new(repo().join("packaging/build-rpm")).arg("--nocheck"));
+        let rpm = ok(Command::new(repo().join("packaging/build-rpm"))
+            .args(["--release-profile", "--nocheck"]));
         rpm.lines().last().unwrap().to_owned()
     });
 
