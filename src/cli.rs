@@ -290,6 +290,9 @@ fn check(config_dir: &Path) -> ExitCode {
         config.networks.len(),
         config.daemon.table
     );
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
     let host = config.daemon.docker_host();
     runtime().block_on(async {
         let connected =
@@ -329,6 +332,28 @@ fn check(config_dir: &Path) -> ExitCode {
             Ok(reconciled) => {
                 for e in &reconciled.rejected {
                     eprintln!("warning: {e}: that network would not be isolated");
+                }
+                // The effective policy, as comments: stdout stays text nft loads.
+                for n in &snapshot.networks {
+                    let table = crate::status::policy_table(&crate::status::NetworkStatus {
+                        whitelisted: n
+                            .whitelisted
+                            .iter()
+                            .map(|e| crate::status::ContainerStatus {
+                                id: e.container_id.clone(),
+                                name: e.container_name.clone(),
+                                addresses: Vec::new(),
+                            })
+                            .collect(),
+                        allowed: crate::status::AllowStatus::of_network(n),
+                        ..Default::default()
+                    });
+                    if !table.is_empty() {
+                        println!("# network {}:", n.name);
+                        for line in table.lines() {
+                            println!("#{line}");
+                        }
+                    }
                 }
                 if reconciled.ruleset.tables.is_empty() {
                     println!("# no network to isolate: trafficjam would hold no table");

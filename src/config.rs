@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
-use crate::plan::{DEFAULT_TABLE, valid_network_name, validate_table_name};
+use ipnetwork::IpNetwork;
+
+use crate::plan::{DEFAULT_TABLE, HostAccess, PortRange, valid_network_name, validate_table_name};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -23,6 +25,24 @@ pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// go in labels that start with `trafficjam.whitelist.` (any suffix).
 pub const LABEL_WHITELIST: &str = "trafficjam.whitelist";
 pub const LABEL_ALLOW_HOST_TRAFFIC: &str = "trafficjam.allow_host_traffic";
+pub const LABEL_ALLOW_HOST_PORTS: &str = "trafficjam.allow_host_ports";
+pub const LABEL_DENY_OUTBOUND: &str = "trafficjam.deny_outbound";
+/// Container labels that open the container to others: `trafficjam.allow.from` (a filter
+/// choosing who may connect) and `trafficjam.allow.ports`, or several rules named
+/// `trafficjam.allow.<rule>.from` and `trafficjam.allow.<rule>.ports`.
+pub const LABEL_ALLOW_PREFIX: &str = "trafficjam.allow.";
+
+/// What `deny_outbound = ["private"]` stands for: RFC 1918, shared address space (RFC
+/// 6598), link-local, unique local and link-local IPv6.
+pub const PRIVATE_DESTINATIONS: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+];
 
 /// The `docker ps --filter` keys Docker knows.
 const FILTER_KEYS: &[&str] = &[
@@ -46,7 +66,7 @@ const FILTER_KEYS: &[&str] = &[
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
 /// One `docker ps --filter KEY=VALUE`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Filter {
     pub key: String,
     pub value: String,
@@ -55,15 +75,13 @@ pub struct Filter {
 /// Why a whitelist entry is not a `docker ps --filter`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
-    #[error("empty whitelist entry")]
+    #[error("an empty filter")]
     Empty,
-    #[error(
-        "whitelist entry {0:?} is not a filter: expected KEY=VALUE, as in `docker ps --filter`"
-    )]
+    #[error("{0:?} is not a filter: expected KEY=VALUE, as in `docker ps --filter`")]
     NotKeyValue(String),
-    #[error("whitelist entry {entry:?}: unknown filter {key:?} (one of {})", FILTER_KEYS.join(", "))]
+    #[error("{entry:?}: unknown filter {key:?} (one of {})", FILTER_KEYS.join(", "))]
     UnknownKey { entry: String, key: String },
-    #[error("whitelist entry {0:?} has an empty value")]
+    #[error("filter {0:?} has an empty value")]
     EmptyValue(String),
 }
 
@@ -107,11 +125,221 @@ impl fmt::Display for Filter {
     }
 }
 
+/// Containers chosen by `docker ps` queries: a container is chosen when any of the queries
+/// lists it. Within one query, filters combine exactly as repeated `docker ps --filter`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct Selector {
+    pub queries: Vec<Vec<Filter>>,
+}
+
+impl Selector {
+    /// One query.
+    pub fn query(filters: Vec<Filter>) -> Selector {
+        Selector {
+            queries: vec![filters],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queries.iter().all(Vec::is_empty)
+    }
+
+    /// The traps users fall into with these filters, as warnings (empty when none).
+    pub fn pitfalls(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for query in &self.queries {
+            let labels = query.iter().filter(|f| f.key == "label").count();
+            if labels > 1 {
+                let list: Vec<String> = query.iter().map(|f| format!("\"{f}\"")).collect();
+                warnings.push(format!(
+                    "[{}] is one query, and Docker ANDs repeated label filters: only a container with every one of these labels matches. For alternatives write a list of lists: [{}]",
+                    list.join(", "),
+                    query
+                        .iter()
+                        .map(|f| format!("[\"{f}\"]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            for f in query {
+                match f.key.as_str() {
+                    "ancestor" => warnings.push(format!(
+                        "\"{f}\" follows the image tag: once the tag moves to a newer image (a docker pull), the running container no longer matches until it is recreated. Prefer a label, such as \"label=trafficjam.role=proxy\""
+                    )),
+                    "name" if !(f.value.starts_with('^') && f.value.ends_with('$')) => {
+                        warnings.push(format!(
+                            "\"{f}\" is a regular expression that matches anywhere in a container's name (name={v} also matches {v}-forward-auth). Anchor it: \"name=^{v}$\", or use a label",
+                            v = f.value.trim_start_matches('^').trim_end_matches('$')
+                        ))
+                    }
+                    "label" if f.value.starts_with("traefik.enable") => warnings.push(format!(
+                        "\"{f}\" matches every container Traefik routes to, the backends too: they would all be whitelisted. Use a label only the proxy carries"
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        warnings
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let query = |q: &Vec<Filter>| {
+            q.iter()
+                .map(Filter::to_string)
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        let parts: Vec<String> = self.queries.iter().map(query).collect();
+        f.write_str(&parts.join(" | "))
+    }
+}
+
+/// One allow rule: the containers chosen by `from` may open connections to those chosen
+/// by `to`, on `ports` (`None`: every protocol and port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    pub from: Selector,
+    pub to: Selector,
+    pub ports: Option<Vec<PortRange>>,
+    /// Where the rule was written (`FILE:LINE`, or the label), for `check` and `status`.
+    pub origin: String,
+}
+
 /// How one network is isolated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkPolicy {
-    pub whitelist: Vec<Filter>,
-    pub allow_host_traffic: bool,
+    pub whitelist: Selector,
+    pub host_access: HostAccess,
+    /// Host ports every container of the network may open.
+    pub host_ports: Vec<PortRange>,
+    /// Destinations (through the host) the containers may not open connections to.
+    pub deny_outbound: Vec<IpNetwork>,
+    pub allow: Vec<AllowRule>,
+}
+
+impl NetworkPolicy {
+    /// A policy with a whitelist and nothing else.
+    pub fn whitelisting(whitelist: Selector) -> NetworkPolicy {
+        NetworkPolicy {
+            whitelist,
+            host_access: HostAccess::Closed,
+            host_ports: Vec::new(),
+            deny_outbound: Vec::new(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// The allow rules a container's labels declare towards the container itself, and the
+/// problems of those that cannot be read (such a rule opens nothing: fail closed). The
+/// rules' `to` is left empty: it is the container.
+pub fn container_allow_rules(
+    container: &str,
+    labels: &HashMap<String, String>,
+) -> (Vec<AllowRule>, Vec<String>) {
+    // rule name -> (from, ports), from the label keys.
+    let mut rules: BTreeMap<String, (Option<&String>, Option<&String>)> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (key, value) in labels {
+        let Some(rest) = key.strip_prefix(LABEL_ALLOW_PREFIX) else {
+            continue;
+        };
+        let (name, field) = match rest.rsplit_once('.') {
+            Some((name, field)) => (name, field),
+            None => ("", rest),
+        };
+        let entry = rules.entry(name.to_owned()).or_default();
+        match field {
+            "from" => entry.0 = Some(value),
+            "ports" => entry.1 = Some(value),
+            _ => problems.push(format!(
+                "container {container}: label {key}: unknown (trafficjam.allow.from, trafficjam.allow.ports, or trafficjam.allow.<rule>.from and .ports)"
+            )),
+        }
+    }
+    let mut out = Vec::new();
+    for (name, (from, ports)) in rules {
+        let label = |field: &str| {
+            if name.is_empty() {
+                format!("{LABEL_ALLOW_PREFIX}{field}")
+            } else {
+                format!("{LABEL_ALLOW_PREFIX}{name}.{field}")
+            }
+        };
+        let origin = format!("label {} on {container}", label("from"));
+        let Some(from) = from else {
+            problems.push(format!(
+                "container {container}: {} without {}: it opens nothing",
+                label("ports"),
+                label("from")
+            ));
+            continue;
+        };
+        let from = match Filter::parse(from) {
+            Ok(f) => Selector::query(vec![f]),
+            Err(e) => {
+                problems.push(format!(
+                    "container {container}: label {}: {e}: it opens nothing",
+                    label("from")
+                ));
+                continue;
+            }
+        };
+        let ports = match ports {
+            None => None,
+            Some(list) => match list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PortRange::parse)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(p) if !p.is_empty() => Some(p),
+                Ok(_) => {
+                    problems.push(format!(
+                        "container {container}: label {} is empty: it opens nothing",
+                        label("ports")
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "container {container}: label {}: {e}: it opens nothing",
+                        label("ports")
+                    ));
+                    continue;
+                }
+            },
+        };
+        for p in from.pitfalls() {
+            problems.push(format!(
+                "container {container}: label {}: {p}",
+                label("from")
+            ));
+        }
+        out.push(AllowRule {
+            from,
+            to: Selector::default(),
+            ports,
+            origin,
+        });
+    }
+    (out, problems)
+}
+
+/// Parses one `deny_outbound` entry: a CIDR, an address, or `private`.
+pub fn parse_destinations(text: &str) -> Result<Vec<IpNetwork>, String> {
+    if text == "private" {
+        return Ok(PRIVATE_DESTINATIONS
+            .iter()
+            .map(|d| d.parse().expect("a valid constant"))
+            .collect());
+    }
+    text.parse::<IpNetwork>().map(|n| vec![n]).map_err(|e| {
+        format!("{text:?} is not a destination (a CIDR such as \"192.168.1.0/24\", an address, or \"private\"): {e}")
+    })
 }
 
 /// Where a network's policy came from.
@@ -165,6 +393,8 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// Their text, as read: what the state directory keeps of the last good configuration.
     pub sources: Vec<(PathBuf, String)>,
+    /// Likely mistakes that are still valid configuration, located like errors.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// A configuration error, located in its file.
@@ -207,32 +437,116 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// `whitelist`: one filter string or a list of them, each keeping its position.
+/// A selection as written: one filter string, a list of them (one query), or a list of
+/// lists (alternatives); each string keeps its position. A span of 0..0 stands for the
+/// span of the whole value (a lone string), which the caller fills in.
 #[derive(Debug)]
-struct Whitelist(Vec<Spanned<String>>);
+enum Selection {
+    Query(Vec<Spanned<String>>),
+    Alternatives(Vec<Spanned<Vec<Spanned<String>>>>),
+    /// A list mixing strings and lists: the span of the first item that breaks the form.
+    Mixed(Range<usize>),
+}
 
-impl<'de> Deserialize<'de> for Whitelist {
+/// One item of a selection list: a string or a list of strings.
+#[derive(Debug)]
+enum SelectionItem {
+    One(String),
+    Many(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for SelectionItem {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct WhitelistVisitor;
-        impl<'de> Visitor<'de> for WhitelistVisitor {
-            type Value = Whitelist;
+        struct ItemVisitor;
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = SelectionItem;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a filter string or a list of filter strings")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Whitelist, E> {
-                // The span of a single string is the one of the whole value (filled in by
-                // the caller); 0..0 marks it.
-                Ok(Whitelist(vec![Spanned::new(0..0, v.to_owned())]))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SelectionItem, E> {
+                Ok(SelectionItem::One(v.to_owned()))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Whitelist, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SelectionItem, A::Error> {
                 let mut items = Vec::new();
                 while let Some(item) = seq.next_element::<Spanned<String>>()? {
                     items.push(item);
                 }
-                Ok(Whitelist(items))
+                Ok(SelectionItem::Many(items))
             }
         }
-        deserializer.deserialize_any(WhitelistVisitor)
+        deserializer.deserialize_any(ItemVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Selection {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SelectionVisitor;
+        impl<'de> Visitor<'de> for SelectionVisitor {
+            type Value = Selection;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a filter string, a list of filter strings, or a list of lists of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Selection, E> {
+                Ok(Selection::Query(vec![Spanned::new(0..0, v.to_owned())]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Selection, A::Error> {
+                let mut strings = Vec::new();
+                let mut lists = Vec::new();
+                let mut mixed = None;
+                while let Some(item) = seq.next_element::<Spanned<SelectionItem>>()? {
+                    let span = item.span();
+                    match item.into_inner() {
+                        SelectionItem::One(s) => strings.push(Spanned::new(span.clone(), s)),
+                        SelectionItem::Many(l) => lists.push(Spanned::new(span.clone(), l)),
+                    }
+                    if !strings.is_empty() && !lists.is_empty() && mixed.is_none() {
+                        mixed = Some(span);
+                    }
+                }
+                Ok(match mixed {
+                    Some(span) => Selection::Mixed(span),
+                    None if lists.is_empty() => Selection::Query(strings),
+                    None => Selection::Alternatives(lists),
+                })
+            }
+        }
+        deserializer.deserialize_any(SelectionVisitor)
+    }
+}
+
+/// `allow_host_traffic`: a boolean, or `"whitelisted"`.
+#[derive(Debug)]
+enum HostTraffic {
+    Bool(bool),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for HostTraffic {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HostVisitor;
+        impl<'de> Visitor<'de> for HostVisitor {
+            type Value = HostTraffic;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or \"whitelisted\"")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<HostTraffic, E> {
+                Ok(HostTraffic::Bool(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HostTraffic, E> {
+                Ok(HostTraffic::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(HostVisitor)
+    }
+}
+
+/// Reads `allow_host_traffic` (TOML or label).
+fn host_access(value: &str) -> Option<HostAccess> {
+    match value {
+        "true" => Some(HostAccess::Open),
+        "false" => Some(HostAccess::Closed),
+        "whitelisted" => Some(HostAccess::Whitelisted),
+        _ => None,
     }
 }
 
@@ -257,9 +571,20 @@ struct RawDaemon {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
-    whitelist: Spanned<Whitelist>,
+    whitelist: Option<Spanned<Selection>>,
+    allow_host_traffic: Option<Spanned<HostTraffic>>,
+    allow_host_ports: Option<Spanned<Vec<Spanned<String>>>>,
+    deny_outbound: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
-    allow_host_traffic: bool,
+    allow: Vec<Spanned<RawAllow>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    from: Option<Spanned<Selection>>,
+    to: Option<Spanned<Selection>>,
+    ports: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Why a text is not a duration.
@@ -306,6 +631,89 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// A warning about a selection, at a span.
+type SpannedWarning = (Range<usize>, String);
+
+/// Checks a selection as written and turns it into a [`Selector`], with its pitfalls.
+fn selector(
+    written: Spanned<Selection>,
+    key: &str,
+    at: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<(Selector, Vec<SpannedWarning>), ConfigError> {
+    let whole = written.span();
+    let located = |s: Range<usize>| if s.is_empty() { whole.clone() } else { s };
+    let query = |items: Vec<Spanned<String>>, span: Range<usize>| {
+        if items.is_empty() {
+            return Err(at(
+                span,
+                format!(
+                    "{key}: an empty query (name the proxy, e.g. \"label=trafficjam.role=proxy\")"
+                ),
+            ));
+        }
+        items
+            .into_iter()
+            .map(|item| {
+                let span = located(item.span());
+                Filter::parse(item.get_ref()).map_err(|e| at(span, format!("{key}: {e}")))
+            })
+            .collect::<Result<Vec<Filter>, ConfigError>>()
+    };
+    let selector = match written.into_inner() {
+        Selection::Mixed(span) => {
+            return Err(at(
+                span,
+                format!(
+                    "{key}: mixes filters and lists of filters: write a list of filters (one query) or a list of lists (alternatives)"
+                ),
+            ));
+        }
+        Selection::Query(items) => Selector::query(query(items, whole.clone())?),
+        Selection::Alternatives(lists) => {
+            let mut queries = Vec::new();
+            for list in lists {
+                let span = list.span();
+                queries.push(query(list.into_inner(), span)?);
+            }
+            Selector { queries }
+        }
+    };
+    if selector.is_empty() {
+        return Err(at(
+            whole,
+            format!("{key} is empty (name the proxy, e.g. \"label=trafficjam.role=proxy\")"),
+        ));
+    }
+    let warnings = selector
+        .pitfalls()
+        .into_iter()
+        .map(|w| (whole.clone(), format!("{key}: {w}")))
+        .collect();
+    Ok((selector, warnings))
+}
+
+/// A list of port ranges (`"5432/tcp"`, `"8000-8100/tcp"`, `"udp"`), never empty.
+fn ports(
+    list: Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    at: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Vec<PortRange>, ConfigError> {
+    let span = list.span();
+    let list = list.into_inner();
+    if list.is_empty() {
+        return Err(at(
+            span,
+            format!("{key} is empty: it would allow nothing (leave it out for every port)"),
+        ));
+    }
+    list.into_iter()
+        .map(|p| {
+            let span = p.span();
+            PortRange::parse(p.get_ref()).map_err(|e| at(span, format!("{key}: {e}")))
+        })
+        .collect()
+}
+
 impl Config {
     /// Reads every `*.toml` in `dir`, in name order. A missing directory is an error; an
     /// empty one is a valid configuration (label-managed networks only).
@@ -336,13 +744,30 @@ impl Config {
         // Which file set each daemon key, to refuse a key set twice.
         let mut daemon_keys: HashMap<&'static str, PathBuf> = HashMap::new();
         for (file, text) in sources {
+            // This file's warnings, in the order they are written.
+            let first_warning = config.warnings.len();
+            config.add_file(file, text, &mut daemon_keys)?;
+            config.warnings[first_warning..].sort_by_key(|w| (w.line, w.column));
+        }
+        Ok(config)
+    }
+
+    /// Adds one file's settings and networks.
+    fn add_file(
+        &mut self,
+        file: &Path,
+        text: &str,
+        daemon_keys: &mut HashMap<&'static str, PathBuf>,
+    ) -> Result<(), ConfigError> {
+        let config = self;
+        {
             let raw: RawFile = toml::from_str(text).map_err(|e| {
                 ConfigError::at(file, text, e.span().unwrap_or(0..0), e.message().trim())
             })?;
-            config.files.push(file.clone());
+            config.files.push(file.to_owned());
             if let Some(d) = raw.daemon {
                 let mut claim = |key: &'static str, span: Range<usize>| {
-                    if let Some(first) = daemon_keys.insert(key, file.clone()) {
+                    if let Some(first) = daemon_keys.insert(key, file.to_owned()) {
                         return Err(ConfigError::at(
                             file,
                             text,
@@ -424,43 +849,98 @@ impl Config {
                         ),
                     ));
                 }
-                let list_span = net.whitelist.span();
-                let items = net.whitelist.into_inner().0;
-                if items.is_empty() {
-                    return Err(ConfigError::at(
-                        file,
-                        text,
-                        list_span,
-                        format!(
-                            "network {name:?}: the whitelist is empty (whitelist the proxy, e.g. \"label=trafficjam.role=proxy\")"
-                        ),
+                let at = |span: Range<usize>, message: String| {
+                    ConfigError::at(file, text, span, format!("network {name:?}: {message}"))
+                };
+                let Some(whitelist) = net.whitelist else {
+                    return Err(at(
+                        span,
+                        "no whitelist (a [network.NAME] section replaces the network's labels, so it names its own whitelist, e.g. whitelist = \"label=trafficjam.role=proxy\")".into(),
                     ));
+                };
+                let whitelist = selector(whitelist, "whitelist", &at)?;
+                for w in whitelist.1 {
+                    config.warnings.push(at(w.0, w.1));
                 }
-                let mut whitelist = Vec::new();
-                for item in items {
-                    let span = if item.span().is_empty() {
-                        list_span.clone()
-                    } else {
-                        item.span()
+                let whitelist = whitelist.0;
+                let host_access = match net.allow_host_traffic {
+                    None => HostAccess::Closed,
+                    Some(value) => {
+                        let span = value.span();
+                        match value.into_inner() {
+                            HostTraffic::Bool(true) => HostAccess::Open,
+                            HostTraffic::Bool(false) => HostAccess::Closed,
+                            HostTraffic::Text(t) => host_access(&t).ok_or_else(|| {
+                                at(
+                                    span,
+                                    format!("allow_host_traffic = {t:?}: expected true, false or \"whitelisted\""),
+                                )
+                            })?,
+                        }
+                    }
+                };
+                let host_ports = match net.allow_host_ports {
+                    None => Vec::new(),
+                    Some(list) => ports(list, "allow_host_ports", &at)?,
+                };
+                let mut deny_outbound = Vec::new();
+                for entry in net
+                    .deny_outbound
+                    .map(Spanned::into_inner)
+                    .unwrap_or_default()
+                {
+                    let span = entry.span();
+                    deny_outbound.extend(
+                        parse_destinations(entry.get_ref())
+                            .map_err(|e| at(span, format!("deny_outbound: {e}")))?,
+                    );
+                }
+                let mut allow = Vec::new();
+                for rule in net.allow {
+                    let rule_span = rule.span();
+                    let (line, _) = line_column(text, rule_span.start);
+                    let rule = rule.into_inner();
+                    let side = |sel: Option<Spanned<Selection>>, key: &str| {
+                        let sel = sel.ok_or_else(|| {
+                            at(
+                                rule_span.clone(),
+                                format!("an allow rule needs `{key}` (docker ps filters, as the whitelist)"),
+                            )
+                        })?;
+                        selector(sel, &format!("allow.{key}"), &at)
                     };
-                    let filter = Filter::parse(item.get_ref()).map_err(|e| {
-                        ConfigError::at(file, text, span, format!("network {name:?}: {e}"))
-                    })?;
-                    whitelist.push(filter);
+                    let (from, from_warnings) = side(rule.from, "from")?;
+                    let (to, to_warnings) = side(rule.to, "to")?;
+                    for w in from_warnings.into_iter().chain(to_warnings) {
+                        config.warnings.push(at(w.0, w.1));
+                    }
+                    let ports = match rule.ports {
+                        None => None,
+                        Some(list) => Some(ports(list, "allow.ports", &at)?),
+                    };
+                    allow.push(AllowRule {
+                        from,
+                        to,
+                        ports,
+                        origin: format!("{}:{line}", file.display()),
+                    });
                 }
                 config.networks.insert(
                     name,
                     (
                         NetworkPolicy {
                             whitelist,
-                            allow_host_traffic: net.allow_host_traffic,
+                            host_access,
+                            host_ports,
+                            deny_outbound,
+                            allow,
                         },
-                        PolicySource::File(file.clone()),
+                        PolicySource::File(file.to_owned()),
                     ),
                 );
             }
         }
-        Ok(config)
+        Ok(())
     }
 
     /// The policy of a Docker network: its `[network.NAME]` section if there is one (it
@@ -491,31 +971,73 @@ impl Config {
         }
         keys.sort();
         let mut errors = Vec::new();
-        let mut whitelist = Vec::new();
+        // Each whitelist label is one alternative: a container matching any is whitelisted.
+        let mut whitelist = Selector::default();
         for key in keys {
             match Filter::parse(&labels[key]) {
-                Ok(f) => whitelist.push(f),
+                Ok(f) => whitelist.queries.push(vec![f]),
                 Err(e) => errors.push(format!("label {key}: {e}")),
             }
         }
         if !errors.is_empty() {
-            whitelist.clear();
+            whitelist = Selector::default();
             errors.push("isolating the network with no container whitelisted".into());
         }
-        let allow_host_traffic = match labels.get(LABEL_ALLOW_HOST_TRAFFIC).map(String::as_str) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
+        let host_access = match labels.get(LABEL_ALLOW_HOST_TRAFFIC) {
+            None => HostAccess::Closed,
+            Some(value) => host_access(value).unwrap_or_else(|| {
                 errors.push(format!(
-                    "label {LABEL_ALLOW_HOST_TRAFFIC}={other:?} is neither true nor false: host traffic stays blocked"
+                    "label {LABEL_ALLOW_HOST_TRAFFIC}={value:?} is not true, false or whitelisted: host traffic stays blocked"
                 ));
-                false
-            }
+                HostAccess::Closed
+            }),
         };
+        let list = |value: &str| -> Vec<String> {
+            value
+                .split(',')
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect()
+        };
+        let mut host_ports = Vec::new();
+        if let Some(value) = labels.get(LABEL_ALLOW_HOST_PORTS) {
+            match list(value)
+                .iter()
+                .map(|p| PortRange::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(ports) => host_ports = ports,
+                Err(e) => errors.push(format!(
+                    "label {LABEL_ALLOW_HOST_PORTS}: {e}: no host port is opened"
+                )),
+            }
+        }
+        let mut deny_outbound = Vec::new();
+        if let Some(value) = labels.get(LABEL_DENY_OUTBOUND) {
+            match list(value)
+                .iter()
+                .map(|d| parse_destinations(d))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(d) => deny_outbound = d.into_iter().flatten().collect(),
+                Err(e) => {
+                    errors.push(format!(
+                        "label {LABEL_DENY_OUTBOUND}: {e}: denying every destination outside the network"
+                    ));
+                    deny_outbound = vec![
+                        "0.0.0.0/0".parse().expect("valid"),
+                        "::/0".parse().expect("valid"),
+                    ];
+                }
+            }
+        }
         Some((
             NetworkPolicy {
                 whitelist,
-                allow_host_traffic,
+                host_access,
+                host_ports,
+                deny_outbound,
+                allow: Vec::new(),
             },
             PolicySource::Labels,
             errors,
@@ -567,10 +1089,10 @@ whitelist = "name=proxy"
         assert_eq!(c.daemon.table, "tj_test");
         assert_eq!(c.daemon.log_level.as_deref(), Some("debug"));
         let (p, _) = &c.networks["traefik_public"];
-        assert!(p.allow_host_traffic);
+        assert_eq!(p.host_access, HostAccess::Open);
         assert_eq!(
             p.whitelist,
-            [
+            Selector::query(vec![
                 Filter {
                     key: "ancestor".into(),
                     value: "traefik:latest".into()
@@ -579,11 +1101,21 @@ whitelist = "name=proxy"
                     key: "label".into(),
                     value: "role=proxy".into()
                 },
-            ]
+            ])
         );
         let (p, _) = &c.networks["other"];
-        assert!(!p.allow_host_traffic);
-        assert_eq!(p.whitelist.len(), 1);
+        assert_eq!(p.host_access, HostAccess::Closed);
+        assert_eq!(p.whitelist.to_string(), "name=proxy");
+        // ancestor= and an unanchored name= are warned about, where they are written.
+        let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        assert!(warnings[0].starts_with("/etc/trafficjam/a.toml:9:13: network \"traefik_public\": whitelist: \"ancestor=traefik:latest\" follows the image tag"), "{warnings:#?}");
+        assert!(
+            warnings[1].contains(
+                "a.toml:13:13: network \"other\": whitelist: \"name=proxy\" is a regular expression"
+            ),
+            "{warnings:#?}"
+        );
     }
 
     #[test]
@@ -608,22 +1140,27 @@ whitelist = "name=proxy"
             "a.toml",
             "[network.n]\nwhitelist = [\"name=a\", \"nope\"]\n",
         )]);
-        assert!(e.starts_with("/etc/trafficjam/a.toml:2:24: network \"n\": whitelist entry \"nope\" is not a filter"), "{e}");
+        assert!(
+            e.starts_with(
+                "/etc/trafficjam/a.toml:2:24: network \"n\": whitelist: \"nope\" is not a filter"
+            ),
+            "{e}"
+        );
         let e = error(&[("a.toml", "[network.n]\nwhitelist = \"colour=red\"\n")]);
-        assert!(e.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist entry \"colour=red\": unknown filter \"colour\""), "{e}");
+        assert!(e.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist: \"colour=red\": unknown filter \"colour\""), "{e}");
         let e = error(&[("a.toml", "[network.n]\nwhitelist = [\"name=a\", \"\"]\n")]);
         assert_eq!(
             e,
-            "/etc/trafficjam/a.toml:2:24: network \"n\": empty whitelist entry"
+            "/etc/trafficjam/a.toml:2:24: network \"n\": whitelist: an empty filter"
         );
         let e = error(&[("a.toml", "[network.n]\nwhitelist = []\n")]);
         assert!(
-            e.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": the whitelist is empty"),
+            e.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist: an empty query"),
             "{e}"
         );
         let e = error(&[("a.toml", "[network.n]\nallow_host_traffic = true\n")]);
         assert!(
-            e.starts_with("/etc/trafficjam/a.toml:1:1: missing field `whitelist`"),
+            e.starts_with("/etc/trafficjam/a.toml:1:10: network \"n\": no whitelist"),
             "{e}"
         );
         let e = error(&[("a.toml", "[daemon]\nresync_interval = \"soon\"\n")]);
@@ -720,8 +1257,9 @@ whitelist = "name=proxy"
         assert_eq!(c.daemon.resync_interval, DEFAULT_RESYNC_INTERVAL);
         assert_eq!(c.daemon.table, DEFAULT_TABLE);
         let (p, _) = &c.networks["traefik_public"];
-        assert_eq!(p.whitelist[0].to_string(), "label=trafficjam.role=proxy");
-        assert!(!p.allow_host_traffic);
+        assert_eq!(p.whitelist.to_string(), "label=trafficjam.role=proxy");
+        assert_eq!(p.host_access, HostAccess::Closed);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
@@ -764,18 +1302,16 @@ whitelist = "name=proxy"
         let (p, source, errors) = c.policy_for("api", &l).unwrap();
         assert_eq!(source, PolicySource::Labels);
         assert!(errors.is_empty());
-        assert!(p.allow_host_traffic);
+        assert_eq!(p.host_access, HostAccess::Open);
+        // Each whitelist label is an alternative.
         assert_eq!(
-            p.whitelist
-                .iter()
-                .map(|f| f.to_string())
-                .collect::<Vec<_>>(),
-            ["ancestor=traefik", "label=proxy=yes"]
+            p.whitelist.to_string(),
+            "ancestor=traefik | label=proxy=yes"
         );
         let (p, source, _) = c.policy_for("web", &l).unwrap();
         assert!(matches!(source, PolicySource::File(_)));
-        assert_eq!(p.whitelist[0].to_string(), "name=proxy");
-        assert!(!p.allow_host_traffic);
+        assert_eq!(p.whitelist.to_string(), "name=proxy");
+        assert_eq!(p.host_access, HostAccess::Closed);
         assert!(
             c.policy_for("plain", &labels(&[("com.example", "x")]))
                 .is_none()
@@ -808,8 +1344,238 @@ whitelist = "name=proxy"
                 ]),
             )
             .unwrap();
-        assert!(!p.allow_host_traffic);
+        assert_eq!(p.host_access, HostAccess::Closed);
         assert_eq!(errors.len(), 1);
+        // Broken port and destination labels: no port opened, every destination denied.
+        let (p, _, errors) = c
+            .policy_for(
+                "api",
+                &labels(&[
+                    ("trafficjam.whitelist", "name=p"),
+                    ("trafficjam.allow_host_ports", "53/udp, dns"),
+                    ("trafficjam.deny_outbound", "private,10.0.0.0/33"),
+                ]),
+            )
+            .unwrap();
+        assert!(p.host_ports.is_empty());
+        assert_eq!(p.deny_outbound.len(), 2);
+        assert!(p.deny_outbound.iter().all(|d| d.prefix() == 0));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn network_labels_carry_host_access_ports_and_outbound_denials() {
+        let (p, _, errors) = Config::default()
+            .policy_for(
+                "api",
+                &labels(&[
+                    ("trafficjam.whitelist", "label=role=proxy"),
+                    ("trafficjam.allow_host_traffic", "whitelisted"),
+                    ("trafficjam.allow_host_ports", "53/udp, 8000-8100/tcp"),
+                    ("trafficjam.deny_outbound", "private, 203.0.113.7"),
+                ]),
+            )
+            .unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(p.host_access, HostAccess::Whitelisted);
+        let ports: Vec<String> = p.host_ports.iter().map(|p| p.to_string()).collect();
+        assert_eq!(ports, ["53/udp", "8000-8100/tcp"]);
+        assert_eq!(p.deny_outbound.len(), PRIVATE_DESTINATIONS.len() + 1);
+        assert_eq!(
+            p.deny_outbound.last().unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+    }
+
+    #[test]
+    fn container_labels_open_the_container_to_whom_they_name() {
+        let (rules, problems) = container_allow_rules(
+            "db",
+            &labels(&[
+                (
+                    "trafficjam.allow.from",
+                    "label=com.docker.compose.service=nextcloud",
+                ),
+                ("trafficjam.allow.ports", "5432/tcp"),
+                ("trafficjam.allow.admin.from", "name=^adminer$"),
+                ("trafficjam.allow.bad.from", "nonsense"),
+                ("trafficjam.allow.lonely.ports", "80/tcp"),
+                ("trafficjam.allow.wrong.ports", "80/icmp"),
+                ("trafficjam.allow.wrong.from", "name=^x$"),
+                ("trafficjam.allow.admin.color", "red"),
+                ("com.example", "x"),
+            ]),
+        );
+        let summary: Vec<String> = rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {:?}",
+                    r.origin,
+                    r.from,
+                    r.ports.as_ref().map(|p| p.len())
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "label trafficjam.allow.from on db label=com.docker.compose.service=nextcloud Some(1)",
+                "label trafficjam.allow.admin.from on db name=^adminer$ None",
+            ]
+        );
+        // The broken ones open nothing, and each says why.
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems.iter().all(|p| p.starts_with("container db: ")));
+    }
+
+    #[test]
+    fn allow_rules_alternatives_and_host_keys_parse() {
+        let c = parse(&[(
+            "cloud.toml",
+            r#"
+[network.cloud]
+whitelist = [["label=role=proxy"], ["label=role=admin"]]
+allow_host_traffic = "whitelisted"
+allow_host_ports = ["53/udp", "8000-8100/tcp"]
+deny_outbound = ["private", "203.0.113.0/24"]
+
+[[network.cloud.allow]]
+from = "label=app=nextcloud"
+to = ["label=app=db"]
+ports = ["5432/tcp", "tcp"]
+
+[[network.cloud.allow]]
+from = [["label=app=sso"], ["name=^auth$"]]
+to = "label=role=proxy"
+"#,
+        )])
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let (p, _) = &c.networks["cloud"];
+        assert_eq!(p.whitelist.queries.len(), 2);
+        assert_eq!(
+            p.whitelist.to_string(),
+            "label=role=proxy | label=role=admin"
+        );
+        assert_eq!(p.host_access, HostAccess::Whitelisted);
+        assert_eq!(p.host_ports.len(), 2);
+        assert_eq!(p.deny_outbound.len(), PRIVATE_DESTINATIONS.len() + 1);
+        assert_eq!(p.allow.len(), 2);
+        let a = &p.allow[0];
+        assert_eq!(a.from.to_string(), "label=app=nextcloud");
+        assert_eq!(a.to.to_string(), "label=app=db");
+        let ports: Vec<String> = a
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(ports, ["5432/tcp", "tcp"]);
+        assert_eq!(a.origin, "/etc/trafficjam/cloud.toml:8");
+        let b = &p.allow[1];
+        assert_eq!(b.from.queries.len(), 2);
+        assert_eq!(b.ports, None);
+        assert_eq!(b.origin, "/etc/trafficjam/cloud.toml:13");
+    }
+
+    #[test]
+    fn a_list_repeating_label_is_warned_about() {
+        let c = parse(&[(
+            "a.toml",
+            "[network.n]\nwhitelist = [\"label=role=proxy\", \"label=role=admin\"]\n",
+        )])
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        let w = c.warnings[0].to_string();
+        assert!(w.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist: [\"label=role=proxy\", \"label=role=admin\"] is one query, and Docker ANDs repeated label filters"), "{w}");
+        assert!(
+            w.contains("[[\"label=role=proxy\"], [\"label=role=admin\"]]"),
+            "{w}"
+        );
+        let c = parse(&[(
+            "a.toml",
+            "[network.n]\nwhitelist = \"label=traefik.enable=true\"\n",
+        )])
+        .unwrap();
+        assert!(
+            c.warnings[0]
+                .to_string()
+                .contains("every container Traefik routes to")
+        );
+        let c = parse(&[("a.toml", "[network.n]\nwhitelist = \"name=^traefik$\"\n")]).unwrap();
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn policy_errors_are_located() {
+        let net = |body: &str| format!("[network.n]\nwhitelist = \"name=^p$\"\n{body}");
+        let cases = [
+            (
+                "allow_host_ports = [\"53/icmp\"]\n",
+                "3:21: network \"n\": allow_host_ports: \"53/icmp\": unknown protocol \"icmp\"",
+            ),
+            (
+                "allow_host_ports = [\"0/tcp\"]\n",
+                "3:21: network \"n\": allow_host_ports: \"0/tcp\": \"0\" is not a port",
+            ),
+            (
+                "allow_host_ports = [\"70000/tcp\"]\n",
+                "is not a port (1 to 65535)",
+            ),
+            (
+                "allow_host_ports = [\"9-8/tcp\"]\n",
+                "the range ends before it starts",
+            ),
+            (
+                "allow_host_ports = []\n",
+                "3:20: network \"n\": allow_host_ports is empty",
+            ),
+            (
+                "allow_host_traffic = \"proxy\"\n",
+                "3:22: network \"n\": allow_host_traffic = \"proxy\": expected true, false or \"whitelisted\"",
+            ),
+            (
+                "deny_outbound = [\"10.0.0.0/33\"]\n",
+                "3:18: network \"n\": deny_outbound: \"10.0.0.0/33\" is not a destination",
+            ),
+            ("deny_outbound = [\"lan\"]\n", "is not a destination"),
+            (
+                "[[network.n.allow]]\nto = \"name=^db$\"\n",
+                "network \"n\": an allow rule needs `from`",
+            ),
+            (
+                "[[network.n.allow]]\nfrom = \"name=^a$\"\nto = \"\"\n",
+                "5:6: network \"n\": allow.to: an empty filter",
+            ),
+            (
+                "[[network.n.allow]]\nfrom = []\nto = \"name=^db$\"\n",
+                "4:8: network \"n\": allow.from: an empty query",
+            ),
+            (
+                "[[network.n.allow]]\nfrom = [\"name=^a$\", [\"name=^b$\"]]\nto = \"name=^db$\"\n",
+                "4:21: network \"n\": allow.from: mixes filters and lists",
+            ),
+            (
+                "[[network.n.allow]]\nfrom = \"name=^a$\"\nto = \"name=^db$\"\nports = [\"5432\"]\n",
+                "6:10: network \"n\": allow.ports: \"5432\": unknown protocol",
+            ),
+            (
+                "[[network.n.allow]]\nfrom = \"name=^a$\"\nto = \"name=^db$\"\nport = [\"5432/tcp\"]\n",
+                "unknown field `port`",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = error(&[("a.toml", &net(body))]);
+            assert!(e.contains(want), "{body:?}: {e}");
+        }
+        // Allow rules for a network with no section (no whitelist) of their own.
+        let e = error(&[(
+            "a.toml",
+            "[[network.cloud.allow]]\nfrom = \"name=^a$\"\nto = \"name=^b$\"\n",
+        )]);
+        assert!(e.contains("network \"cloud\": no whitelist"), "{e}");
     }
 
     #[test]

@@ -16,8 +16,10 @@ use bollard::query_parameters::{
 use futures_util::Stream;
 use ipnetwork::IpNetwork;
 
-use crate::config::{Config, Filter, NetworkPolicy, PolicySource};
-use crate::plan::{Mac, ManagedNetwork};
+use crate::config::{
+    self, Config, Filter, LABEL_ALLOW_PREFIX, NetworkPolicy, PolicySource, Selector,
+};
+use crate::plan::{Grant, IpVersion, Mac, ManagedNetwork};
 
 /// Requests (not event streams) must answer within this time.
 const REQUEST_TIMEOUT_SECS: u64 = 10;
@@ -75,12 +77,22 @@ pub struct NetworkSnapshot {
     pub subnets: Vec<IpNetwork>,
     /// The containers matching the whitelist that have an address on this network.
     pub whitelisted: Vec<Endpoint>,
+    /// For each of the policy's allow rules (same order), the containers on this network
+    /// its `from` and its `to` choose.
+    pub allowed: Vec<AllowedEndpoints>,
     /// Every container on the network (whitelisted or not).
     pub endpoints: Vec<Endpoint>,
     /// The gateway addresses of the network's subnets.
     pub gateways: Vec<IpAddr>,
     pub policy: NetworkPolicy,
     pub source: PolicySource,
+}
+
+/// The containers an allow rule chooses on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AllowedEndpoints {
+    pub from: Vec<Endpoint>,
+    pub to: Vec<Endpoint>,
 }
 
 /// Everything one pass needs from Docker.
@@ -94,7 +106,7 @@ pub struct Snapshot {
 }
 
 /// The plan's input: each managed network with the addresses of its whitelisted
-/// containers on that network.
+/// containers on that network, and its allow rules resolved to pairs of addresses.
 pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
     snapshot
         .networks
@@ -108,18 +120,48 @@ pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
                 .iter()
                 .flat_map(|e| e.addrs.iter().copied())
                 .collect(),
-            allow_host_traffic: n.policy.allow_host_traffic,
+            host_access: n.policy.host_access,
+            host_ports: n.policy.host_ports.clone(),
+            deny_outbound: n.policy.deny_outbound.clone(),
+            allow_rules: !n.policy.allow.is_empty(),
+            grants: grants(&n.policy, &n.allowed),
             gateways: n.gateways.clone(),
             ..ManagedNetwork::default()
         })
         .collect()
 }
 
+/// Every (from, to, ports) the allow rules give, address by address, within a family.
+fn grants(policy: &NetworkPolicy, allowed: &[AllowedEndpoints]) -> BTreeSet<Grant> {
+    let mut grants = BTreeSet::new();
+    for (rule, sides) in policy.allow.iter().zip(allowed) {
+        let ports: Vec<Option<_>> = match &rule.ports {
+            None => vec![None],
+            Some(list) => list.iter().copied().map(Some).collect(),
+        };
+        for from in sides.from.iter().flat_map(|e| &e.addrs) {
+            for to in sides.to.iter().flat_map(|e| &e.addrs) {
+                if IpVersion::of(from) != IpVersion::of(to) || from == to {
+                    continue;
+                }
+                for p in &ports {
+                    grants.insert(Grant {
+                        from: *from,
+                        to: *to,
+                        ports: *p,
+                    });
+                }
+            }
+        }
+    }
+    grants
+}
+
 /// The endpoints of the containers in `matching` (id -> name, as `docker ps` listed them).
 /// While a container starts, Docker 28 may list its endpoint under `ep-<endpoint id>`
 /// instead of the container's id: the endpoint's name (the container's, unique among
 /// containers) still tells whose it is.
-fn whitelisted_of(endpoints: &[Endpoint], matching: &HashMap<String, String>) -> Vec<Endpoint> {
+fn chosen_of(endpoints: &[Endpoint], matching: &HashMap<String, String>) -> Vec<Endpoint> {
     endpoints
         .iter()
         .filter_map(|e| {
@@ -135,6 +177,14 @@ fn whitelisted_of(endpoints: &[Endpoint], matching: &HashMap<String, String>) ->
             })
         })
         .collect()
+}
+
+/// A container's name as `docker ps` shows it (the list gives `/name`).
+fn container_name(names: Option<Vec<String>>) -> String {
+    names
+        .and_then(|n| n.into_iter().next())
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .unwrap_or_default()
 }
 
 /// Parses Docker's `02:42:ac:11:00:02`.
@@ -198,6 +248,8 @@ impl DockerClient {
     /// Reads the managed networks and their whitelisted containers.
     pub async fn snapshot(&self, config: &Config) -> Result<Snapshot, DockerError> {
         let mut snapshot = Snapshot::default();
+        // Each distinct query is asked once per pass, whichever networks and rules share it.
+        let mut queries = HashMap::new();
         let networks = self
             .docker
             .list_networks(None::<ListNetworksOptions>)
@@ -215,6 +267,13 @@ impl DockerClient {
             seen.insert(name.clone());
             for p in problems {
                 snapshot.warnings.push((name.clone(), p));
+            }
+            if source == PolicySource::Labels {
+                for p in policy.whitelist.pitfalls() {
+                    snapshot
+                        .warnings
+                        .push((name.clone(), format!("whitelist: {p}")));
+                }
             }
             if net.driver.as_deref() != Some("bridge") {
                 snapshot.warnings.push((
@@ -246,7 +305,46 @@ impl DockerClient {
                     }
                 })
                 .collect();
-            let (whitelisted, endpoints) = self.endpoints_on(&policy.whitelist, &id).await?;
+            let endpoints = self.endpoints_on(&id).await?;
+            let whitelisted = chosen_of(
+                &endpoints,
+                &self.matching(&policy.whitelist, &mut queries).await?,
+            );
+            let mut allowed = Vec::new();
+            for rule in &policy.allow {
+                allowed.push(AllowedEndpoints {
+                    from: chosen_of(&endpoints, &self.matching(&rule.from, &mut queries).await?),
+                    to: chosen_of(&endpoints, &self.matching(&rule.to, &mut queries).await?),
+                });
+            }
+            let mut policy = policy;
+            if config.daemon.label_opt_in {
+                // Allow rules carried by the containers on the network, towards themselves.
+                for (id, container, labels) in self.labelled_containers(&id).await? {
+                    let (rules, problems) = config::container_allow_rules(&container, &labels);
+                    for p in problems {
+                        snapshot.warnings.push((name.clone(), p));
+                    }
+                    for mut rule in rules {
+                        allowed.push(AllowedEndpoints {
+                            from: chosen_of(
+                                &endpoints,
+                                &self.matching(&rule.from, &mut queries).await?,
+                            ),
+                            to: endpoints
+                                .iter()
+                                .filter(|e| e.container_id == id)
+                                .cloned()
+                                .collect(),
+                        });
+                        rule.to = Selector::query(vec![Filter {
+                            key: "id".into(),
+                            value: id[..id.len().min(12)].to_owned(),
+                        }]);
+                        policy.allow.push(rule);
+                    }
+                }
+            }
             let options = net.options.clone().unwrap_or_default();
             snapshot.networks.push(NetworkSnapshot {
                 bridge: bridge_name(&id, &options),
@@ -254,6 +352,7 @@ impl DockerClient {
                 id,
                 subnets,
                 whitelisted,
+                allowed,
                 endpoints,
                 gateways,
                 policy,
@@ -269,43 +368,79 @@ impl DockerClient {
         Ok(snapshot)
     }
 
+    /// The containers `selector` chooses (id -> name): the union of its queries, each
+    /// `docker ps --all --filter …` exactly as Docker filters. Answers are kept in `cache`
+    /// for the rest of the pass.
+    async fn matching(
+        &self,
+        selector: &Selector,
+        cache: &mut HashMap<Vec<Filter>, HashMap<String, String>>,
+    ) -> Result<HashMap<String, String>, DockerError> {
+        let mut matching = HashMap::new();
+        for query in &selector.queries {
+            if query.is_empty() {
+                continue;
+            }
+            if !cache.contains_key(query) {
+                let options = ListContainersOptions {
+                    all: true,
+                    filters: Some(Filter::to_docker(query)),
+                    ..Default::default()
+                };
+                let listed = self
+                    .docker
+                    .list_containers(Some(options))
+                    .await
+                    .map_err(Self::request_err("list containers"))?
+                    .into_iter()
+                    .filter_map(|c| Some((c.id?, container_name(c.names))))
+                    .collect();
+                cache.insert(query.clone(), listed);
+            }
+            matching.extend(cache[query].iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Ok(matching)
+    }
+
+    /// The containers attached to the network `network_id` that carry allow labels: id,
+    /// name, labels.
+    async fn labelled_containers(
+        &self,
+        network_id: &str,
+    ) -> Result<Vec<(String, String, HashMap<String, String>)>, DockerError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "network".to_owned(),
+                vec![network_id.to_owned()],
+            )])),
+            ..Default::default()
+        };
+        Ok(self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(Self::request_err("list containers"))?
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                if !labels.keys().any(|k| k.starts_with(LABEL_ALLOW_PREFIX)) {
+                    return None;
+                }
+                Some((c.id?, container_name(c.names), labels))
+            })
+            .collect())
+    }
+
     /// The containers with an endpoint on the network `network_id`, with their addresses
-    /// and MACs there: first those `docker ps --all --filter …` lists (exactly as Docker
-    /// filters them; the whitelisted), then all of them.
+    /// and MACs there.
     ///
     /// The addresses come from the network's endpoints, not from the container list: Docker
     /// creates the endpoint (and sends the network `connect` event) before the container's
     /// process runs, while the list shows the address only once it runs. So a whitelisted
     /// container is whitelisted before its first packet. A container that is not running
     /// has no endpoint, and stays out.
-    async fn endpoints_on(
-        &self,
-        filters: &[Filter],
-        network_id: &str,
-    ) -> Result<(Vec<Endpoint>, Vec<Endpoint>), DockerError> {
-        let matching: HashMap<String, String> = if filters.is_empty() {
-            HashMap::new()
-        } else {
-            let options = ListContainersOptions {
-                all: true,
-                filters: Some(Filter::to_docker(filters)),
-                ..Default::default()
-            };
-            self.docker
-                .list_containers(Some(options))
-                .await
-                .map_err(Self::request_err("list containers"))?
-                .into_iter()
-                .filter_map(|c| {
-                    let name = c
-                        .names
-                        .and_then(|n| n.into_iter().next())
-                        .map(|n| n.trim_start_matches('/').to_owned())
-                        .unwrap_or_default();
-                    Some((c.id?, name))
-                })
-                .collect()
-        };
+    async fn endpoints_on(&self, network_id: &str) -> Result<Vec<Endpoint>, DockerError> {
         let network = self
             .docker
             .inspect_network(network_id, None::<InspectNetworkOptions>)
@@ -330,8 +465,7 @@ impl DockerClient {
             })
             .collect();
         endpoints.sort_by(|a, b| a.container_name.cmp(&b.container_name));
-        let whitelisted = whitelisted_of(&endpoints, &matching);
-        Ok((whitelisted, endpoints))
+        Ok(endpoints)
     }
 
     pub fn events_since(
@@ -417,6 +551,7 @@ mod tests {
 
     use super::*;
     use crate::config::Filter;
+    use crate::plan::HostAccess;
 
     fn endpoint(id: &str, addrs: &[&str]) -> Endpoint {
         Endpoint {
@@ -438,7 +573,7 @@ mod tests {
             ("c1".to_owned(), "proxy".to_owned()),
             ("c2".to_owned(), "name-c2".to_owned()),
         ]);
-        let got = whitelisted_of(&[starting, other, running], &matching);
+        let got = chosen_of(&[starting, other, running], &matching);
         let ids: Vec<(&str, &str)> = got
             .iter()
             .map(|e| (e.container_id.as_str(), e.container_name.as_str()))
@@ -479,6 +614,46 @@ mod tests {
     }
 
     #[test]
+    fn allow_rules_become_grants_between_the_chosen_containers_addresses() {
+        use crate::config::AllowRule;
+        use crate::plan::PortRange;
+        let rule = |ports: Option<Vec<PortRange>>| AllowRule {
+            from: Selector::query(vec![Filter::parse("name=^app$").unwrap()]),
+            to: Selector::query(vec![Filter::parse("name=^db$").unwrap()]),
+            ports,
+            origin: "test".into(),
+        };
+        let policy = NetworkPolicy {
+            allow: vec![
+                rule(Some(vec![PortRange::parse("5432/tcp").unwrap()])),
+                rule(None),
+            ],
+            ..NetworkPolicy::whitelisting(Selector::default())
+        };
+        let app = endpoint("app", &["172.20.0.5", "fd00::5"]);
+        let db = endpoint("db", &["172.20.0.6", "fd00::6"]);
+        let sides = AllowedEndpoints {
+            from: vec![app.clone()],
+            to: vec![db, app],
+        };
+        let g = grants(&policy, &[sides.clone(), sides]);
+        // Per family, never a container with itself, once with the port and once open.
+        let text: Vec<String> = g
+            .iter()
+            .map(|g| format!("{} > {} {:?}", g.from, g.to, g.ports.map(|p| p.to_string())))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "172.20.0.5 > 172.20.0.6 None",
+                "172.20.0.5 > 172.20.0.6 Some(\"5432/tcp\")",
+                "fd00::5 > fd00::6 None",
+                "fd00::5 > fd00::6 Some(\"5432/tcp\")",
+            ]
+        );
+    }
+
+    #[test]
     fn whitelisted_endpoints_give_the_network_whitelist() {
         let snapshot = Snapshot {
             networks: vec![NetworkSnapshot {
@@ -490,11 +665,14 @@ mod tests {
                     endpoint("proxy", &["172.20.0.2", "fd00::2"]),
                     endpoint("proxy2", &["172.20.0.3"]),
                 ],
+                allowed: Vec::new(),
                 endpoints: Vec::new(),
                 gateways: vec!["172.20.0.1".parse().unwrap()],
                 policy: NetworkPolicy {
-                    whitelist: vec![Filter::parse("name=proxy").unwrap()],
-                    allow_host_traffic: true,
+                    host_access: HostAccess::Open,
+                    ..NetworkPolicy::whitelisting(Selector::query(vec![
+                        Filter::parse("name=proxy").unwrap(),
+                    ]))
                 },
                 source: PolicySource::Labels,
             }],
@@ -503,7 +681,8 @@ mod tests {
         let nets = managed_networks(&snapshot);
         assert_eq!(nets.len(), 1);
         assert_eq!(nets[0].bridge, "br-abc");
-        assert!(nets[0].allow_host_traffic);
+        assert_eq!(nets[0].host_access, HostAccess::Open);
+        assert!(!nets[0].allow_rules);
         assert_eq!(
             nets[0].whitelist,
             BTreeSet::from([

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::ManagedNetwork;
+use crate::plan::{HostAccess, ManagedNetwork};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/trafficjam";
 const STATE_FILE: &str = "state.json";
@@ -31,6 +31,9 @@ pub struct IsolatedNetwork {
     pub bridge: String,
     pub subnets: Vec<IpNetwork>,
     pub allow_host_traffic: bool,
+    /// Kept so that a boot does not open what the policy denies.
+    #[serde(default)]
+    pub deny_outbound: Vec<IpNetwork>,
 }
 
 impl IsolatedNetwork {
@@ -39,17 +42,24 @@ impl IsolatedNetwork {
             name: net.name.clone(),
             bridge: net.bridge.clone(),
             subnets: net.subnets.clone(),
-            allow_host_traffic: net.allow_host_traffic,
+            allow_host_traffic: net.host_access == HostAccess::Open,
+            deny_outbound: net.deny_outbound.clone(),
         }
     }
 
-    /// The network isolated with nobody whitelisted.
+    /// The network isolated with nobody whitelisted, no allow rule, no host port: what a
+    /// boot enforces before Docker answers.
     pub fn closed(&self) -> ManagedNetwork {
         ManagedNetwork {
             name: self.name.clone(),
             bridge: self.bridge.clone(),
             subnets: self.subnets.clone(),
-            allow_host_traffic: self.allow_host_traffic,
+            host_access: if self.allow_host_traffic {
+                HostAccess::Open
+            } else {
+                HostAccess::Closed
+            },
+            deny_outbound: self.deny_outbound.clone(),
             ..ManagedNetwork::default()
         }
     }
@@ -164,6 +174,7 @@ mod tests {
                 bridge: "br-web".into(),
                 subnets: vec!["10.1.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()],
                 allow_host_traffic: false,
+                deny_outbound: vec!["10.0.0.0/8".parse().unwrap()],
             }],
             config: vec![SavedFile {
                 path: "/etc/trafficjam/web.toml".into(),

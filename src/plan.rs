@@ -7,8 +7,11 @@
 //! - `inet` table: `forward` (hook forward, priority filter - 10) sends B-to-B traffic to
 //!   `fwd_N`: established/related and whitelisted sources return, neighbour discovery
 //!   returns, the rest is counted and dropped. `input` sends traffic from B to the host to
-//!   `host_N` (unless `allow_host_traffic`): established/related and neighbour discovery
-//!   return, the rest is dropped.
+//!   `host_N` (unless the host is open): established/related and neighbour discovery
+//!   return (and the whitelisted, and the host ports allowed), the rest is dropped. Allow
+//!   rules are two set lookups in `fwd_N` (pairs allowed everything; pairs allowed a
+//!   protocol and port ranges); `deny_outbound` is `out_N`, for connections routed out
+//!   of the bridge.
 //! - `bridge` table: a stateless backstop that works without br_netfilter. A packet with
 //!   source and destination inside N's subnets goes to `iso_N`: whitelisted sources return;
 //!   a non-whitelisted source may not open TCP or ping anyone; replies to a whitelisted
@@ -73,6 +76,28 @@ pub mod names {
     /// `bridge`: the stateless backstop of one network.
     pub fn isolation_chain(network: &str) -> String {
         format!("iso_{network}")
+    }
+
+    /// `inet`: connections the containers of one network open through the host to
+    /// elsewhere (`deny_outbound`).
+    pub fn outbound_chain(network: &str) -> String {
+        format!("out_{network}")
+    }
+
+    /// Pairs of addresses of one network and family allowed every port and protocol.
+    pub fn pair_set(network: &str, version: IpVersion) -> String {
+        match version {
+            IpVersion::V4 => format!("allow4_{network}"),
+            IpVersion::V6 => format!("allow6_{network}"),
+        }
+    }
+
+    /// Pairs of addresses of one network and family allowed a protocol and port range.
+    pub fn service_set(network: &str, version: IpVersion) -> String {
+        match version {
+            IpVersion::V4 => format!("svc4_{network}"),
+            IpVersion::V6 => format!("svc6_{network}"),
+        }
     }
 
     /// The whitelisted addresses of one network and family.
@@ -183,14 +208,143 @@ pub struct ManagedNetwork {
     pub subnets: Vec<IpNetwork>,
     /// Addresses of the whitelisted containers on this network.
     pub whitelist: BTreeSet<IpAddr>,
-    /// Whether the containers may open connections to the host.
-    pub allow_host_traffic: bool,
+    /// Which containers may open connections to the host.
+    pub host_access: HostAccess,
+    /// Host ports every container may open even when `host_access` closes the host.
+    pub host_ports: Vec<PortRange>,
+    /// Destinations the containers may not open connections to through the host.
+    pub deny_outbound: Vec<IpNetwork>,
+    /// Whether the policy has allow rules: their sets and rules then exist even while no
+    /// container matches, so containers coming and going are element updates.
+    pub allow_rules: bool,
+    /// Who else may open connections to whom (allow rules, resolved to addresses).
+    pub grants: BTreeSet<Grant>,
     /// The containers' resolved ports (port security binds each to its own identity).
     pub ports: Vec<Port>,
     /// The bridge's own MAC (the gateway's), when known.
     pub gateway_mac: Option<Mac>,
     /// The gateway addresses of the network's subnets.
     pub gateways: Vec<IpAddr>,
+}
+
+/// What the containers of a network may open to the host itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostAccess {
+    /// Nothing (but `host_ports`): published ports, docker-proxy and host services closed.
+    #[default]
+    Closed,
+    /// The whitelisted containers only (a proxy in front of host services).
+    Whitelisted,
+    /// Every container.
+    Open,
+}
+
+impl HostAccess {
+    pub fn name(self) -> &'static str {
+        match self {
+            HostAccess::Closed => "closed",
+            HostAccess::Whitelisted => "whitelisted",
+            HostAccess::Open => "open",
+        }
+    }
+}
+
+/// A transport protocol of an allow rule or a host port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A protocol and an inclusive range of destination ports: `53/udp`, `8000-8100/tcp`,
+/// `tcp` (every port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub protocol: Protocol,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Parses `PORT/PROTO`, `FIRST-LAST/PROTO` or `PROTO`.
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        let protocol_of = |name: &str| match name {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!(
+                "{text:?}: unknown protocol {other:?} (tcp or udp; examples: \"5432/tcp\", \"53/udp\", \"8000-8100/tcp\", \"tcp\")"
+            )),
+        };
+        let Some((ports, proto)) = text.split_once('/') else {
+            return Ok(PortRange {
+                protocol: protocol_of(text)?,
+                first: 1,
+                last: u16::MAX,
+            });
+        };
+        let protocol = protocol_of(proto)?;
+        let port = |p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("{text:?}: {p:?} is not a port (1 to 65535)")),
+            }
+        };
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(ports)?, port(ports)?),
+        };
+        if first > last {
+            return Err(format!("{text:?}: the range ends before it starts"));
+        }
+        Ok(PortRange {
+            protocol,
+            first,
+            last,
+        })
+    }
+
+    fn every_port(&self) -> bool {
+        self.first <= 1 && self.last == u16::MAX
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = self.protocol.name();
+        if self.every_port() {
+            f.write_str(proto)
+        } else if self.first == self.last {
+            write!(f, "{}/{proto}", self.first)
+        } else {
+            write!(f, "{}-{}/{proto}", self.first, self.last)
+        }
+    }
+}
+
+/// One permission, resolved: `from` may open connections to `to`, on `ports` (`None`:
+/// every protocol and port). Answers flow back; the other direction stays closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Grant {
+    pub from: IpAddr,
+    pub to: IpAddr,
+    pub ports: Option<PortRange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -230,6 +384,22 @@ impl IpVersion {
 
     fn of_net(net: &IpNetwork) -> Self {
         IpVersion::of(&net.ip())
+    }
+
+    /// nft's data type number for an address of this family.
+    fn type_id(self) -> u32 {
+        match self {
+            IpVersion::V4 => TYPE_IPV4,
+            IpVersion::V6 => TYPE_IPV6,
+        }
+    }
+
+    /// The length of an address of this family, in bytes.
+    pub fn addr_len(self) -> u32 {
+        match self {
+            IpVersion::V4 => 4,
+            IpVersion::V6 => 16,
+        }
     }
 
     /// The `nft` keyword for this family's header (`ip` or `ip6`).
@@ -293,6 +463,10 @@ impl Dir {
 pub enum Match {
     IifName(String),
     OifName(String),
+    /// `oifname != "br-…"`
+    OifNameNot(String),
+    /// `tcp dport 8000-8100`: a protocol and a destination port range.
+    DestPort(PortRange),
     /// `ct state established,related`
     CtEstablishedRelated,
     /// `ip saddr 10.0.0.0/24`
@@ -339,6 +513,24 @@ pub enum Field {
     /// The target address of an IPv6 neighbour advertisement (`@th,64,128`: nft 1.0.6
     /// has no name for it).
     AdvertTarget,
+    IpDest(IpVersion),
+    /// `meta l4proto`
+    L4Proto,
+    /// `th dport`
+    DestPort,
+    /// `th sport`
+    SourcePort,
+}
+
+impl Field {
+    /// Whether the field is one of a connection's (addresses, protocol, ports): lookups of
+    /// those are laid out in 32-bit registers, as nft does.
+    pub fn of_flow(self) -> bool {
+        matches!(
+            self,
+            Field::IpDest(_) | Field::L4Proto | Field::DestPort | Field::SourcePort
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,6 +589,11 @@ pub enum SetKey {
     Raw128,
     /// `typeof iifname . @th,64,128`
     IfnameRaw128,
+    /// `type ipv4_addr . ipv4_addr` (and IPv6): a source and a destination.
+    Pair(IpVersion),
+    /// `type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval` (and
+    /// IPv6): a source, a destination, a protocol and a range of ports.
+    Service(IpVersion),
 }
 
 /// nft's user data for the keys that need it to print (captured from nft 1.0.6 with
@@ -412,6 +609,8 @@ const TYPE_IPV4: u32 = 7;
 const TYPE_IPV6: u32 = 8;
 const TYPE_ETHER: u32 = 9;
 const TYPE_IFNAME: u32 = 41;
+const TYPE_INET_PROTOCOL: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
 const fn concat(first: u32, second: u32) -> u32 {
     (first << 6) | second
 }
@@ -431,6 +630,20 @@ impl SetKey {
             SetKey::IfnameIpv6 => concat(TYPE_IFNAME, TYPE_IPV6),
             SetKey::Raw128 => TYPE_INTEGER,
             SetKey::IfnameRaw128 => concat(TYPE_IFNAME, TYPE_INTEGER),
+            SetKey::Pair(v) => concat(v.type_id(), v.type_id()),
+            SetKey::Service(v) => concat(
+                concat(concat(v.type_id(), v.type_id()), TYPE_INET_PROTOCOL),
+                TYPE_INET_SERVICE,
+            ),
+        }
+    }
+
+    /// The lengths of a concatenation's fields, for a set whose elements are ranges (the
+    /// kernel's pipapo set needs them); `None` for others.
+    pub fn range_fields(self) -> Option<Vec<u32>> {
+        match self {
+            SetKey::Service(v) => Some(vec![v.addr_len(), v.addr_len(), 1, 2]),
+            _ => None,
         }
     }
 
@@ -443,6 +656,8 @@ impl SetKey {
             SetKey::IfnameEther => 24,
             SetKey::IfnameIpv4 => 20,
             SetKey::IfnameIpv6 | SetKey::IfnameRaw128 => 32,
+            SetKey::Pair(v) => 2 * v.addr_len(),
+            SetKey::Service(v) => 2 * v.addr_len() + 8,
         }
     }
 
@@ -467,6 +682,14 @@ impl SetKey {
             SetKey::IfnameIpv6 => "type ifname . ipv6_addr",
             SetKey::Raw128 => "typeof @th,64,128",
             SetKey::IfnameRaw128 => "typeof iifname . @th,64,128",
+            SetKey::Pair(IpVersion::V4) => "type ipv4_addr . ipv4_addr",
+            SetKey::Pair(IpVersion::V6) => "type ipv6_addr . ipv6_addr",
+            SetKey::Service(IpVersion::V4) => {
+                "type ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t\tflags interval"
+            }
+            SetKey::Service(IpVersion::V6) => {
+                "type ipv6_addr . ipv6_addr . inet_proto . inet_service\n\t\tflags interval"
+            }
         }
     }
 
@@ -484,6 +707,16 @@ pub enum Element {
     Port(String),
     PortMac(String, Mac),
     PortIp(String, IpAddr),
+    /// A source and a destination of one family.
+    Pair(IpAddr, IpAddr),
+    /// A source, a destination, a protocol number and a range of destination ports.
+    Service {
+        from: IpAddr,
+        to: IpAddr,
+        protocol: u8,
+        first: u16,
+        last: u16,
+    },
 }
 
 fn ifname_bytes(name: &str) -> Vec<u8> {
@@ -517,7 +750,40 @@ impl Element {
                 k.extend(ip_bytes(a));
                 k
             }
+            Element::Pair(from, to) => {
+                let mut k = ip_bytes(from);
+                k.extend(ip_bytes(to));
+                k
+            }
+            Element::Service {
+                from,
+                to,
+                protocol,
+                first,
+                ..
+            } => service_key(from, to, *protocol, *first),
         }
+    }
+
+    /// The end of a range element's key (the kernel holds both ends), `None` for others.
+    pub fn key_end_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Element::Service {
+                from,
+                to,
+                protocol,
+                last,
+                ..
+            } => Some(service_key(from, to, *protocol, *last)),
+            _ => None,
+        }
+    }
+
+    /// The key and, for a range, its end: what a read-back of the set gives.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.key_bytes();
+        bytes.extend(self.key_end_bytes().unwrap_or_default());
+        bytes
     }
 
     fn text(&self, key: SetKey) -> String {
@@ -531,8 +797,38 @@ impl Element {
             Element::Port(p) => format!("\"{p}\""),
             Element::PortMac(p, m) => format!("\"{p}\" . {}", mac_text(m)),
             Element::PortIp(p, a) => format!("\"{p}\" . {}", addr(a)),
+            Element::Pair(from, to) => format!("{from} . {to}"),
+            Element::Service {
+                from,
+                to,
+                protocol,
+                first,
+                last,
+            } => {
+                let ports = if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                };
+                let protocol = match *protocol {
+                    6 => "tcp".to_owned(),
+                    17 => "udp".to_owned(),
+                    other => other.to_string(),
+                };
+                format!("{from} . {to} . {protocol} . {ports}")
+            }
         }
     }
+}
+
+/// Source, destination, protocol (padded to 4 bytes) and port (big-endian, padded).
+fn service_key(from: &IpAddr, to: &IpAddr, protocol: u8, port: u16) -> Vec<u8> {
+    let mut k = ip_bytes(from);
+    k.extend(ip_bytes(to));
+    k.extend([protocol, 0, 0, 0]);
+    k.extend(port.to_be_bytes());
+    k.extend([0, 0]);
+    k
 }
 
 pub fn mac_text(m: &Mac) -> String {
@@ -791,6 +1087,118 @@ fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
         .collect()
 }
 
+/// The allow rules' sets of one network: pairs allowed everything, and pairs allowed a
+/// protocol and port ranges (ranges of one pair and protocol merged, as the kernel refuses
+/// overlapping ranges). A pair allowed everything needs no port element; a container is
+/// never paired with itself (its own traffic does not cross the bridge).
+fn grant_sets(net: &ManagedNetwork) -> Vec<Set> {
+    use std::collections::BTreeMap;
+    let open: BTreeSet<(IpAddr, IpAddr)> = net
+        .grants
+        .iter()
+        .filter(|g| g.ports.is_none() && g.from != g.to)
+        .filter(|g| IpVersion::of(&g.from) == IpVersion::of(&g.to))
+        .map(|g| (g.from, g.to))
+        .collect();
+    let mut ranges: BTreeMap<(IpAddr, IpAddr, u8), Vec<(u16, u16)>> = BTreeMap::new();
+    for g in &net.grants {
+        let Some(ports) = g.ports else { continue };
+        if g.from == g.to
+            || IpVersion::of(&g.from) != IpVersion::of(&g.to)
+            || open.contains(&(g.from, g.to))
+        {
+            continue;
+        }
+        ranges
+            .entry((g.from, g.to, ports.protocol.number()))
+            .or_default()
+            .push((ports.first, ports.last));
+    }
+    let mut services = BTreeSet::new();
+    for ((from, to, protocol), mut list) in ranges {
+        list.sort();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (first, last) in list {
+            match merged.last_mut() {
+                Some(prev) if u32::from(first) <= u32::from(prev.1) + 1 => {
+                    prev.1 = prev.1.max(last)
+                }
+                _ => merged.push((first, last)),
+            }
+        }
+        for (first, last) in merged {
+            services.insert(Element::Service {
+                from,
+                to,
+                protocol,
+                first,
+                last,
+            });
+        }
+    }
+    let of = |e: &Element, version| match e {
+        Element::Pair(a, _) | Element::Service { from: a, .. } => IpVersion::of(a) == version,
+        _ => false,
+    };
+    let mut sets = Vec::new();
+    for version in [IpVersion::V4, IpVersion::V6] {
+        sets.push(Set {
+            name: names::pair_set(&net.name, version),
+            key: SetKey::Pair(version),
+            elements: open
+                .iter()
+                .map(|(a, b)| Element::Pair(*a, *b))
+                .filter(|e| of(e, version))
+                .collect(),
+        });
+        sets.push(Set {
+            name: names::service_set(&net.name, version),
+            key: SetKey::Service(version),
+            elements: services
+                .iter()
+                .filter(|e| of(e, version))
+                .cloned()
+                .collect(),
+        });
+    }
+    sets
+}
+
+/// The allow rules' lookups, for a packet from the opening side (`Dir::Src` is the
+/// opener) or for an answer (`Dir::Dst` is the opener: addresses and ports swapped).
+fn grant_rules(net: &ManagedNetwork, opener: Dir) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for version in [IpVersion::V4, IpVersion::V6] {
+        let (first, second, port) = match opener {
+            Dir::Src => (
+                Field::IpSource(version),
+                Field::IpDest(version),
+                Field::DestPort,
+            ),
+            Dir::Dst => (
+                Field::IpDest(version),
+                Field::IpSource(version),
+                Field::SourcePort,
+            ),
+        };
+        rules.push(Rule::new(
+            vec![Match::Lookup(
+                vec![first, second],
+                names::pair_set(&net.name, version),
+            )],
+            Verdict::Return,
+        ));
+        rules.push(Rule::new(
+            vec![Match::Lookup(
+                vec![first, second, Field::L4Proto, port],
+                names::service_set(&net.name, version),
+            )],
+            Verdict::Return,
+        ));
+    }
+    rules
+}
+
 /// Rules shared by every per-network chain: let IPv6 neighbour discovery through.
 fn neighbour_discovery() -> Rule {
     Rule::new(
@@ -842,6 +1250,9 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             ));
         }
         fwd_rules.push(neighbour_discovery());
+        if net.allow_rules {
+            fwd_rules.extend(grant_rules(net, Dir::Src));
+        }
         fwd_rules.push(Rule::counted(vec![], Verdict::Drop));
         chains.push(Chain {
             name: fwd_name,
@@ -849,23 +1260,74 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             rules: fwd_rules,
         });
 
-        if !net.allow_host_traffic {
+        if !net.deny_outbound.is_empty() {
+            // Routed out of the network (to the LAN, another network): only new
+            // connections are judged, so answers to connections from there still flow.
+            let out_name = names::outbound_chain(&net.name);
+            forward.rules.push(Rule::new(
+                vec![
+                    Match::IifName(net.bridge.clone()),
+                    Match::OifNameNot(net.bridge.clone()),
+                ],
+                Verdict::Jump(out_name.clone()),
+            ));
+            let mut rules = vec![Rule::new(
+                vec![Match::CtEstablishedRelated],
+                Verdict::Return,
+            )];
+            rules.extend(
+                net.deny_outbound
+                    .iter()
+                    .map(|d| Rule::counted(vec![Match::Subnet(Dir::Dst, *d)], Verdict::Drop)),
+            );
+            chains.push(Chain {
+                name: out_name,
+                base: None,
+                rules,
+            });
+        }
+
+        if net.host_access != HostAccess::Open {
             let host_name = names::host_chain(&net.name);
             input.rules.push(Rule::new(
                 vec![Match::IifName(net.bridge.clone())],
                 Verdict::Jump(host_name.clone()),
             ));
+            let mut rules = vec![
+                Rule::new(vec![Match::CtEstablishedRelated], Verdict::Return),
+                neighbour_discovery(),
+            ];
+            if net.host_access == HostAccess::Whitelisted {
+                for version in [IpVersion::V4, IpVersion::V6] {
+                    rules.push(Rule::new(
+                        vec![Match::InSet(
+                            Dir::Src,
+                            version,
+                            names::whitelist_set(&net.name, version),
+                        )],
+                        Verdict::Return,
+                    ));
+                }
+            }
+            let mut ports = net.host_ports.clone();
+            ports.sort();
+            ports.dedup();
+            rules.extend(
+                ports
+                    .into_iter()
+                    .map(|p| Rule::new(vec![Match::DestPort(p)], Verdict::Return)),
+            );
+            rules.push(Rule::counted(vec![], Verdict::Drop));
             chains.push(Chain {
                 name: host_name,
                 base: None,
-                rules: vec![
-                    Rule::new(vec![Match::CtEstablishedRelated], Verdict::Return),
-                    neighbour_discovery(),
-                    Rule::counted(vec![], Verdict::Drop),
-                ],
+                rules,
             });
         }
         sets.extend(whitelist_sets(net));
+        if net.allow_rules {
+            sets.extend(grant_sets(net));
+        }
     }
     let mut all_chains = vec![forward, input];
     all_chains.extend(chains);
@@ -1192,7 +1654,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 Verdict::Return,
             )
         };
-        let rules = vec![
+        let mut rules = vec![
             wl(Dir::Src, IpVersion::V4),
             wl(Dir::Src, IpVersion::V6),
             neighbour_discovery(),
@@ -1200,19 +1662,34 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             // peer, but never open TCP or ping, whoever the destination; nor send IPv4
             // fragments, which could hide a SYN.
             Rule::counted(vec![Match::Ipv4Fragment], Verdict::Drop),
+        ];
+        if net.allow_rules {
+            // An allowed opener towards its allowed destination and port (after the
+            // fragment check: a fragment's ports cannot be read).
+            rules.extend(grant_rules(net, Dir::Src));
+        }
+        rules.extend([
             Rule::counted(vec![Match::TcpSyn], Verdict::Drop),
             Rule::counted(vec![Match::EchoRequest(IpVersion::V4)], Verdict::Drop),
             Rule::counted(vec![Match::EchoRequest(IpVersion::V6)], Verdict::Drop),
             wl(Dir::Dst, IpVersion::V4),
             wl(Dir::Dst, IpVersion::V6),
-            Rule::counted(vec![], Verdict::Drop),
-        ];
+        ]);
+        if net.allow_rules {
+            // Answers of an allowed destination, from the allowed port (never a SYN or a
+            // ping: those were dropped above).
+            rules.extend(grant_rules(net, Dir::Dst));
+        }
+        rules.push(Rule::counted(vec![], Verdict::Drop));
         chains.push(Chain {
             name: iso_name,
             base: None,
             rules,
         });
         sets.extend(whitelist_sets(net));
+        if net.allow_rules {
+            sets.extend(grant_sets(net));
+        }
     }
     let mut all_chains = vec![prerouting, forward];
     all_chains.extend(chains);
@@ -1281,6 +1758,12 @@ pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, Pl
         }
         net.subnets.sort();
         net.subnets.dedup();
+        for dest in &mut net.deny_outbound {
+            *dest = IpNetwork::new(dest.network(), dest.prefix())
+                .expect("a network address with its own prefix is valid");
+        }
+        net.deny_outbound.sort();
+        net.deny_outbound.dedup();
     }
     if sorted.is_empty() {
         return Ok(Ruleset::empty(table_name));
@@ -1289,8 +1772,11 @@ pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, Pl
         .iter()
         .map(|net| {
             let mut drop_chains = vec![(Family::Inet, names::forward_chain(&net.name))];
-            if !net.allow_host_traffic {
+            if net.host_access != HostAccess::Open {
                 drop_chains.push((Family::Inet, names::host_chain(&net.name)));
+            }
+            if !net.deny_outbound.is_empty() {
+                drop_chains.push((Family::Inet, names::outbound_chain(&net.name)));
             }
             drop_chains.push((Family::Bridge, names::isolation_chain(&net.name)));
             PlannedNetwork {
@@ -1321,6 +1807,15 @@ impl fmt::Display for Match {
         match self {
             Match::IifName(name) => write!(f, "iifname \"{name}\""),
             Match::OifName(name) => write!(f, "oifname \"{name}\""),
+            Match::OifNameNot(name) => write!(f, "oifname != \"{name}\""),
+            Match::DestPort(p) => {
+                let proto = p.protocol.name();
+                if p.first == p.last {
+                    write!(f, "{proto} dport {}", p.first)
+                } else {
+                    write!(f, "{proto} dport {}-{}", p.first, p.last)
+                }
+            }
             Match::CtEstablishedRelated => f.write_str("ct state established,related"),
             Match::Subnet(dir, net) => write!(
                 f,
@@ -1356,6 +1851,11 @@ impl fmt::Display for Match {
                         Field::ArpSenderMac => "arp saddr ether",
                         Field::ArpSenderIp => "arp saddr ip",
                         Field::AdvertTarget => "@th,64,128",
+                        Field::IpDest(IpVersion::V4) => "ip daddr",
+                        Field::IpDest(IpVersion::V6) => "ip6 daddr",
+                        Field::L4Proto => "meta l4proto",
+                        Field::DestPort => "th dport",
+                        Field::SourcePort => "th sport",
                     })
                     .collect();
                 write!(f, "{} @{set}", fields.join(" . "))
@@ -1539,7 +2039,7 @@ mod tests {
     #[test]
     fn allow_host_traffic_removes_the_input_path_only() {
         let mut n = public();
-        n.allow_host_traffic = true;
+        n.host_access = HostAccess::Open;
         let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
         assert!(chain(&rs, Family::Inet, "input").rules.is_empty());
         let inet = rs.table(Family::Inet).unwrap();
@@ -1630,7 +2130,7 @@ mod tests {
         assert_eq!(base.fingerprint(), wl_changed.fingerprint());
 
         let mut host = public();
-        host.allow_host_traffic = true;
+        host.host_access = HostAccess::Open;
         let structure_changed = plan(DEFAULT_TABLE, &[host]).unwrap();
         assert_ne!(base.fingerprint(), structure_changed.fingerprint());
         assert!(!base.same_skeleton(&structure_changed));
@@ -1688,7 +2188,7 @@ mod tests {
     #[test]
     fn the_ruleset_answers_its_bridges_and_the_drops_of_each_network() {
         let mut open = net("open", "br-open", &["10.2.0.0/24"], &[]);
-        open.allow_host_traffic = true;
+        open.host_access = HostAccess::Open;
         let rs = plan(DEFAULT_TABLE, &[public(), open]).unwrap();
         assert_eq!(
             rs.bridges(),
@@ -1724,7 +2224,7 @@ mod tests {
         let more = plan(DEFAULT_TABLE, &[more]).unwrap();
         assert_eq!(more.change_from(Some(&base)), Change::Elements);
         let mut host = public();
-        host.allow_host_traffic = true;
+        host.host_access = HostAccess::Open;
         let host = plan(DEFAULT_TABLE, &[host]).unwrap();
         assert_eq!(host.change_from(Some(&base)), Change::Full);
         let empty = Ruleset::empty(DEFAULT_TABLE);
@@ -1855,6 +2355,203 @@ mod tests {
         assert!(!valid_network_name(""));
         assert!(!valid_network_name("with space"));
         assert!(!valid_network_name(&"n".repeat(201)));
+    }
+
+    fn grant(from: &str, to: &str, ports: Option<&str>) -> Grant {
+        Grant {
+            from: from.parse().unwrap(),
+            to: to.parse().unwrap(),
+            ports: ports.map(|p| PortRange::parse(p).unwrap()),
+        }
+    }
+
+    fn rule_texts(chain: &Chain) -> Vec<String> {
+        chain.rules.iter().map(|r| r.to_string()).collect()
+    }
+
+    #[test]
+    fn allow_rules_are_lookups_before_the_drop_and_only_when_the_policy_has_some() {
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        assert!(!rs.to_string().contains("allow4_public"));
+        let mut n = public();
+        n.allow_rules = true;
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        let fwd = rule_texts(chain(&rs, Family::Inet, "fwd_public"));
+        assert_eq!(
+            fwd[4..],
+            [
+                "ip saddr . ip daddr @allow4_public return",
+                "ip saddr . ip daddr . meta l4proto . th dport @svc4_public return",
+                "ip6 saddr . ip6 daddr @allow6_public return",
+                "ip6 saddr . ip6 daddr . meta l4proto . th dport @svc6_public return",
+                "counter drop",
+            ]
+        );
+        // The backstop: openers after the fragment check and before the SYN drop; answers
+        // (addresses and ports swapped) after the whitelisted destinations.
+        let iso = rule_texts(chain(&rs, Family::Bridge, "iso_public"));
+        let at = |text: &str| iso.iter().position(|r| r == text).unwrap();
+        let frag = at("ip frag-off & 0x3fff != 0 counter drop");
+        let syn = at("tcp flags & (fin | syn | rst | ack) == syn counter drop");
+        let opener = at("ip saddr . ip daddr . meta l4proto . th dport @svc4_public return");
+        let answer = at("ip daddr . ip saddr . meta l4proto . th sport @svc4_public return");
+        let wl_dst = at("ip daddr @wl4_public return");
+        assert!(frag < opener && opener < syn && wl_dst < answer, "{iso:#?}");
+        assert_eq!(iso.last().unwrap(), "counter drop");
+        for family in Family::ALL {
+            let t = rs.table(family).unwrap();
+            for name in [
+                "allow4_public",
+                "allow6_public",
+                "svc4_public",
+                "svc6_public",
+            ] {
+                assert!(
+                    t.sets.iter().any(|s| s.name == name),
+                    "{name} in {family:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn grants_become_merged_elements_per_pair_and_protocol() {
+        let mut n = public();
+        n.allow_rules = true;
+        n.grants = BTreeSet::from([
+            grant("172.20.0.3", "172.20.0.4", Some("5432/tcp")),
+            grant("172.20.0.3", "172.20.0.4", Some("5433-5440/tcp")),
+            grant("172.20.0.3", "172.20.0.4", Some("5435/tcp")),
+            grant("172.20.0.3", "172.20.0.4", Some("53/udp")),
+            grant("172.20.0.3", "172.20.0.4", Some("8000/tcp")),
+            // An open pair needs no port element.
+            grant("172.20.0.5", "172.20.0.6", None),
+            grant("172.20.0.5", "172.20.0.6", Some("80/tcp")),
+            // Never with itself, never across families.
+            grant("172.20.0.7", "172.20.0.7", None),
+            grant("172.20.0.7", "fd00:20::8", None),
+            grant("fd00:20::3", "fd00:20::4", Some("tcp")),
+        ]);
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        let text = |name: &str| -> Vec<String> {
+            set(&rs, name)
+                .elements
+                .iter()
+                .map(|e| e.text(set(&rs, name).key))
+                .collect()
+        };
+        assert_eq!(
+            text("svc4_public"),
+            [
+                "172.20.0.3 . 172.20.0.4 . tcp . 5432-5440",
+                "172.20.0.3 . 172.20.0.4 . tcp . 8000",
+                "172.20.0.3 . 172.20.0.4 . udp . 53",
+            ]
+        );
+        assert_eq!(text("allow4_public"), ["172.20.0.5 . 172.20.0.6"]);
+        assert!(text("allow6_public").is_empty());
+        assert_eq!(
+            text("svc6_public"),
+            ["fd00:20::3 . fd00:20::4 . tcp . 1-65535"]
+        );
+        // A range element is stored with both ends.
+        let e = set(&rs, "svc4_public").elements.first().unwrap().clone();
+        assert_eq!(
+            e.stored_bytes().len(),
+            2 * SetKey::Service(IpVersion::V4).key_len() as usize
+        );
+    }
+
+    #[test]
+    fn a_new_grant_is_an_element_update() {
+        let mut n = public();
+        n.allow_rules = true;
+        let before = plan(DEFAULT_TABLE, &[n.clone()]).unwrap();
+        n.grants
+            .insert(grant("172.20.0.3", "172.20.0.4", Some("5432/tcp")));
+        let after = plan(DEFAULT_TABLE, &[n]).unwrap();
+        assert_eq!(after.change_from(Some(&before)), Change::Elements);
+    }
+
+    #[test]
+    fn host_access_and_host_ports() {
+        let mut n = public();
+        n.host_access = HostAccess::Whitelisted;
+        n.host_ports = vec![
+            PortRange::parse("53/udp").unwrap(),
+            PortRange::parse("8000-8100/tcp").unwrap(),
+            PortRange::parse("53/udp").unwrap(),
+        ];
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        assert_eq!(
+            rule_texts(chain(&rs, Family::Inet, "host_public")),
+            [
+                "ct state established,related return",
+                "icmpv6 type 133-136 return",
+                "ip saddr @wl4_public return",
+                "ip6 saddr @wl6_public return",
+                "tcp dport 8000-8100 return",
+                "udp dport 53 return",
+                "counter drop",
+            ]
+        );
+        let mut open = public();
+        open.host_access = HostAccess::Open;
+        let rs = plan(DEFAULT_TABLE, &[open]).unwrap();
+        assert!(!rs.to_string().contains("host_public"));
+    }
+
+    #[test]
+    fn deny_outbound_judges_new_connections_routed_out_of_the_bridge() {
+        let mut n = public();
+        n.deny_outbound = vec![
+            "10.1.2.3/8".parse().unwrap(),
+            "fc00::/7".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
+        assert_eq!(
+            rule_texts(chain(&rs, Family::Inet, "forward")),
+            [
+                "iifname \"br-public\" oifname \"br-public\" jump fwd_public",
+                "iifname \"br-public\" oifname != \"br-public\" jump out_public",
+            ]
+        );
+        assert_eq!(
+            rule_texts(chain(&rs, Family::Inet, "out_public")),
+            [
+                "ct state established,related return",
+                "ip daddr 10.0.0.0/8 counter drop",
+                "ip6 daddr fc00::/7 counter drop",
+            ]
+        );
+        assert!(
+            rs.networks[0]
+                .drop_chains
+                .contains(&(Family::Inet, "out_public".into()))
+        );
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        assert!(!rs.to_string().contains("out_public"));
+    }
+
+    #[test]
+    fn port_ranges_parse_and_print_as_written() {
+        for text in ["53/udp", "8000-8100/tcp", "tcp", "udp", "65535/tcp"] {
+            assert_eq!(PortRange::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(PortRange::parse("1-65535/tcp").unwrap().to_string(), "tcp");
+        for bad in [
+            "",
+            "53",
+            "53/icmp",
+            "0/tcp",
+            "65536/tcp",
+            "9-8/tcp",
+            "a-b/tcp",
+            "-5/udp",
+        ] {
+            assert!(PortRange::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::docker::NetworkSnapshot;
 use crate::firewall::BatchKind;
 
 /// Where the daemon stands.
@@ -54,7 +55,20 @@ pub struct NetworkStatus {
     pub name: String,
     pub bridge: String,
     pub subnets: Vec<String>,
+    /// Whether every container may open connections to the host.
     pub allow_host_traffic: bool,
+    /// `closed`, `whitelisted` (the whitelisted containers only) or `open`.
+    #[serde(default)]
+    pub host_access: String,
+    /// Host ports every container may open.
+    #[serde(default)]
+    pub host_ports: Vec<String>,
+    /// Destinations the containers may not open connections to through the host.
+    #[serde(default)]
+    pub deny_outbound: Vec<String>,
+    /// Who else may open connections to whom: one row per allow rule.
+    #[serde(default)]
+    pub allowed: Vec<AllowStatus>,
     /// `labels`, or the file of its `[network.NAME]` section.
     pub source: String,
     /// Whether br_netfilter gives the bridge stateful filtering (None before an apply).
@@ -68,6 +82,50 @@ pub struct NetworkStatus {
     /// Forged frames dropped by port security (read from the kernel's counters).
     #[serde(default)]
     pub spoofed_frames: u64,
+}
+
+/// One allow rule and the containers it chooses now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllowStatus {
+    /// Where the rule was written: `FILE:LINE`, or the label.
+    pub rule: String,
+    /// The rule's filters, as written (`|` between alternatives).
+    pub from_filter: String,
+    pub to_filter: String,
+    /// The containers on the network that match each side.
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    /// `every port`, or the port ranges (`5432/tcp`).
+    pub ports: String,
+}
+
+impl AllowStatus {
+    /// The allow rules of a network as the last snapshot resolved them.
+    pub fn of_network(n: &NetworkSnapshot) -> Vec<AllowStatus> {
+        let names = |list: &[crate::docker::Endpoint]| -> Vec<String> {
+            list.iter().map(|e| e.container_name.clone()).collect()
+        };
+        n.policy
+            .allow
+            .iter()
+            .zip(&n.allowed)
+            .map(|(rule, sides)| AllowStatus {
+                rule: rule.origin.clone(),
+                from_filter: rule.from.to_string(),
+                to_filter: rule.to.to_string(),
+                from: names(&sides.from),
+                to: names(&sides.to),
+                ports: match &rule.ports {
+                    None => "every port".into(),
+                    Some(list) => list
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -157,14 +215,24 @@ impl Status {
             };
             out.push_str(&format!("  bridge: {} ({filtering})\n", n.bridge));
             out.push_str(&format!("  subnets: {}\n", n.subnets.join(", ")));
-            out.push_str(&format!(
-                "  host traffic: {}\n",
-                if n.allow_host_traffic {
-                    "allowed"
-                } else {
-                    "blocked"
-                }
-            ));
+            let host = match n.host_access.as_str() {
+                "open" => "allowed".to_owned(),
+                "whitelisted" => "whitelisted containers only".to_owned(),
+                _ if n.allow_host_traffic => "allowed".to_owned(),
+                _ => "blocked".to_owned(),
+            };
+            let host = if n.host_ports.is_empty() {
+                host
+            } else {
+                format!("{host}; every container on {}", n.host_ports.join(", "))
+            };
+            out.push_str(&format!("  host traffic: {host}\n"));
+            if !n.deny_outbound.is_empty() {
+                out.push_str(&format!(
+                    "  outbound denied: {}\n",
+                    n.deny_outbound.join(", ")
+                ));
+            }
             out.push_str(&format!("  configured by: {}\n", n.source));
             if n.whitelisted.is_empty() {
                 out.push_str("  whitelisted: (none)\n");
@@ -177,6 +245,7 @@ impl Status {
                     c.addresses.join(", ")
                 ));
             }
+            out.push_str(&policy_table(n));
             out.push_str(&format!("  dropped: {} packets\n", n.dropped_packets));
             out.push_str(&format!(
                 "  port security: {} container ports bound, {} forged frames dropped\n",
@@ -190,6 +259,61 @@ impl Status {
         }
         out
     }
+}
+
+/// Who may open what to whom on a network, and why, as an aligned table (empty when the
+/// network has no allow rule: the whitelist lines say it all).
+pub fn policy_table(n: &NetworkStatus) -> String {
+    if n.allowed.is_empty() {
+        return String::new();
+    }
+    let names = |list: &[String], filter: &str| {
+        if list.is_empty() {
+            format!("(none: {filter})")
+        } else {
+            list.join(", ")
+        }
+    };
+    let mut rows = vec![[
+        "FROM".to_owned(),
+        "TO".to_owned(),
+        "PORTS".to_owned(),
+        "RULE".to_owned(),
+    ]];
+    if !n.whitelisted.is_empty() {
+        let proxies: Vec<String> = n.whitelisted.iter().map(|c| c.name.clone()).collect();
+        rows.push([
+            proxies.join(", "),
+            "every container".into(),
+            "every port".into(),
+            "whitelist".into(),
+        ]);
+    }
+    for a in &n.allowed {
+        rows.push([
+            names(&a.from, &a.from_filter),
+            names(&a.to, &a.to_filter),
+            a.ports.clone(),
+            a.rule.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..3)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::from("  may open:\n");
+    for r in rows {
+        out.push_str(&format!(
+            "    {:w0$}  {:w1$}  {:w2$}  {}\n",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -207,6 +331,17 @@ mod tests {
                 bridge: "br-0123456789ab".into(),
                 subnets: vec!["172.20.0.0/16".into(), "fd00::/64".into()],
                 allow_host_traffic: false,
+                host_access: "closed".into(),
+                host_ports: vec!["53/udp".into()],
+                deny_outbound: vec!["10.0.0.0/8".into()],
+                allowed: vec![AllowStatus {
+                    rule: "/etc/trafficjam/web.toml:7".into(),
+                    from_filter: "label=app=nextcloud".into(),
+                    to_filter: "label=app=db".into(),
+                    from: vec!["nextcloud".into()],
+                    to: vec![],
+                    ports: "5432/tcp".into(),
+                }],
                 source: "/etc/trafficjam/web.toml".into(),
                 stateful: Some(false),
                 whitelisted: vec![ContainerStatus {
@@ -242,9 +377,14 @@ mod tests {
 network: web
   bridge: br-0123456789ab (stateless backstop only (load br_netfilter))
   subnets: 172.20.0.0/16, fd00::/64
-  host traffic: blocked
+  host traffic: blocked; every container on 53/udp
+  outbound denied: 10.0.0.0/8
   configured by: /etc/trafficjam/web.toml
   whitelisted: traefik (0123456789ab) 172.20.0.2, fd00::2
+  may open:
+    FROM       TO                    PORTS       RULE
+    traefik    every container       every port  whitelist
+    nextcloud  (none: label=app=db)  5432/tcp    /etc/trafficjam/web.toml:7
   dropped: 42 packets
   port security: 3 container ports bound, 5 forged frames dropped
 

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use common::*;
 use trafficjam::firewall::{BatchKind, BridgeFiltering, Firewall};
 use trafficjam::nft::{BridgeNetfilter, Netlink, NftError, drift, read_installed};
-use trafficjam::plan::{Change, DEFAULT_TABLE, Family, ManagedNetwork, Ruleset, plan};
+use trafficjam::plan::{
+    Change, DEFAULT_TABLE, Family, Grant, HostAccess, ManagedNetwork, PortRange, Ruleset, plan,
+};
 
 const TABLE: &str = DEFAULT_TABLE;
 
@@ -72,7 +74,11 @@ impl PublicLab {
                 "fd00:10::/64".parse().unwrap(),
             ],
             whitelist: self.addrs("proxy").into_iter().collect(),
-            allow_host_traffic,
+            host_access: if allow_host_traffic {
+                HostAccess::Open
+            } else {
+                HostAccess::Closed
+            },
             ..ManagedNetwork::default()
         }
     }
@@ -384,7 +390,6 @@ fn several_subnets_on_one_bridge() {
                 .map(|s| s.parse().unwrap())
                 .collect(),
             whitelist: lab.get("proxy").addrs.iter().copied().collect(),
-            allow_host_traffic: false,
             ..ManagedNetwork::default()
         };
         let rs = plan(TABLE, &[net]).unwrap();
@@ -595,7 +600,6 @@ fn updates_are_atomic_under_traffic() {
         bridge: "br-other".into(),
         subnets: vec!["10.50.0.0/24".parse().unwrap()],
         whitelist: BTreeSet::from(["10.50.0.2".parse().unwrap()]),
-        allow_host_traffic: false,
         ..ManagedNetwork::default()
     };
     let mut other_changed = other.clone();
@@ -932,4 +936,358 @@ fn port_changes_are_announced() {
     lab.host.ip(&["link", "del", &port]);
     rx.recv_timeout(Duration::from_secs(1))
         .expect("a removed port was not announced");
+}
+
+// ---- policy: allow rules, host ports, outbound denials ---------------------------------
+
+/// The public lab with a fourth container, `b3` (.5), listening too.
+fn policy_lab(bridge_nf_call: bool) -> PublicLab {
+    let mut p = PublicLab::new(bridge_nf_call);
+    p.lab.container(
+        "b3",
+        "br-pub",
+        &["10.10.0.5/24", "fd00:10::5/64"],
+        &["10.10.0.1", "fd00:10::1"],
+    );
+    p.listeners.insert(3, Listeners::start(&p.lab.get("b3").ns));
+    p
+}
+
+/// Every grant between the addresses of `from` and `to` of one family, on `ports`.
+fn grants(p: &PublicLab, from: &str, to: &str, ports: Option<&str>) -> Vec<Grant> {
+    let ports = ports.map(|t| PortRange::parse(t).unwrap());
+    p.addrs(from)
+        .into_iter()
+        .zip(p.addrs(to))
+        .map(|(from, to)| Grant { from, to, ports })
+        .collect()
+}
+
+fn probes(what: &str, from: &str, to: &[IpAddr], protos: &[(Proto, bool)]) -> Vec<Expect> {
+    to.iter()
+        .flat_map(|addr| {
+            protos.iter().map(move |(proto, pass)| Expect {
+                what: what.into(),
+                from: from.into(),
+                to: *addr,
+                proto: *proto,
+                pass: *pass,
+            })
+        })
+        .collect()
+}
+
+/// Issue 11's stories on real packets: an allowed pair and port, the same pair on another
+/// port, the other direction, another source and destination, a backend calling the proxy,
+/// an open pair, and the proxy still reaching everyone. `stateful`: br_netfilter on.
+fn allow_rules_hold(stateful: bool) {
+    let p = policy_lab(stateful);
+    let mut net = p.network(false);
+    net.allow_rules = true;
+    let tcp = format!("{TCP_PORT}/tcp");
+    let udp = format!("{UDP_PORT}/udp");
+    let other_tcp = format!("{}-{}/tcp", TCP_PORT + 1, TCP_PORT + 9);
+    net.grants.extend(grants(&p, "b1", "b2", Some(&tcp)));
+    net.grants.extend(grants(&p, "b1", "proxy", Some(&udp)));
+    net.grants.extend(grants(&p, "b2", "b3", None));
+    net.grants.extend(grants(&p, "b3", "b1", Some(&other_tcp)));
+    let rs = plan(TABLE, &[net]).unwrap();
+    let (_k, report) = apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+    assert_eq!(report.stateful(), stateful, "{report:?}");
+    assert_no_drift(&p.lab.host, &rs);
+    use Proto::*;
+    let mut e = Vec::new();
+    e.extend(probes(
+        "allowed pair and port",
+        "b1",
+        &p.addrs("b2"),
+        &[(Tcp, true), (Udp, false), (Icmp, false)],
+    ));
+    // The other direction: nothing opens (without conntrack, UDP answers to the opener's
+    // port cannot be told from an opening; TCP and ping still can).
+    let reverse: &[(Proto, bool)] = if stateful {
+        &[(Tcp, false), (Udp, false), (Icmp, false)]
+    } else {
+        &[(Tcp, false), (Icmp, false)]
+    };
+    e.extend(probes("other direction", "b2", &p.addrs("b1"), reverse));
+    e.extend(probes(
+        "backend calls the proxy on its port",
+        "b1",
+        &p.addrs("proxy"),
+        &[(Udp, true), (Tcp, false), (Icmp, false)],
+    ));
+    e.extend(probes(
+        "another source",
+        "b3",
+        &p.addrs("b2"),
+        &[(Tcp, false), (Icmp, false)],
+    ));
+    e.extend(probes(
+        "another port range",
+        "b3",
+        &p.addrs("b1"),
+        &[(Tcp, false), (Icmp, false)],
+    ));
+    e.extend(probes(
+        "open pair: every protocol",
+        "b2",
+        &p.addrs("b3"),
+        &[(Tcp, true), (Udp, true), (Icmp, true)],
+    ));
+    e.extend(probes(
+        "open pair, other direction",
+        "b3",
+        &p.addrs("b2"),
+        &[(Tcp, false), (Icmp, false)],
+    ));
+    e.extend(probes(
+        "another destination",
+        "b1",
+        &p.addrs("b3"),
+        &[(Tcp, false), (Icmp, false)],
+    ));
+    for to in ["b1", "b2", "b3"] {
+        e.extend(expect(
+            "proxy reaches everyone",
+            "proxy",
+            &p.addrs(to),
+            true,
+        ));
+    }
+    assert_probes(&p.lab, &e, &rs);
+    let chain = if stateful {
+        (Family::Inet, "fwd_public")
+    } else {
+        (Family::Bridge, "iso_public")
+    };
+    assert!(dropped(&p.lab, chain.0, chain.1) > 0);
+}
+
+#[test]
+fn allow_rules_with_br_netfilter_on() {
+    if !kernel_tier_available() {
+        return;
+    }
+    allow_rules_hold(true);
+}
+
+#[test]
+fn allow_rules_in_the_stateless_backstop() {
+    if !kernel_tier_available() {
+        return;
+    }
+    allow_rules_hold(false);
+}
+
+/// A grant is an element: a container coming, going or moving changes set elements only,
+/// and the traffic follows at once.
+#[test]
+fn grants_follow_containers_as_element_updates() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = policy_lab(true);
+    let mut net = p.network(false);
+    net.allow_rules = true;
+    let rs = plan(TABLE, &[net.clone()]).unwrap();
+    let (kernel, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
+    let tcp = format!("{TCP_PORT}/tcp");
+    let closed = probes(
+        "not yet allowed",
+        "b1",
+        &p.addrs("b2"),
+        &[(Proto::Tcp, false)],
+    );
+    assert_probes(&p.lab, &closed, &rs);
+
+    net.grants.extend(grants(&p, "b1", "b2", Some(&tcp)));
+    let rs = plan(TABLE, &[net.clone()]).unwrap();
+    let (kernel, report) = apply(&p.lab, kernel, &rs);
+    assert_eq!(report.kind, BatchKind::Elements);
+    assert_eq!((report.added, report.removed), (4, 0), "{report:?}");
+    assert_no_drift(&p.lab.host, &rs);
+    let open = probes("allowed", "b1", &p.addrs("b2"), &[(Proto::Tcp, true)]);
+    assert_probes(&p.lab, &open, &rs);
+
+    // b2 "restarts" with a new address: the old elements go, the new ones come.
+    net.grants.clear();
+    net.grants.insert(Grant {
+        from: p.addrs("b1")[0],
+        to: "10.10.0.99".parse().unwrap(),
+        ports: Some(PortRange::parse(&tcp).unwrap()),
+    });
+    let rs = plan(TABLE, &[net]).unwrap();
+    let (_kernel, report) = apply(&p.lab, kernel, &rs);
+    assert_eq!(report.kind, BatchKind::Elements);
+    assert_eq!((report.added, report.removed), (2, 4), "{report:?}");
+    assert_no_drift(&p.lab.host, &rs);
+    assert_probes(&p.lab, &closed, &rs);
+}
+
+/// The rendered text of a ruleset with allow rules, host ports and outbound denials loads
+/// in nft and lists exactly as what the netlink batch installed.
+#[test]
+fn policy_text_and_netlink_batch_install_the_same_ruleset() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = policy_lab(true);
+    let mut net = p.network(false);
+    net.allow_rules = true;
+    net.host_access = HostAccess::Whitelisted;
+    net.host_ports = vec![
+        PortRange::parse("53/udp").unwrap(),
+        PortRange::parse("8000-8100/tcp").unwrap(),
+    ];
+    net.deny_outbound = vec![
+        "192.168.0.0/16".parse().unwrap(),
+        "fc00::/7".parse().unwrap(),
+    ];
+    net.grants.extend(grants(&p, "b1", "b2", Some("5432/tcp")));
+    net.grants
+        .extend(grants(&p, "b1", "b2", Some("6000-6100/tcp")));
+    net.grants.extend(grants(&p, "b2", "b3", None));
+    let rs = plan(TABLE, &[net]).unwrap();
+    apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+    assert_no_drift(&p.lab.host, &rs);
+    assert_text_installs_the_same(&p.lab.host, &rs.to_string());
+}
+
+/// A namespace routed behind the host (no NAT), as a LAN or the internet is: a veth from
+/// the host (`host_addrs`) to `eth0` there (`addrs`), default routes back through the
+/// host, and echo listeners.
+struct Behind {
+    ns: Netns,
+    addrs: Vec<IpAddr>,
+    _listeners: Listeners,
+}
+
+impl Behind {
+    fn new(lab: &Lab, role: &str, host_addrs: &[&str], addrs: &[&str]) -> Behind {
+        let ns = Netns::new(role);
+        let link = format!("{role}0");
+        lab.host.ip(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        for a in host_addrs {
+            lab.host.ip(&["addr", "add", a, "dev", &link, "nodad"]);
+        }
+        lab.host.ip(&["link", "set", &link, "up"]);
+        for a in addrs {
+            ns.ip(&["addr", "add", a, "dev", "eth0", "nodad"]);
+        }
+        ns.ip(&["link", "set", "eth0", "up"]);
+        for gw in host_addrs {
+            let gw = gw.split('/').next().unwrap();
+            let family = if gw.contains(':') { "-6" } else { "-4" };
+            ns.ip(&[family, "route", "add", "default", "via", gw]);
+        }
+        let _listeners = Listeners::start(&ns);
+        let addrs = addrs
+            .iter()
+            .map(|a| a.split('/').next().unwrap().parse().unwrap())
+            .collect();
+        Behind {
+            ns,
+            addrs,
+            _listeners,
+        }
+    }
+}
+
+/// Probes from a namespace behind the host to containers (a LAN client connecting in).
+fn probes_from_behind(from: &Behind, to: &[IpAddr]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for addr in to {
+        for proto in ALL_PROTOS {
+            if !probe(&from.ns, *addr, proto, PASS_TIMEOUT) {
+                failures.push(format!("{} -> {addr} {proto:?} was blocked", from.ns.name));
+            }
+        }
+    }
+    failures
+}
+
+/// `deny_outbound`: no container (the proxy neither) opens a connection to a LAN address
+/// behind the host, while a public destination stays reachable and LAN clients still
+/// connect in (their answers flow). Routed traffic never needs br_netfilter.
+#[test]
+fn deny_outbound_closes_the_lan_and_nothing_else() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = policy_lab(false);
+    let lan = Behind::new(
+        &p.lab,
+        "lan",
+        &["192.168.77.1/24", "fd00:77::1/64"],
+        &["192.168.77.2/24", "fd00:77::2/64"],
+    );
+    let wan = Behind::new(
+        &p.lab,
+        "wan",
+        &["198.51.100.1/24", "2001:db8:1::1/64"],
+        &["198.51.100.2/24", "2001:db8:1::2/64"],
+    );
+    let mut net = p.network(true);
+    net.deny_outbound = ["192.168.0.0/16", "fc00::/7"]
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
+    let rs = plan(TABLE, &[net]).unwrap();
+    apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+    let mut e = Vec::new();
+    e.extend(expect("LAN denied", "b1", &lan.addrs, false));
+    e.extend(expect(
+        "LAN denied to the proxy too",
+        "proxy",
+        &lan.addrs,
+        false,
+    ));
+    e.extend(expect("public destination open", "b1", &wan.addrs, true));
+    e.extend(expect("host untouched (open)", "b1", &p.gateways(), true));
+    assert_probes(&p.lab, &e, &rs);
+    let inbound = probes_from_behind(&lan, &[p.addrs("b1"), p.addrs("proxy")].concat());
+    assert!(
+        inbound.is_empty(),
+        "LAN clients must still connect in: {inbound:?}"
+    );
+    assert!(dropped(&p.lab, Family::Inet, "out_public") > 0);
+}
+
+/// The host closed but for chosen ports for everyone, and open to the whitelisted proxy.
+#[test]
+fn host_ports_and_a_host_open_to_the_whitelisted_only() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = policy_lab(true);
+    let mut net = p.network(false);
+    net.host_ports = vec![PortRange::parse(&format!("{TCP_PORT}/tcp")).unwrap()];
+    let rs = plan(TABLE, &[net.clone()]).unwrap();
+    let (kernel, _) = apply(&p.lab, Kernel::new(BridgeNetfilter::Enable), &rs);
+    use Proto::*;
+    let on_port = [(Tcp, true), (Udp, false), (Icmp, false)];
+    let mut e = probes("host port open to all", "b1", &p.gateways(), &on_port);
+    e.extend(probes(
+        "host port open to all",
+        "proxy",
+        &p.gateways(),
+        &on_port,
+    ));
+    assert_probes(&p.lab, &e, &rs);
+
+    net.host_access = HostAccess::Whitelisted;
+    let rs = plan(TABLE, &[net]).unwrap();
+    apply(&p.lab, kernel, &rs);
+    let mut e = probes("host port open to all", "b1", &p.gateways(), &on_port);
+    e.extend(expect(
+        "host open to the proxy",
+        "proxy",
+        &p.gateways(),
+        true,
+    ));
+    e.extend(expect("backends still apart", "b1", &p.addrs("b2"), false));
+    assert_probes(&p.lab, &e, &rs);
 }

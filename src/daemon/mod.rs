@@ -28,8 +28,9 @@ use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
 use crate::nft::{BridgePorts, NftError};
 use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
+use crate::plan::HostAccess;
 use crate::plan::{self, Change, Counters, Ruleset};
-use crate::status::{ApplyStatus, ContainerStatus, NetworkStatus, State, Status};
+use crate::status::{AllowStatus, ApplyStatus, ContainerStatus, NetworkStatus, State, Status};
 
 /// Why a reload or a clear asked of the loop did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,9 @@ pub struct Daemon {
     resync: Option<JoinHandle<()>>,
     /// Warnings already logged, so a resync does not repeat them every time.
     warned: BTreeSet<(String, String)>,
+    /// The whitelisted containers of each network at the last pass (id, name): one that
+    /// is still on the network but no longer matches has lost its access, loudly.
+    whitelisted_before: BTreeMap<String, BTreeSet<(String, String)>>,
     waiting_logged: BTreeSet<String>,
     docker_lost_logged: bool,
     status_tx: watch::Sender<Status>,
@@ -173,6 +177,7 @@ impl Daemon {
             watcher: None,
             resync: None,
             warned: BTreeSet::new(),
+            whitelisted_before: BTreeMap::new(),
             waiting_logged: BTreeSet::new(),
             docker_lost_logged: false,
             status_tx: watch::Sender::new(Status::default()),
@@ -244,7 +249,16 @@ impl Daemon {
                     name: n.name.clone(),
                     bridge: n.bridge.clone(),
                     subnets: n.subnets.iter().map(|s| s.to_string()).collect(),
-                    allow_host_traffic: n.policy.allow_host_traffic,
+                    allow_host_traffic: n.policy.host_access == HostAccess::Open,
+                    host_access: n.policy.host_access.name().into(),
+                    host_ports: n.policy.host_ports.iter().map(|p| p.to_string()).collect(),
+                    deny_outbound: n
+                        .policy
+                        .deny_outbound
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect(),
+                    allowed: AllowStatus::of_network(n),
                     source: match &n.source {
                         PolicySource::Labels => "labels".into(),
                         PolicySource::File(f) => f.display().to_string(),
@@ -502,6 +516,7 @@ impl Daemon {
         if self.config_error.is_none() {
             self.save_config();
         }
+        self.log_config_warnings();
         // READY=1 now, without waiting for Docker: systemd starts Docker after us (and a
         // socket-activated Docker would wait for this very message). The saved networks
         // are isolated already.
@@ -731,6 +746,7 @@ impl Daemon {
             self.condition = Condition::Starting;
         }
         info!(files = self.config.files.len(), "configuration reloaded");
+        self.log_config_warnings();
         // Whatever the kernel holds, the next apply replaces our tables whole.
         self.committed = None;
         if host_changed {
@@ -759,7 +775,37 @@ impl Daemon {
         }
     }
 
+    /// Logs the configuration's warnings (likely mistakes that still load).
+    fn log_config_warnings(&self) {
+        for w in &self.config.warnings {
+            warn!("configuration: {w}");
+        }
+    }
+
     fn log_snapshot_news(&mut self, snapshot: &Snapshot) {
+        for n in &snapshot.networks {
+            let now: BTreeSet<(String, String)> = n
+                .whitelisted
+                .iter()
+                .map(|e| (e.container_id.clone(), e.container_name.clone()))
+                .collect();
+            if let Some(before) = self.whitelisted_before.get(&n.name) {
+                for (id, name) in before.difference(&now) {
+                    if n.endpoints.iter().any(|e| &e.container_id == id) {
+                        error!(
+                            network = %n.name,
+                            container_id = %id,
+                            container_name = %name,
+                            "container {name} was whitelisted and no longer matches the whitelist ({}) although it still runs on the network: it can no longer open connections to the other containers. An ancestor= filter stops matching when the image tag moves to a newer image (docker pull): recreate the container, or whitelist by label",
+                            n.policy.whitelist
+                        );
+                    }
+                }
+            }
+            self.whitelisted_before.insert(n.name.clone(), now);
+        }
+        self.whitelisted_before
+            .retain(|name, _| snapshot.networks.iter().any(|n| &n.name == name));
         for (network, message) in &snapshot.warnings {
             if self.warned.insert((network.clone(), message.clone())) {
                 warn!(network = %network, "{message}");

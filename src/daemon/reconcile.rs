@@ -95,7 +95,7 @@ pub fn bridges_to_set(reconciled: &Reconciled, resync: bool) -> Option<BTreeSet<
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{Filter, NetworkPolicy, PolicySource};
+    use crate::config::{Filter, NetworkPolicy, PolicySource, Selector};
     use crate::docker::{Endpoint, NetworkSnapshot};
     use crate::plan::DEFAULT_TABLE;
 
@@ -114,12 +114,12 @@ pub(crate) mod tests {
                 })
                 .into_iter()
                 .collect(),
+            allowed: Vec::new(),
             endpoints: Vec::new(),
             gateways: vec!["10.1.0.1".parse().unwrap()],
-            policy: NetworkPolicy {
-                whitelist: vec![Filter::parse("name=proxy").unwrap()],
-                allow_host_traffic: false,
-            },
+            policy: NetworkPolicy::whitelisting(Selector::query(vec![
+                Filter::parse("name=proxy").unwrap(),
+            ])),
             source: PolicySource::Labels,
         }
     }

@@ -8,8 +8,9 @@ use rustables::sys::{
     NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
     NFT_MSG_GETTABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_COUNTER_PACKETS, NFTA_DATA_VALUE,
     NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
-    NFTA_RULE_TABLE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_TABLE_NAME, NFTA_TABLE_USERDATA,
+    NFTA_RULE_TABLE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_NAME, NFTA_SET_TABLE,
+    NFTA_TABLE_NAME, NFTA_TABLE_USERDATA,
 };
 
 use super::NftError;
@@ -155,7 +156,14 @@ fn set_elements(answer: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
         .filter_map(|(_, element)| {
             let key = attribute(element, NFTA_SET_ELEM_KEY)
                 .and_then(|k| attribute(k, NFTA_DATA_VALUE))?;
-            Some(key.to_vec())
+            let mut stored = key.to_vec();
+            // A range's end follows its start (as `Element::stored_bytes` puts them).
+            if let Some(end) = attribute(element, NFTA_SET_ELEM_KEY_END)
+                .and_then(|k| attribute(k, NFTA_DATA_VALUE))
+            {
+                stored.extend_from_slice(end);
+            }
+            Some(stored)
         })
 }
 

@@ -16,6 +16,7 @@ mod dump;
 mod monitor;
 mod netlink;
 mod ports;
+mod raw;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -266,8 +267,26 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
         tx.add(&nft_table, label);
 
         let mut sets = HashMap::new();
+        let mut set_ids = HashMap::new();
+        let nfproto = dump::nfproto(family);
         for set in &table.sets {
             set_id += 1;
+            set_ids.insert(set.name.clone(), set_id);
+            if raw::is_range_set(set) {
+                tx.add_raw(
+                    raw::new_set(nfproto, &table.name, set, set_id),
+                    format!("set {}", set.name),
+                );
+                add_range_elements(
+                    &mut tx,
+                    nfproto,
+                    &table.name,
+                    set,
+                    set.elements.iter(),
+                    true,
+                );
+                continue;
+            }
             let (mut nft_set, chunks) = set_messages(&nft_table, set, set.elements.iter())?;
             nft_set = nft_set.with_id(set_id);
             nft_set.family = protocol_family(family);
@@ -299,6 +318,15 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
             let nft_chain = &chains[&chain.name];
             for rule in &chain.rules {
                 let label = format!("rule \"{rule}\" in chain {}", chain.name);
+                if raw::is_flow_rule(rule) {
+                    let message =
+                        raw::new_rule(family, nfproto, &table.name, &chain.name, rule, |s| {
+                            set_ids.get(s).copied()
+                        })
+                        .map_err(|e| build_err(&label, e))?;
+                    tx.add_raw(message, label);
+                    continue;
+                }
                 let mut nft_rule =
                     rustables::Rule::new(nft_chain).map_err(|e| build_err(&label, e))?;
                 let mut loaded = Dependencies::default();
@@ -379,6 +407,26 @@ fn set_messages<'a>(
     Ok((nft_set, lists))
 }
 
+/// Adds (or deletes) elements of a set of ranges, in messages of at most
+/// `ELEMENTS_PER_MESSAGE` elements.
+fn add_range_elements<'a>(
+    tx: &mut Transaction,
+    nfproto: u8,
+    table: &str,
+    set: &Set,
+    elements: impl Iterator<Item = &'a Element>,
+    add: bool,
+) {
+    let elements: Vec<&Element> = elements.collect();
+    for chunk in elements.chunks(ELEMENTS_PER_MESSAGE / 4) {
+        let what = if add { "addition to" } else { "removal from" };
+        tx.add_raw(
+            raw::set_elements(nfproto, table, &set.name, chunk, add),
+            format!("{what} set {}", set.name),
+        );
+    }
+}
+
 /// The batch that turns `current`'s set elements into `desired`'s (same skeleton).
 fn element_transaction(
     current: &Ruleset,
@@ -393,6 +441,26 @@ fn element_transaction(
             let fresh: BTreeSet<&Element> = new.elements.difference(&cur.elements).collect();
             removed += gone.len();
             added += fresh.len();
+            if raw::is_range_set(new) {
+                let nfproto = dump::nfproto(new_table.family);
+                add_range_elements(
+                    &mut tx,
+                    nfproto,
+                    &new_table.name,
+                    new,
+                    gone.into_iter(),
+                    false,
+                );
+                add_range_elements(
+                    &mut tx,
+                    nfproto,
+                    &new_table.name,
+                    new,
+                    fresh.into_iter(),
+                    true,
+                );
+                continue;
+            }
             for list in set_messages(&nft_table, new, gone.into_iter())?.1 {
                 tx.delete(&list, format!("removal from set {}", new.name));
             }
@@ -486,6 +554,7 @@ fn field_payload(field: Field, dreg: Register) -> Payload {
         Field::ArpSenderMac => (NFT_PAYLOAD_NETWORK_HEADER, 8, 6),
         Field::ArpSenderIp => (NFT_PAYLOAD_NETWORK_HEADER, 14, 4),
         Field::AdvertTarget => (NFT_PAYLOAD_TRANSPORT_HEADER, 8, 16),
+        flow => unreachable!("{flow:?} is looked up by raw::new_rule"),
     };
     payload(base, offset, len).with_dreg(dreg)
 }
@@ -505,6 +574,20 @@ fn add_match(
         Match::OifName(name) => {
             rule.add_expr(Meta::new(MetaType::OifName));
             rule.add_expr(Cmp::new(CmpOp::Eq, interface_name(name)));
+        }
+        Match::OifNameNot(name) => {
+            rule.add_expr(Meta::new(MetaType::OifName));
+            rule.add_expr(Cmp::new(CmpOp::Neq, interface_name(name)));
+        }
+        Match::DestPort(ports) => {
+            add_l4proto(rule, libc::c_int::from(ports.protocol.number()));
+            rule.add_expr(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2));
+            if ports.first == ports.last {
+                rule.add_expr(Cmp::new(CmpOp::Eq, ports.first.to_be_bytes()));
+            } else {
+                rule.add_expr(Cmp::new(CmpOp::Gte, ports.first.to_be_bytes()));
+                rule.add_expr(Cmp::new(CmpOp::Lte, ports.last.to_be_bytes()));
+            }
         }
         Match::CtEstablishedRelated => {
             let states = (ConnTrackState::ESTABLISHED | ConnTrackState::RELATED).bits();
@@ -671,7 +754,7 @@ pub fn drift(desired: &Ruleset) -> Result<Vec<String>, NftError> {
                         None => problems.push(format!("{name}: set {} is missing", set.name)),
                         Some(elements)
                             if *elements
-                                != set.elements.iter().map(Element::key_bytes).collect() =>
+                                != set.elements.iter().map(Element::stored_bytes).collect() =>
                         {
                             problems.push(format!(
                                 "{name}: set {} holds {} elements, want {}",

@@ -20,8 +20,16 @@ use super::NftError;
 
 /// A batch under construction, with a human label for each message so that an error can
 /// say which object the kernel refused.
+///
+/// Messages come from rustables (tables, chains, most rules and sets) or are encoded here
+/// ([`super::raw`]: what rustables cannot say, such as sets of ranges and lookups of
+/// connection fields). rustables' messages are gathered in a batch of its own and moved
+/// over, renumbered, whenever a raw one follows, so the order is the order of `add`.
 pub(crate) struct Transaction {
-    batch: Batch,
+    /// Finished messages, sequence numbers 1..=n in order.
+    messages: Vec<u8>,
+    /// rustables' messages not yet moved over.
+    pending: Option<Batch>,
     labels: Vec<String>,
 }
 
@@ -55,27 +63,103 @@ batch_object!(
     rustables::set::SetElementList
 );
 
+const NLMSG_HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+/// nfgenmsg: family, version, resource id.
+const NFGENMSG_LEN: usize = 4;
+
+/// A complete nftables netlink message: header (sequence number left 0), nfgenmsg, body.
+pub(crate) fn nft_message(kind: u32, flags: u16, family: u8, body: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDR + NFGENMSG_LEN + body.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    let kind = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | kind as u16;
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16 | flags;
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&[0; 8]); // sequence number, port id
+    msg.extend_from_slice(&[family, libc::NFNETLINK_V0 as u8, 0, 0]);
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// Sets the sequence numbers of the messages in `bytes`, from `first` on; returns how many.
+fn renumber(bytes: &mut [u8], first: u32) -> u32 {
+    let mut offset = 0;
+    let mut seq = first;
+    while offset + NLMSG_HDR <= bytes.len() {
+        let len = u32::from_ne_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+        bytes[offset + 8..offset + 12].copy_from_slice(&seq.to_ne_bytes());
+        seq += 1;
+        offset += (len as usize).next_multiple_of(4);
+    }
+    seq - first
+}
+
 impl Transaction {
     pub(crate) fn new() -> Self {
         Transaction {
-            batch: Batch::new(),
+            messages: Vec::new(),
+            pending: None,
             labels: Vec::new(),
         }
     }
 
     pub(crate) fn add(&mut self, object: &impl BatchObject, label: impl Into<String>) {
-        object.add_to(&mut self.batch, MsgType::Add);
+        object.add_to(self.pending.get_or_insert_with(Batch::new), MsgType::Add);
         self.labels.push(label.into());
     }
 
     pub(crate) fn delete(&mut self, object: &impl BatchObject, label: impl Into<String>) {
-        object.add_to(&mut self.batch, MsgType::Del);
+        object.add_to(self.pending.get_or_insert_with(Batch::new), MsgType::Del);
         self.labels.push(label.into());
+    }
+
+    /// Adds a message encoded by [`nft_message`].
+    pub(crate) fn add_raw(&mut self, message: Vec<u8>, label: impl Into<String>) {
+        self.flush();
+        self.messages.extend(message);
+        self.messages
+            .resize(self.messages.len().next_multiple_of(4), 0);
+        self.labels.push(label.into());
+    }
+
+    /// Moves rustables' pending messages over, without their batch markers.
+    fn flush(&mut self) {
+        let Some(batch) = self.pending.take() else {
+            return;
+        };
+        let bytes = batch.finalize();
+        let begin = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        let end = NLMSG_HDR + NFGENMSG_LEN;
+        self.messages
+            .extend_from_slice(&bytes[begin.next_multiple_of(4)..bytes.len() - end]);
     }
 
     /// Number of messages between the batch's begin and end markers.
     pub(crate) fn len(&self) -> usize {
         self.labels.len()
+    }
+
+    /// The batch as sent: begin marker, messages numbered 1..=n, end marker.
+    fn finish(mut self) -> (Vec<u8>, Vec<String>) {
+        self.flush();
+        let marker = |kind: i32, seq: u32| {
+            let mut m = Vec::with_capacity(NLMSG_HDR + NFGENMSG_LEN);
+            m.extend_from_slice(&((NLMSG_HDR + NFGENMSG_LEN) as u32).to_ne_bytes());
+            m.extend_from_slice(&(kind as u16).to_ne_bytes());
+            m.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+            m.extend_from_slice(&seq.to_ne_bytes());
+            m.extend_from_slice(&0u32.to_ne_bytes());
+            m.extend_from_slice(&[libc::AF_UNSPEC as u8, libc::NFNETLINK_V0 as u8]);
+            m.extend_from_slice(&(libc::NFNL_SUBSYS_NFTABLES as u16).to_be_bytes());
+            m
+        };
+        let mut bytes = marker(libc::NFNL_MSG_BATCH_BEGIN, 0);
+        let n = renumber(&mut self.messages, 1);
+        debug_assert_eq!(n as usize, self.labels.len());
+        bytes.extend(self.messages);
+        bytes.extend(marker(libc::NFNL_MSG_BATCH_END, n + 1));
+        (bytes, self.labels)
     }
 
     /// Sends the whole batch in one `sendmsg` and waits for the kernel's verdict on every
@@ -84,20 +168,16 @@ impl Transaction {
         if self.labels.is_empty() {
             return Ok(());
         }
-        let bytes = self.batch.finalize();
+        let (bytes, labels) = self.finish();
         let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
         // Room for the batch, and for one acknowledgement per message: each queued ack
         // costs an skb (about 1 KiB of buffer accounting) until we read it.
         set_buffer(&sock, sockopt::SndBufForce, bytes.len() + 65536)?;
-        set_buffer(
-            &sock,
-            sockopt::RcvBufForce,
-            self.labels.len() * 2048 + (1 << 20),
-        )?;
+        set_buffer(&sock, sockopt::RcvBufForce, labels.len() * 2048 + (1 << 20))?;
         set_receive_timeout(&sock)?;
         send_all(&sock, &bytes)?;
 
-        let mut verdict = BatchVerdict::new(&self.labels);
+        let mut verdict = BatchVerdict::new(&labels);
         read_acks(&sock, |seq, errno| verdict.ack(seq, errno))?;
         verdict.result()
     }

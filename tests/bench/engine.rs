@@ -48,7 +48,6 @@ fn networks(count: usize, whitelisted: usize) -> Vec<ManagedNetwork> {
                 format!("fd00:{k:x}::/64").parse().expect("subnet"),
             ],
             whitelist: addresses(k, whitelisted),
-            allow_host_traffic: false,
             ..ManagedNetwork::default()
         })
         .collect()
@@ -276,10 +275,10 @@ fn throughput_benchmark() {
             bridge: "br0".into(),
             subnets: vec!["10.77.0.0/16".parse().expect("subnet")],
             whitelist,
-            allow_host_traffic: false,
             ports,
             gateway_mac: found["br0"].mac,
             gateways: vec!["10.77.0.1".parse().expect("ip")],
+            ..ManagedNetwork::default()
         }],
     )
     .expect("plan");
