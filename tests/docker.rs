@@ -703,11 +703,11 @@ fn check_prints_the_ruleset_or_the_error() {
     for (body, expected) in [
         (
             "[network.x]\nwhitelist = []\n",
-            ":2:13: network \"x\": the whitelist is empty",
+            ":2:13: network \"x\": whitelist: an empty query",
         ),
         (
             "[network.x]\nwhitelist = \"colour=red\"\n",
-            ":2:13: network \"x\": whitelist entry",
+            ":2:13: network \"x\": whitelist: \"colour=red\": unknown filter",
         ),
         (
             "[network.x]\nwhitelist = \"name=a\"\nbogus = true\n",
@@ -1067,4 +1067,323 @@ fn our_tables_compose_with_the_engines_chains() {
         engine_major(),
         blocked.len()
     );
+}
+
+// ---- policy: allow rules, whitelist alternatives, host ports, outbound denials ---------
+
+/// Starts a second echo server, on `port`, in a container.
+fn serve_on(container: &str, port: &str) {
+    docker_ok(&[
+        "exec",
+        "-d",
+        container,
+        "nc",
+        "-ll",
+        "-p",
+        port,
+        "-e",
+        "/bin/echo",
+        "pong",
+    ]);
+}
+
+/// TCP on `port` and ping, from one container to addresses, each expected as given.
+fn tcp_and_ping(from: &str, to: &[String], port: &str, tcp: bool, ping: bool) -> Vec<Probe> {
+    to.iter()
+        .flat_map(|t| {
+            [
+                Probe::tcp_port(from, t, port, tcp),
+                Probe::ping(from, t, ping),
+            ]
+        })
+        .collect()
+}
+
+/// Issue 11's stories from TOML, end to end over IPv4 and IPv6: nextcloud may open its
+/// database on one port only; a backend calls the proxy on its port (#38); two label
+/// groups are both whitelisted; the rules follow a destination recreated with a new
+/// address; `check` prints who may open what to whom.
+#[test]
+fn allow_rules_from_toml_follow_containers() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let n = std::process::id() % 250;
+    let v6 = format!("fd00:7b:{n:x}::");
+    let net = lab.network(
+        "cloud",
+        &[
+            "--ipv6",
+            "--subnet",
+            &format!("10.213.{n}.0/24"),
+            "--subnet",
+            &format!("{v6}/64"),
+        ],
+    );
+    let label = |value: &str| ["--label".to_owned(), format!("tjtest.role={value}")];
+    let start = |lab: &mut DockerLab, short: &str, role: &str, extra: &[&str]| {
+        let mut args: Vec<String> = label(role).to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.container(short, &net, &args)
+    };
+    let proxy = start(&mut lab, "proxy", "proxy", &[]);
+    let admin = start(&mut lab, "admin", "admin", &[]);
+    let cloud = start(&mut lab, "nextcloud", "nextcloud", &[]);
+    let db = start(
+        &mut lab,
+        "db",
+        "db",
+        &[
+            "--ip",
+            &format!("10.213.{n}.40"),
+            "--ip6",
+            &format!("{v6}40"),
+        ],
+    );
+    let other = start(&mut lab, "other", "other", &[]);
+    serve_on(&db, "9090");
+    lab.write_config(&format!(
+        r#"[network.{net}]
+whitelist = [["label=tjtest.role=proxy"], ["label=tjtest.role=admin"]]
+
+[[network.{net}.allow]]
+from = "label=tjtest.role=nextcloud"
+to = "label=tjtest.role=db"
+ports = ["8080/tcp"]
+
+[[network.{net}.allow]]
+from = "label=tjtest.role=nextcloud"
+to = "label=tjtest.role=proxy"
+ports = ["8080/tcp"]
+"#
+    ));
+    std::fs::write(
+        lab.config_dir.join("timer.toml"),
+        "[daemon]\nresync_interval = \"1h\"\n",
+    )
+    .unwrap();
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+
+    let both = |lab: &DockerLab, c: &str| vec![lab.ip4(c, &net), lab.ip6(c, &net)];
+    let mut probes = Vec::new();
+    probes.extend(tcp_and_ping(&cloud, &both(&lab, &db), "8080", true, false));
+    probes.extend(tcp_and_ping(&cloud, &both(&lab, &db), "9090", false, false));
+    probes.extend(tcp_and_ping(&db, &both(&lab, &cloud), "8080", false, false));
+    probes.extend(tcp_and_ping(&other, &both(&lab, &db), "8080", false, false));
+    probes.extend(tcp_and_ping(
+        &cloud,
+        &both(&lab, &other),
+        "8080",
+        false,
+        false,
+    ));
+    probes.extend(tcp_and_ping(
+        &cloud,
+        &both(&lab, &proxy),
+        "8080",
+        true,
+        false,
+    ));
+    probes.extend(tcp_and_ping(
+        &other,
+        &both(&lab, &proxy),
+        "8080",
+        false,
+        false,
+    ));
+    for whitelisted in [&proxy, &admin] {
+        for to in [&cloud, &db, &other] {
+            probes.extend(tcp_and_ping(
+                whitelisted,
+                &both(&lab, to),
+                "8080",
+                true,
+                true,
+            ));
+        }
+    }
+    assert_probes("allow rules", &probes, &lab);
+
+    // `check` shows the policy: who, to whom, on what, from which rule.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+        .args(["check", "--config-dir"])
+        .arg(&lab.config_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = lab.config_dir.join("trafficjam.toml");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains(&format!("{}:4", file.display())))
+        .unwrap_or_else(|| panic!("no row for the first rule:\n{stdout}"));
+    assert!(
+        row.contains(&cloud) && row.contains(&db) && row.contains("8080/tcp"),
+        "{row}"
+    );
+
+    // The database is recreated with new addresses: the rule follows it.
+    lab.remove_container(&db);
+    let db = start(
+        &mut lab,
+        "db2",
+        "db",
+        &[
+            "--ip",
+            &format!("10.213.{n}.41"),
+            "--ip6",
+            &format!("{v6}41"),
+        ],
+    );
+    lab.wait_for_log("isolated:", 2, Duration::from_secs(10));
+    let mut probes = tcp_and_ping(&cloud, &both(&lab, &db), "8080", true, false);
+    probes.extend(tcp_and_ping(&other, &both(&lab, &db), "8080", false, false));
+    assert_probes("rules follow the database", &probes, &lab);
+}
+
+/// A server answering `pong` on a TCP port inside a network namespace of the test's.
+fn pong_in(ns: &common::Netns, port: u16) {
+    let listener = ns.enter(move || {
+        let l = std::net::TcpListener::bind(("::", port)).expect("bind");
+        l.set_nonblocking(false).unwrap();
+        l
+    });
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"pong\n");
+        }
+    });
+}
+
+/// A namespace routed behind the Docker host (a LAN, or the internet), joined to it by a
+/// veth: `host_addr` on the host's side, `addr` on the namespace's, default route back.
+fn behind_the_host(role: &str, host_addr: &str, addr: &str) -> common::Netns {
+    let ns = common::Netns::new(role);
+    let link = format!("tj{}{role}", std::process::id() % 10000);
+    common::run(
+        "ip",
+        &[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ],
+    );
+    common::run("ip", &["addr", "add", host_addr, "dev", &link]);
+    common::run("ip", &["link", "set", &link, "up"]);
+    ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    let gw = host_addr.split('/').next().unwrap();
+    ns.ip(&["route", "add", "default", "via", gw]);
+    pong_in(&ns, 8080);
+    ns
+}
+
+/// The compose form: the network's labels carry the whitelist (two alternatives),
+/// `deny_outbound` and `allow_host_ports`; the database's own labels say who may open
+/// it, and on which port (issue #14 of the old tool). A LAN address behind the host is
+/// closed to every container while a public one stays open and LAN clients still reach a
+/// published port.
+#[test]
+fn compose_labels_carry_the_whole_policy() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    lab.label_opt_in = true;
+    // Not 192.168/16: Docker allocates its default networks there.
+    let n = std::process::id() % 250;
+    let lan = behind_the_host(
+        "lan",
+        &format!("10.214.{n}.1/24"),
+        &format!("10.214.{n}.2/24"),
+    );
+    let wan = behind_the_host("wan", "198.51.100.1/24", "198.51.100.2/24");
+    let host_port = host_pong();
+    let role = lab.name("role");
+    let net = lab.network(
+        "compose",
+        &[
+            "--label",
+            &format!("trafficjam.whitelist=label={role}=proxy"),
+            "--label",
+            &format!("trafficjam.whitelist.admin=label={role}=admin"),
+            "--label",
+            "trafficjam.deny_outbound=private",
+            "--label",
+            &format!("trafficjam.allow_host_ports={host_port}/tcp"),
+        ],
+    );
+    let with = |r: &str| format!("{role}={r}");
+    let proxy = lab.container("proxy", &net, &["--label", &with("proxy")]);
+    let admin = lab.container("admin", &net, &["--label", &with("admin")]);
+    let cloud = lab.container("nextcloud", &net, &["--label", &with("nextcloud")]);
+    let db = lab.container(
+        "db",
+        &net,
+        &[
+            "--label",
+            &with("db"),
+            "--label",
+            &format!("trafficjam.allow.from=label={role}=nextcloud"),
+            "--label",
+            "trafficjam.allow.ports=8080/tcp",
+            "-p",
+            "8080",
+        ],
+    );
+    serve_on(&db, "9090");
+    lab.write_config("");
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+
+    let db_ip = lab.ip4(&db, &net);
+    let gateway = lab.gateway4(&net);
+    let lan_ip = format!("10.214.{n}.2");
+    let wan_ip = "198.51.100.2".to_owned();
+    let probes = vec![
+        Probe::tcp(&cloud, &db_ip, true),
+        Probe::tcp_port(&cloud, &db_ip, "9090", false),
+        Probe::ping(&cloud, &db_ip, false),
+        Probe::tcp(&proxy, &db_ip, true),
+        Probe::tcp(&admin, &db_ip, true),
+        Probe::tcp(&db, &lab.ip4(&cloud, &net), false),
+        // The host: 8080 open to every container, the rest closed.
+        Probe::tcp_port(&cloud, &gateway, &host_port, true),
+        Probe::ping(&cloud, &gateway, false),
+        // Outbound: the LAN closed to all, the proxy too; a public address open.
+        Probe::tcp(&cloud, &lan_ip, false),
+        Probe::tcp(&proxy, &lan_ip, false),
+        Probe::ping(&proxy, &lan_ip, false),
+        Probe::tcp(&cloud, &wan_ip, true),
+        Probe::ping(&proxy, &wan_ip, true),
+    ];
+    assert_probes("compose labels", &probes, &lab);
+
+    // A LAN client still reaches the database's published port (its answers flow).
+    let published = lab.published_port(&db).expect("a published port");
+    let host_lan = format!("10.214.{n}.1");
+    let answered = lan.enter(move || {
+        use std::io::Read;
+        let addr = format!("{host_lan}:{published}").parse().unwrap();
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).is_ok() && buf.contains("pong")
+    });
+    assert!(
+        answered,
+        "a LAN client must reach the published port:\n{}",
+        lab.log_text()
+    );
+    drop(wan);
 }
