@@ -475,7 +475,12 @@ impl DockerClient {
         let filters = HashMap::from([
             (
                 "type".to_owned(),
-                vec!["container".to_owned(), "network".to_owned()],
+                // Images: a tag that moves changes what `ancestor=` matches.
+                vec![
+                    "container".to_owned(),
+                    "network".to_owned(),
+                    "image".to_owned(),
+                ],
             ),
             (
                 "event".to_owned(),
@@ -490,6 +495,8 @@ impl DockerClient {
                     "connect",
                     "disconnect",
                     "create",
+                    "tag",
+                    "untag",
                 ]
                 .map(String::from)
                 .to_vec(),

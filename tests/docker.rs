@@ -1387,3 +1387,45 @@ fn compose_labels_carry_the_whole_policy() {
     );
     drop(wan);
 }
+
+/// The `ancestor=` pitfall: a proxy whitelisted by its image tag drops out of the whitelist
+/// when the tag moves to a newer image (here `docker commit`, as a `docker pull` would),
+/// while it keeps running. The configuration is warned about at start, and the loss is
+/// logged as an error naming the container.
+#[test]
+fn a_proxy_whose_tag_moves_away_is_reported_loudly() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let tag = format!("{}-proxy:latest", lab.prefix);
+    docker_ok(&["tag", IMAGE, &tag]);
+    let net = lab.network("net", &[]);
+    let backend = lab.container("backend", &net, &[]);
+    let proxy = lab.container_of(&tag, "proxy", &net, &[]);
+    lab.write_config(&whitelist_section(&net, &format!("ancestor={tag}")));
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    lab.wait_for_log("follows the image tag", 1, Duration::from_secs(5));
+    let backend_ip = lab.ip4(&backend, &net);
+    assert_probes(
+        "tag matches",
+        &[Probe::tcp(&proxy, &backend_ip, true)],
+        &lab,
+    );
+
+    docker_ok(&["commit", &proxy, &tag]);
+    lab.wait_for_log(
+        "no longer matches the whitelist",
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(
+        lab.log_text()
+            .contains(&format!("container {proxy} was whitelisted"))
+    );
+    assert_probes("tag moved", &[Probe::tcp(&proxy, &backend_ip, false)], &lab);
+    lab.remove_container(&proxy);
+    docker(&["rmi", "-f", &tag]);
+}

@@ -170,10 +170,21 @@ impl DockerLab {
 
     /// Starts a container running the echo server on `network`; returns the full name.
     pub fn container(&mut self, short: &str, network: &str, args: &[&str]) -> String {
+        self.container_of(IMAGE, short, network, args)
+    }
+
+    /// A container of `image` (the test image under another tag) running the echo server.
+    pub fn container_of(
+        &mut self,
+        image: &str,
+        short: &str,
+        network: &str,
+        args: &[&str],
+    ) -> String {
         let name = self.name(short);
         let mut all = vec!["run", "-d", "--name", &name, "--network", network];
         all.extend_from_slice(args);
-        all.push(IMAGE);
+        all.push(image);
         all.extend_from_slice(SERVER);
         self.containers.push(name.clone());
         docker_ok(&all);
