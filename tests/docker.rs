@@ -714,6 +714,18 @@ fn check_prints_the_ruleset_or_the_error() {
             ":3:1: unknown field `bogus`",
         ),
         ("\n[oops\n", ":2:"),
+        (
+            "[network.x]\nwhitelist = \"name=^a$\"\n[[network.x.allow]]\nfrom = \"name=^b$\"\nto = \"name=^c$\"\nports = [\"5432/sctp\"]\n",
+            ":6:10: network \"x\": allow.ports: \"5432/sctp\": unknown protocol",
+        ),
+        (
+            "[network.x]\nwhitelist = \"name=^a$\"\ndeny_outbound = [\"10.0.0.0/40\"]\n",
+            ":3:18: network \"x\": deny_outbound:",
+        ),
+        (
+            "[[network.y.allow]]\nfrom = \"name=^b$\"\nto = \"name=^c$\"\n",
+            ":1:11: network \"y\": no whitelist",
+        ),
     ] {
         lab.write_config(body);
         let out = check(&lab);
@@ -1286,7 +1298,7 @@ fn behind_the_host(role: &str, host_addr: &str, addr: &str) -> common::Netns {
 }
 
 /// The compose form: the network's labels carry the whitelist (two alternatives),
-/// `deny_outbound` and `allow_host_ports`; the database's own labels say who may open
+/// `deny_outbound`, `allow_host_ports` and a host open to the whitelisted only; the database's own labels say who may open
 /// it, and on which port (issue #14 of the old tool). A LAN address behind the host is
 /// closed to every container while a public one stays open and LAN clients still reach a
 /// published port.
@@ -1319,6 +1331,8 @@ fn compose_labels_carry_the_whole_policy() {
             "trafficjam.deny_outbound=private",
             "--label",
             &format!("trafficjam.allow_host_ports={host_port}/tcp"),
+            "--label",
+            "trafficjam.allow_host_traffic=whitelisted",
         ],
     );
     let with = |r: &str| format!("{role}={r}");
@@ -1355,9 +1369,11 @@ fn compose_labels_carry_the_whole_policy() {
         Probe::tcp(&proxy, &db_ip, true),
         Probe::tcp(&admin, &db_ip, true),
         Probe::tcp(&db, &lab.ip4(&cloud, &net), false),
-        // The host: 8080 open to every container, the rest closed.
+        // The host: one port open to every container, the rest to the whitelisted only.
         Probe::tcp_port(&cloud, &gateway, &host_port, true),
         Probe::ping(&cloud, &gateway, false),
+        Probe::ping(&proxy, &gateway, true),
+        Probe::ping(&admin, &gateway, true),
         // Outbound: the LAN closed to all, the proxy too; a public address open.
         Probe::tcp(&cloud, &lan_ip, false),
         Probe::tcp(&proxy, &lan_ip, false),

@@ -4,7 +4,11 @@
 //!    over 1, 10 and 50 networks, and the time of a one-address whitelist change at each
 //!    size (it must not grow with the whitelist: sets, not rules).
 //! 2. Per-packet cost: iperf3 TCP throughput between two namespaces through a bridge
-//!    managed with 10 000 whitelisted addresses, as a ratio to the same bridge unmanaged.
+//!    managed with 10 000 whitelisted addresses, and through one where the traffic is let
+//!    through by one of 1 000 allowed tuples (allow rules), as ratios to the same bridge
+//!    unmanaged.
+//! 3. Policy: 100 allow rules over 200 containers, plan and apply, and one container's
+//!    start as an element update (time, messages, elements).
 //!
 //! Everything runs in private network namespaces that are removed at the end.
 //! `BENCH_QUICK=1` runs smaller sizes and shorter streams (a smoke run).
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use trafficjam::firewall::{BatchKind, Firewall};
 use trafficjam::nft::{BridgeNetfilter, Netlink};
-use trafficjam::plan::{ManagedNetwork, Port, plan};
+use trafficjam::plan::{Grant, ManagedNetwork, Port, PortRange, plan};
 
 const TABLE: &str = "tjbench";
 
@@ -268,20 +272,45 @@ fn throughput_benchmark() {
         })
         .collect::<Vec<_>>();
     assert_eq!(ports.len(), 2, "both ports bound");
-    let managed = plan(
-        TABLE,
-        &[ManagedNetwork {
-            name: "bench".into(),
-            bridge: "br0".into(),
-            subnets: vec!["10.77.0.0/16".parse().expect("subnet")],
-            whitelist,
-            ports,
-            gateway_mac: found["br0"].mac,
-            gateways: vec!["10.77.0.1".parse().expect("ip")],
-            ..ManagedNetwork::default()
-        }],
-    )
-    .expect("plan");
+    let managed_net = ManagedNetwork {
+        name: "bench".into(),
+        bridge: "br0".into(),
+        subnets: vec!["10.77.0.0/16".parse().expect("subnet")],
+        whitelist,
+        ports,
+        gateway_mac: found["br0"].mac,
+        gateways: vec!["10.77.0.1".parse().expect("ip")],
+        ..ManagedNetwork::default()
+    };
+
+    // The same bridge, nobody whitelisted: the proxy's traffic passes by one of 1 000
+    // allowed tuples (the proxy to the backend on iperf3's port, and 999 others).
+    let mut grants: BTreeSet<Grant> = addresses(77, 4_100)
+        .into_iter()
+        .filter(|a| a.is_ipv4())
+        .skip(4)
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter(|pair| pair.len() == 2)
+        .take(999)
+        .map(|pair| Grant {
+            from: pair[0],
+            to: pair[1],
+            ports: Some(PortRange::parse("5201/tcp").expect("ports")),
+        })
+        .collect();
+    grants.insert(Grant {
+        from: "10.77.0.2".parse().expect("ip"),
+        to: "10.77.0.3".parse().expect("ip"),
+        ports: Some(PortRange::parse("5201/tcp").expect("ports")),
+    });
+    assert_eq!(grants.len(), 1_000);
+    let mut allowed_net = managed_net.clone();
+    allowed_net.whitelist = BTreeSet::new();
+    allowed_net.allow_rules = true;
+    allowed_net.grants = grants;
+    let allowed = plan(TABLE, &[allowed_net]).expect("plan");
+    let managed = plan(TABLE, &[managed_net]).expect("plan");
 
     let measure = |label: &str| -> f64 {
         let out = proxy
@@ -310,32 +339,34 @@ fn throughput_benchmark() {
 
     println!("\n## TCP throughput through the bridge (iperf3, {seconds} s streams, Gbit/s)");
     println!(
-        "| br_netfilter | unmanaged (median) | managed, 10 000 whitelisted, ports bound (median) | ratio |"
+        "| br_netfilter | unmanaged (median) | managed, 10 000 whitelisted, ports bound (median) | ratio | allowed by 1 of 1 000 tuples (median) | ratio |"
     );
-    println!("|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     for switch in ["1", "0"] {
         host.sysctl("net.bridge.bridge-nf-call-iptables", switch);
         host.sysctl("net.bridge.bridge-nf-call-ip6tables", switch);
-        let (mut plain, mut ours) = (Vec::new(), Vec::new());
+        let (mut plain, mut ours, mut by_tuple) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             host.enter(|| Netlink::default().clear(TABLE).expect("clear"));
             plain.push(measure("unmanaged"));
-            let rs = managed.clone();
-            host.enter(move || {
-                Netlink::new(BridgeNetfilter::Leave)
-                    .apply(None, &rs)
-                    .expect("apply");
-            });
-            ours.push(measure("managed"));
+            for (rs, out) in [(&managed, &mut ours), (&allowed, &mut by_tuple)] {
+                let rs = rs.clone();
+                host.enter(move || {
+                    Netlink::new(BridgeNetfilter::Leave)
+                        .apply(None, &rs)
+                        .expect("apply");
+                });
+                out.push(measure("managed"));
+            }
         }
         host.enter(|| Netlink::default().clear(TABLE).expect("clear"));
         let med = |mut v: Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2]
         };
-        let (p, o) = (med(plain), med(ours));
+        let (p, o, t) = (med(plain), med(ours), med(by_tuple));
         println!(
-            "| {} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {:.2} | {:.2} | {:.3} | {:.2} | {:.3} |",
             if switch == "1" {
                 "on (stateful)"
             } else {
@@ -343,11 +374,102 @@ fn throughput_benchmark() {
             },
             p / 1e9,
             o / 1e9,
-            o / p
+            o / p,
+            t / 1e9,
+            t / p
         );
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// 100 allow rules over 200 containers of one dual-stack network: rule k lets containers
+/// 2k and 2k+1 open containers 2k+100 and 2k+101 on one port. Container 199's start (it is
+/// rule 49's second destination) is the element update measured.
+fn policy_benchmark() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e} (run as root)"));
+    let addrs = |c: usize| -> [IpAddr; 2] {
+        [
+            IpAddr::V4(Ipv4Addr::new(10, 80, (c >> 8) as u8, c as u8 + 2)),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x80, 0, 0, 0, 0, 0, c as u16 + 2)),
+        ]
+    };
+    let grants = |running: usize| -> BTreeSet<Grant> {
+        let mut g = BTreeSet::new();
+        for k in 0..100 {
+            let ports = PortRange::parse(&format!("{}/tcp", 5000 + k)).expect("ports");
+            for from in [2 * k % 100, (2 * k + 1) % 100] {
+                for to in [100 + (2 * k) % 100, 100 + (2 * k + 1) % 100] {
+                    if to >= running {
+                        continue;
+                    }
+                    for (f, t) in addrs(from).into_iter().zip(addrs(to)) {
+                        g.insert(Grant {
+                            from: f,
+                            to: t,
+                            ports: Some(ports),
+                        });
+                    }
+                }
+            }
+        }
+        g
+    };
+    let network = |running: usize| ManagedNetwork {
+        name: "cloud".into(),
+        bridge: "br-cloud".into(),
+        subnets: vec![
+            "10.80.0.0/16".parse().expect("subnet"),
+            "fd00:80::/64".parse().expect("subnet"),
+        ],
+        whitelist: addrs(0).into_iter().collect(),
+        allow_rules: true,
+        grants: grants(running),
+        ..ManagedNetwork::default()
+    };
+    let (before, after) = (network(199), network(200));
+    let runs = if quick() { 3 } else { 11 };
+    let (mut plan_t, mut full_t, mut start_t, mut start_apply_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut messages = (0, 0);
+    let mut elements = 0;
+    for _ in 0..runs {
+        Netlink::default().clear(TABLE).expect("clear");
+        let t = Instant::now();
+        let rs = plan(TABLE, std::slice::from_ref(&before)).expect("plan");
+        plan_t.push(t.elapsed());
+        let mut nft = Netlink::new(BridgeNetfilter::Leave);
+        let t = Instant::now();
+        let report = nft.apply(None, &rs).expect("apply");
+        full_t.push(t.elapsed());
+        messages.0 = report.messages;
+        let t = Instant::now();
+        let started = plan(TABLE, std::slice::from_ref(&after)).expect("plan");
+        let t_apply = Instant::now();
+        let report = nft.apply(Some(&rs), &started).expect("start");
+        start_t.push(t.elapsed());
+        start_apply_t.push(t_apply.elapsed());
+        assert_eq!(report.kind, BatchKind::Elements);
+        messages.1 = report.messages;
+        elements = report.added;
+    }
+    Netlink::default().clear(TABLE).expect("clear");
+    println!("\n## policy: 100 allow rules over 200 containers (median of {runs}, milliseconds)");
+    println!(
+        "| grants (address pairs) | plan | apply (full batch) | one container starts: plan + apply | of which apply (element batch) | messages (full / start) | elements added |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} / {} | {elements} |",
+        before.grants.len(),
+        ms(median(plan_t)),
+        ms(median(full_t)),
+        ms(median(start_t)),
+        ms(median(start_apply_t)),
+        messages.0,
+        messages.1,
+    );
 }
 
 fn main() {
@@ -358,7 +480,17 @@ fn main() {
         // Before the unshare below: the throughput part uses named namespaces.
         throughput_benchmark();
     }
-    if want("apply") {
-        apply_benchmark();
+    if want("policy") || want("apply") {
+        // Both unshare the calling thread's namespace: each runs on a thread of its own.
+        let mut parts: Vec<fn()> = Vec::new();
+        if want("apply") {
+            parts.push(apply_benchmark);
+        }
+        if want("policy") {
+            parts.push(policy_benchmark);
+        }
+        for part in parts {
+            std::thread::spawn(part).join().expect("benchmark");
+        }
     }
 }
