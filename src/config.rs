@@ -83,6 +83,8 @@ pub enum FilterError {
     UnknownKey { entry: String, key: String },
     #[error("filter {0:?} has an empty value")]
     EmptyValue(String),
+    #[error("filter {entry:?}: Docker accepts only {expected}")]
+    BadValue { entry: String, expected: String },
 }
 
 impl Filter {
@@ -101,6 +103,32 @@ impl Filter {
         }
         if value.is_empty() {
             return Err(FilterError::EmptyValue(text.to_owned()));
+        }
+        // Docker refuses other values of these keys (the query would fail).
+        let allowed: &[&str] = match key {
+            "status" => &[
+                "created",
+                "restarting",
+                "running",
+                "removing",
+                "paused",
+                "exited",
+                "dead",
+            ],
+            "health" => &["starting", "healthy", "unhealthy", "none"],
+            "is-task" => &["true", "false"],
+            _ => &[],
+        };
+        let bad_number = key == "exited" && value.parse::<i64>().is_err();
+        if (!allowed.is_empty() && !allowed.contains(&value)) || bad_number {
+            return Err(FilterError::BadValue {
+                entry: text.to_owned(),
+                expected: if bad_number {
+                    "an exit code".to_owned()
+                } else {
+                    allowed.join(", ")
+                },
+            });
         }
         Ok(Filter {
             key: key.to_owned(),
@@ -241,6 +269,7 @@ pub fn container_allow_rules(
 ) -> (Vec<AllowRule>, Vec<String>) {
     // rule name -> (from, ports), from the label keys.
     let mut rules: BTreeMap<String, (Option<&String>, Option<&String>)> = BTreeMap::new();
+    let mut broken = std::collections::BTreeSet::new();
     let mut problems = Vec::new();
     for (key, value) in labels {
         let Some(rest) = key.strip_prefix(LABEL_ALLOW_PREFIX) else {
@@ -254,11 +283,16 @@ pub fn container_allow_rules(
         match field {
             "from" => entry.0 = Some(value),
             "ports" => entry.1 = Some(value),
-            _ => problems.push(format!(
-                "container {container}: label {key}: unknown (trafficjam.allow.from, trafficjam.allow.ports, or trafficjam.allow.<rule>.from and .ports)"
-            )),
+            _ => {
+                // A typo (`.port`) must not leave the rule open on every port.
+                broken.insert(name.to_owned());
+                problems.push(format!(
+                    "container {container}: label {key}: unknown (trafficjam.allow.from, trafficjam.allow.ports, or trafficjam.allow.<rule>.from and .ports): that rule opens nothing"
+                ));
+            }
         }
     }
+    rules.retain(|name, _| !broken.contains(name));
     let mut out = Vec::new();
     for (name, (from, ports)) in rules {
         let label = |field: &str| {
@@ -701,9 +735,14 @@ fn ports(
     let span = list.span();
     let list = list.into_inner();
     if list.is_empty() {
+        let hint = if key == "allow.ports" {
+            "leave it out for every port"
+        } else {
+            "leave it out for none"
+        };
         return Err(at(
             span,
-            format!("{key} is empty: it would allow nothing (leave it out for every port)"),
+            format!("{key} is empty: it would allow nothing ({hint})"),
         ));
     }
     list.into_iter()
@@ -881,7 +920,17 @@ impl Config {
                 };
                 let host_ports = match net.allow_host_ports {
                     None => Vec::new(),
-                    Some(list) => ports(list, "allow_host_ports", &at)?,
+                    Some(list) => {
+                        let span = list.span();
+                        let p = ports(list, "allow_host_ports", &at)?;
+                        if host_access == HostAccess::Open {
+                            config.warnings.push(at(
+                                span,
+                                "allow_host_ports changes nothing: allow_host_traffic = true opens every host port".into(),
+                            ));
+                        }
+                        p
+                    }
                 };
                 let mut deny_outbound = Vec::new();
                 for entry in net
@@ -1398,6 +1447,7 @@ whitelist = "name=proxy"
                 ),
                 ("trafficjam.allow.ports", "5432/tcp"),
                 ("trafficjam.allow.admin.from", "name=^adminer$"),
+                // A typo in a field name: the rule opens nothing (not every port).
                 ("trafficjam.allow.bad.from", "nonsense"),
                 ("trafficjam.allow.lonely.ports", "80/tcp"),
                 ("trafficjam.allow.wrong.ports", "80/icmp"),
@@ -1420,8 +1470,7 @@ whitelist = "name=proxy"
         assert_eq!(
             summary,
             [
-                "label trafficjam.allow.from on db label=com.docker.compose.service=nextcloud Some(1)",
-                "label trafficjam.allow.admin.from on db name=^adminer$ None",
+                "label trafficjam.allow.from on db label=com.docker.compose.service=nextcloud Some(1)"
             ]
         );
         // The broken ones open nothing, and each says why.
@@ -1478,6 +1527,34 @@ to = "label=role=proxy"
         assert_eq!(b.from.queries.len(), 2);
         assert_eq!(b.ports, None);
         assert_eq!(b.origin, "/etc/trafficjam/cloud.toml:13");
+    }
+
+    #[test]
+    fn filter_values_docker_would_refuse_are_refused_here() {
+        for bad in ["status=up", "health=fine", "is-task=yes", "exited=x"] {
+            let e = Filter::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("Docker accepts only"), "{bad}: {e}");
+        }
+        for good in [
+            "status=running",
+            "health=healthy",
+            "is-task=false",
+            "exited=137",
+        ] {
+            assert!(Filter::parse(good).is_ok(), "{good}");
+        }
+        let c = parse(&[(
+            "a.toml",
+            "[network.n]\nwhitelist = \"name=^p$\"\nallow_host_traffic = true\nallow_host_ports = [\"53/udp\"]\n",
+        )])
+        .unwrap();
+        assert!(
+            c.warnings[0]
+                .to_string()
+                .contains("a.toml:4:20: network \"n\": allow_host_ports changes nothing"),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]
@@ -1559,7 +1636,7 @@ to = "label=role=proxy"
             ),
             (
                 "[[network.n.allow]]\nfrom = \"name=^a$\"\nto = \"name=^db$\"\nports = [\"5432\"]\n",
-                "6:10: network \"n\": allow.ports: \"5432\": unknown protocol",
+                "6:10: network \"n\": allow.ports: \"5432\": the protocol is missing: \"5432/tcp\" or \"5432/udp\"",
             ),
             (
                 "[[network.n.allow]]\nfrom = \"name=^a$\"\nto = \"name=^db$\"\nport = [\"5432/tcp\"]\n",

@@ -179,6 +179,9 @@ fn chosen_of(endpoints: &[Endpoint], matching: &HashMap<String, String>) -> Vec<
         .collect()
 }
 
+/// Each distinct query's answer in one pass (id -> name), or Docker's refusal.
+type QueryCache = HashMap<Vec<Filter>, Result<HashMap<String, String>, String>>;
+
 /// A container's name as `docker ps` shows it (the list gives `/name`).
 fn container_name(names: Option<Vec<String>>) -> String {
     names
@@ -306,15 +309,22 @@ impl DockerClient {
                 })
                 .collect();
             let endpoints = self.endpoints_on(&id).await?;
+            let mut refused = Vec::new();
             let whitelisted = chosen_of(
                 &endpoints,
-                &self.matching(&policy.whitelist, &mut queries).await?,
+                &self
+                    .matching(&policy.whitelist, &mut queries, &mut refused)
+                    .await?,
             );
             let mut allowed = Vec::new();
             for rule in &policy.allow {
+                let from = self
+                    .matching(&rule.from, &mut queries, &mut refused)
+                    .await?;
+                let to = self.matching(&rule.to, &mut queries, &mut refused).await?;
                 allowed.push(AllowedEndpoints {
-                    from: chosen_of(&endpoints, &self.matching(&rule.from, &mut queries).await?),
-                    to: chosen_of(&endpoints, &self.matching(&rule.to, &mut queries).await?),
+                    from: chosen_of(&endpoints, &from),
+                    to: chosen_of(&endpoints, &to),
                 });
             }
             let mut policy = policy;
@@ -326,11 +336,11 @@ impl DockerClient {
                         snapshot.warnings.push((name.clone(), p));
                     }
                     for mut rule in rules {
+                        let from = self
+                            .matching(&rule.from, &mut queries, &mut refused)
+                            .await?;
                         allowed.push(AllowedEndpoints {
-                            from: chosen_of(
-                                &endpoints,
-                                &self.matching(&rule.from, &mut queries).await?,
-                            ),
+                            from: chosen_of(&endpoints, &from),
                             to: endpoints
                                 .iter()
                                 .filter(|e| e.container_id == id)
@@ -344,6 +354,9 @@ impl DockerClient {
                         policy.allow.push(rule);
                     }
                 }
+            }
+            for p in refused {
+                snapshot.warnings.push((name.clone(), p));
             }
             let options = net.options.clone().unwrap_or_default();
             snapshot.networks.push(NetworkSnapshot {
@@ -370,11 +383,14 @@ impl DockerClient {
 
     /// The containers `selector` chooses (id -> name): the union of its queries, each
     /// `docker ps --all --filter …` exactly as Docker filters. Answers are kept in `cache`
-    /// for the rest of the pass.
+    /// for the rest of the pass. A query Docker refuses (a filter value it does not
+    /// accept, as a container label may carry) chooses nobody and is reported in
+    /// `problems`: one bad filter never stops the pass for every network.
     async fn matching(
         &self,
         selector: &Selector,
-        cache: &mut HashMap<Vec<Filter>, HashMap<String, String>>,
+        cache: &mut QueryCache,
+        problems: &mut Vec<String>,
     ) -> Result<HashMap<String, String>, DockerError> {
         let mut matching = HashMap::new();
         for query in &selector.queries {
@@ -387,17 +403,30 @@ impl DockerClient {
                     filters: Some(Filter::to_docker(query)),
                     ..Default::default()
                 };
-                let listed = self
-                    .docker
-                    .list_containers(Some(options))
-                    .await
-                    .map_err(Self::request_err("list containers"))?
-                    .into_iter()
-                    .filter_map(|c| Some((c.id?, container_name(c.names))))
-                    .collect();
+                let listed = match self.docker.list_containers(Some(options)).await {
+                    Ok(list) => Ok(list
+                        .into_iter()
+                        .filter_map(|c| Some((c.id?, container_name(c.names))))
+                        .collect()),
+                    // 400 (a bad value), 404 (`before=` a container that is gone).
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 400..500,
+                        message,
+                    }) => Err(message),
+                    Err(e) => return Err(Self::request_err("list containers")(e)),
+                };
                 cache.insert(query.clone(), listed);
             }
-            matching.extend(cache[query].iter().map(|(k, v)| (k.clone(), v.clone())));
+            match &cache[query] {
+                Ok(listed) => matching.extend(listed.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                Err(message) => {
+                    let filters: Vec<String> = query.iter().map(Filter::to_string).collect();
+                    problems.push(format!(
+                        "Docker refuses the filters {}: {message}: they choose no container",
+                        filters.join(" + ")
+                    ));
+                }
+            }
         }
         Ok(matching)
     }

@@ -293,6 +293,11 @@ impl PortRange {
             )),
         };
         let Some((ports, proto)) = text.split_once('/') else {
+            if text.starts_with(|c: char| c.is_ascii_digit()) {
+                return Err(format!(
+                    "{text:?}: the protocol is missing: \"{text}/tcp\" or \"{text}/udp\""
+                ));
+            }
             return Ok(PortRange {
                 protocol: protocol_of(text)?,
                 first: 1,
@@ -482,6 +487,8 @@ pub enum Match {
     /// `ip frag-off & 0x3fff != 0`: an IPv4 fragment, whose transport header cannot be
     /// read (so the TCP and ICMP matches above cannot judge it).
     Ipv4Fragment,
+    /// `exthdr frag exists`: an IPv6 fragment (the same, for IPv6).
+    Ipv6Fragment,
     /// `meta protocol ip`: the frame's ethertype (bridge family).
     Protocol(EtherType),
     /// `udp sport 67`
@@ -1659,9 +1666,11 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             wl(Dir::Src, IpVersion::V6),
             neighbour_discovery(),
             // Without conntrack, a non-whitelisted source may still answer a whitelisted
-            // peer, but never open TCP or ping, whoever the destination; nor send IPv4
-            // fragments, which could hide a SYN.
+            // peer, but never open TCP or ping, whoever the destination; nor send
+            // fragments, which could hide a SYN. (With br_netfilter on, fragments are
+            // reassembled before this hook.)
             Rule::counted(vec![Match::Ipv4Fragment], Verdict::Drop),
+            Rule::counted(vec![Match::Ipv6Fragment], Verdict::Drop),
         ];
         if net.allow_rules {
             // An allowed opener towards its allowed destination and port (after the
@@ -1834,6 +1843,7 @@ impl fmt::Display for Match {
             Match::EchoRequest(IpVersion::V4) => f.write_str("icmp type echo-request"),
             Match::EchoRequest(IpVersion::V6) => f.write_str("icmpv6 type echo-request"),
             Match::Ipv4Fragment => f.write_str("ip frag-off & 0x3fff != 0"),
+            Match::Ipv6Fragment => f.write_str("exthdr frag exists"),
             Match::Protocol(EtherType::Ipv4) => f.write_str("meta protocol ip"),
             Match::Protocol(EtherType::Ipv6) => f.write_str("meta protocol ip6"),
             Match::Protocol(EtherType::Arp) => f.write_str("meta protocol arp"),
@@ -2088,6 +2098,7 @@ mod tests {
                 "ip6 saddr @wl6_public return",
                 "icmpv6 type 133-136 return",
                 "ip frag-off & 0x3fff != 0 counter drop",
+                "exthdr frag exists counter drop",
                 "tcp flags & (fin | syn | rst | ack) == syn counter drop",
                 "icmp type echo-request counter drop",
                 "icmpv6 type echo-request counter drop",

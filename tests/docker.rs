@@ -1354,9 +1354,16 @@ fn compose_labels_carry_the_whole_policy() {
         ],
     );
     serve_on(&db, "9090");
+    // A label whose filter Docker refuses opens nothing, and stops nothing else.
+    lab.container(
+        "odd",
+        &net,
+        &["--label", "trafficjam.allow.from=before=tj-no-such-container"],
+    );
     lab.write_config("");
     lab.start_daemon();
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    lab.wait_for_log("Docker refuses the filters before=", 1, Duration::from_secs(5));
 
     let db_ip = lab.ip4(&db, &net);
     let gateway = lab.gateway4(&net);

@@ -742,6 +742,8 @@ impl Daemon {
         self.save_config();
         self.warned.clear();
         self.waiting_logged.clear();
+        // A whitelist changed on purpose is no surprise to report.
+        self.whitelisted_before.clear();
         if self.condition == Condition::Cleared {
             self.condition = Condition::Starting;
         }

@@ -318,7 +318,7 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
             let nft_chain = &chains[&chain.name];
             for rule in &chain.rules {
                 let label = format!("rule \"{rule}\" in chain {}", chain.name);
-                if raw::is_flow_rule(rule) {
+                if raw::is_raw_rule(rule) {
                     let message =
                         raw::new_rule(family, nfproto, &table.name, &chain.name, rule, |s| {
                             set_ids.get(s).copied()
@@ -408,7 +408,7 @@ fn set_messages<'a>(
 }
 
 /// Adds (or deletes) elements of a set of ranges, in messages of at most
-/// `ELEMENTS_PER_MESSAGE` elements.
+/// `ELEMENTS_PER_MESSAGE / 4` elements (each carries both ends of its range).
 fn add_range_elements<'a>(
     tx: &mut Transaction,
     nfproto: u8,
@@ -575,6 +575,7 @@ fn add_match(
             rule.add_expr(Meta::new(MetaType::OifName));
             rule.add_expr(Cmp::new(CmpOp::Eq, interface_name(name)));
         }
+        Match::Ipv6Fragment => return Err("exthdr is encoded by raw::new_rule".into()),
         Match::OifNameNot(name) => {
             rule.add_expr(Meta::new(MetaType::OifName));
             rule.add_expr(Cmp::new(CmpOp::Neq, interface_name(name)));

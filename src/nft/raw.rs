@@ -1,8 +1,9 @@
 //! nftables messages rustables cannot express, encoded as nft 1.0.6 encodes them (captured
 //! with `nft --debug=netlink` and `strace -e write=all`): sets of ranges over a
 //! concatenation (the kernel's pipapo set, which needs the fields' lengths and both ends
-//! of every element), and rules that look up a concatenation of connection fields, which
-//! lie in 32-bit registers (`ip saddr . ip daddr` fills registers 1 and 9).
+//! of every element), rules that look up a concatenation of connection fields, which
+//! lie in 32-bit registers (`ip saddr . ip daddr` fills registers 1 and 9), and the IPv6
+//! fragment header's presence (`exthdr`).
 
 use crate::plan::{Dir, Element, Family, Field, IpVersion, Match, Rule, Set, Verdict};
 
@@ -55,10 +56,14 @@ const NFT_REG32_00: u32 = 8;
 const NFT_META_PROTOCOL: u32 = 1;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
+const NFT_PAYLOAD_LL_HEADER: u32 = 0;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_BYTEORDER_HTON: u32 = 1;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NFT_EXTHDR_F_PRESENT: u32 = 1;
+const NFT_EXTHDR_OP_IPV6: u32 = 0;
 
 // Verdict codes (NF_DROP, NF_ACCEPT, NFT_JUMP, NFT_GOTO, NFT_RETURN).
 const NF_DROP: i32 = 0;
@@ -88,11 +93,14 @@ pub(crate) fn is_range_set(set: &Set) -> bool {
     set.key.range_fields().is_some()
 }
 
-/// Whether a rule is encoded by this module: it looks up connection fields.
-pub(crate) fn is_flow_rule(rule: &Rule) -> bool {
-    rule.matches
-        .iter()
-        .any(|m| matches!(m, Match::Lookup(fields, _) if fields.iter().any(|f| f.of_flow())))
+/// Whether a rule is encoded by this module: it looks up connection fields, or asks for
+/// an IPv6 extension header (rustables has no `exthdr`).
+pub(crate) fn is_raw_rule(rule: &Rule) -> bool {
+    rule.matches.iter().any(|m| match m {
+        Match::Lookup(fields, _) => fields.iter().any(|f| f.of_flow()),
+        Match::Ipv6Fragment => true,
+        _ => false,
+    })
 }
 
 /// `NEWSET` for a set of ranges over a concatenation.
@@ -253,6 +261,35 @@ pub(crate) fn new_rule(
 ) -> Result<Vec<u8>, String> {
     let mut exprs = Vec::new();
     for m in &rule.matches {
+        if *m == Match::Ipv6Fragment {
+            // As nft: the ethertype (bridge) or the family (inet), then the header's
+            // presence.
+            match family {
+                Family::Bridge => {
+                    payload(&mut exprs, NFT_PAYLOAD_LL_HEADER, 12, 2, NFT_REG_1);
+                    cmp_eq(
+                        &mut exprs,
+                        NFT_REG_1,
+                        &(libc::ETH_P_IPV6 as u16).to_be_bytes(),
+                    );
+                }
+                Family::Inet => {
+                    meta(&mut exprs, NFT_META_NFPROTO, NFT_REG_1);
+                    cmp_eq(&mut exprs, NFT_REG_1, &[libc::NFPROTO_IPV6 as u8]);
+                }
+            }
+            // NFTA_EXTHDR_DREG, _TYPE (u8), _OFFSET, _LEN, _FLAGS, _OP
+            expr(&mut exprs, "exthdr", |d| {
+                push_attr(d, 1, &be32(NFT_REG_1));
+                push_attr(d, 2, &[NEXTHDR_FRAGMENT]);
+                push_attr(d, 3, &be32(0));
+                push_attr(d, 4, &be32(1));
+                push_attr(d, 5, &be32(NFT_EXTHDR_F_PRESENT));
+                push_attr(d, 6, &be32(NFT_EXTHDR_OP_IPV6));
+            });
+            cmp_eq(&mut exprs, NFT_REG_1, &[1]);
+            continue;
+        }
         let Match::Lookup(fields, set) = m else {
             return Err(format!("{m} cannot be encoded here"));
         };
