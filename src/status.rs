@@ -395,6 +395,65 @@ network: later
     }
 
     #[test]
+    fn allow_rules_are_shown_with_the_containers_they_match_now() {
+        use crate::config::{AllowRule, Filter, NetworkPolicy, PolicySource, Selector};
+        use crate::docker::{AllowedEndpoints, Endpoint};
+        use crate::plan::PortRange;
+        let endpoint = |name: &str| Endpoint {
+            container_id: format!("{name}-id"),
+            container_name: name.into(),
+            addrs: vec![],
+            mac: None,
+        };
+        let selector = |f: &str| Selector::query(vec![Filter::parse(f).unwrap()]);
+        let network = NetworkSnapshot {
+            name: "cloud".into(),
+            id: "id".into(),
+            bridge: "br-cloud".into(),
+            subnets: vec![],
+            whitelisted: vec![],
+            allowed: vec![AllowedEndpoints {
+                from: vec![endpoint("nextcloud")],
+                to: vec![endpoint("db"), endpoint("redis")],
+            }],
+            endpoints: vec![],
+            gateways: vec![],
+            policy: NetworkPolicy {
+                allow: vec![AllowRule {
+                    from: selector("label=app=nextcloud"),
+                    to: Selector {
+                        queries: vec![
+                            vec![Filter::parse("label=app=db").unwrap()],
+                            vec![Filter::parse("label=app=redis").unwrap()],
+                        ],
+                    },
+                    ports: Some(vec![
+                        PortRange::parse("5432/tcp").unwrap(),
+                        PortRange::parse("6379/tcp").unwrap(),
+                    ]),
+                    origin: "/etc/trafficjam/cloud.toml:4".into(),
+                }],
+                ..NetworkPolicy::whitelisting(selector("label=role=proxy"))
+            },
+            source: PolicySource::Labels,
+        };
+        let rows = AllowStatus::of_network(&network);
+        assert_eq!(
+            rows,
+            [AllowStatus {
+                rule: "/etc/trafficjam/cloud.toml:4".into(),
+                from_filter: "label=app=nextcloud".into(),
+                to_filter: "label=app=db | label=app=redis".into(),
+                from: vec!["nextcloud".into()],
+                to: vec!["db".into(), "redis".into()],
+                ports: "5432/tcp, 6379/tcp".into(),
+            }]
+        );
+        let json = serde_json::to_string(&rows).unwrap();
+        assert!(json.contains(r#""to":["db","redis"]"#), "{json}");
+    }
+
+    #[test]
     fn status_summaries_for_systemd() {
         let mut s = sample();
         assert_eq!(

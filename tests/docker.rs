@@ -1358,12 +1358,19 @@ fn compose_labels_carry_the_whole_policy() {
     lab.container(
         "odd",
         &net,
-        &["--label", "trafficjam.allow.from=before=tj-no-such-container"],
+        &[
+            "--label",
+            "trafficjam.allow.from=before=tj-no-such-container",
+        ],
     );
     lab.write_config("");
     lab.start_daemon();
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
-    lab.wait_for_log("Docker refuses the filters before=", 1, Duration::from_secs(5));
+    lab.wait_for_log(
+        "Docker refuses the filters before=",
+        1,
+        Duration::from_secs(5),
+    );
 
     let db_ip = lab.ip4(&db, &net);
     let gateway = lab.gateway4(&net);
