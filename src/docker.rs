@@ -408,11 +408,13 @@ impl DockerClient {
                         .into_iter()
                         .filter_map(|c| Some((c.id?, container_name(c.names))))
                         .collect()),
-                    // 400 (a bad value), 404 (`before=` a container that is gone).
+                    // Docker answered, and refused this query: 400 for a bad value, and
+                    // 500 for `before=` a container that is gone (20.10). Reachable, so
+                    // the query alone fails closed; an unreachable Docker stops the pass.
                     Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 400..500,
+                        status_code,
                         message,
-                    }) => Err(message),
+                    }) => Err(format!("{message} (status {status_code})")),
                     Err(e) => return Err(Self::request_err("list containers")(e)),
                 };
                 cache.insert(query.clone(), listed);

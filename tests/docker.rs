@@ -1459,3 +1459,115 @@ fn a_proxy_whose_tag_moves_away_is_reported_loudly() {
     lab.remove_container(&proxy);
     docker(&["rmi", "-f", &tag]);
 }
+
+/// br_netfilter off in the engine's namespace until dropped (the global switches and the
+/// bridge's own attributes), restored after: the stateless backstop alone then judges.
+struct BridgeNetfilterOff {
+    bridge: String,
+    saved: Vec<(String, String)>,
+}
+
+impl BridgeNetfilterOff {
+    fn new(bridge: &str) -> BridgeNetfilterOff {
+        let keys = [
+            "net.bridge.bridge-nf-call-iptables",
+            "net.bridge.bridge-nf-call-ip6tables",
+        ];
+        let saved = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    common::run("sysctl", &["-n", k]).trim().to_owned(),
+                )
+            })
+            .collect();
+        for k in keys {
+            common::run("sysctl", &["-q", "-w", &format!("{k}=0")]);
+        }
+        common::run(
+            "ip",
+            &[
+                "link",
+                "set",
+                bridge,
+                "type",
+                "bridge",
+                "nf_call_iptables",
+                "0",
+                "nf_call_ip6tables",
+                "0",
+            ],
+        );
+        BridgeNetfilterOff {
+            bridge: bridge.to_owned(),
+            saved,
+        }
+    }
+}
+
+impl Drop for BridgeNetfilterOff {
+    fn drop(&mut self) {
+        for (k, v) in &self.saved {
+            let _ = std::process::Command::new("sysctl")
+                .args(["-q", "-w", &format!("{k}={v}")])
+                .status();
+        }
+        let _ = std::process::Command::new("ip")
+            .args([
+                "link",
+                "set",
+                &self.bridge,
+                "type",
+                "bridge",
+                "nf_call_iptables",
+                "1",
+            ])
+            .status();
+    }
+}
+
+/// The same allow rule with br_netfilter off (the stateless backstop alone): the allowed
+/// pair and port pass, another port, the other direction and another source do not.
+#[test]
+fn allow_rules_hold_without_br_netfilter() {
+    if !docker_tier_available() {
+        return;
+    }
+    // The switches are the engine namespace's: no other test may run meanwhile.
+    let _engine = engine_exclusive();
+    let mut lab = DockerLab::new();
+    let net = lab.network("net", &[]);
+    let role = |r: &str| ["--label".to_owned(), format!("tjtest.role={r}")];
+    let mut start = |short: &str| {
+        let args = role(short);
+        lab.container(short, &net, &[&args[0], &args[1]])
+    };
+    let (proxy, app, db, other) = (start("proxy"), start("app"), start("db"), start("other"));
+    serve_on(&db, "9090");
+    lab.write_config(&format!(
+        "[network.{net}]\nwhitelist = \"label=tjtest.role=proxy\"\n[[network.{net}.allow]]\nfrom = \"label=tjtest.role=app\"\nto = \"label=tjtest.role=db\"\nports = [\"8080/tcp\"]\n[daemon]\nresync_interval = \"1h\"\n"
+    ));
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let bridge = format!(
+        "br-{}",
+        &docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net])[..12]
+    );
+    let _off = BridgeNetfilterOff::new(&bridge);
+    let details = common::run("ip", &["-d", "link", "show", &bridge]);
+    assert!(details.contains("nf_call_iptables 0"), "{details}");
+    let (db_ip, app_ip) = (lab.ip4(&db, &net), lab.ip4(&app, &net));
+    assert_probes(
+        "backstop only",
+        &[
+            Probe::tcp(&app, &db_ip, true),
+            Probe::tcp_port(&app, &db_ip, "9090", false),
+            Probe::ping(&app, &db_ip, false),
+            Probe::tcp(&db, &app_ip, false),
+            Probe::tcp(&other, &db_ip, false),
+            Probe::tcp(&proxy, &db_ip, true),
+        ],
+        &lab,
+    );
+}
