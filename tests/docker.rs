@@ -1430,14 +1430,21 @@ fn a_proxy_whose_tag_moves_away_is_reported_loudly() {
     let _engine = engine_shared();
     let mut lab = DockerLab::new();
     let tag = format!("{}-proxy:latest", lab.prefix);
-    docker_ok(&["tag", IMAGE, &tag]);
     let net = lab.network("net", &[]);
     let backend = lab.container("backend", &net, &[]);
+    // The proxy's image is an image of its own (ancestor= also matches containers of the
+    // image a tag names, and the backend's is the test image).
+    docker_ok(&["commit", &backend, &tag]);
     let proxy = lab.container_of(&tag, "proxy", &net, &[]);
     lab.write_config(&whitelist_section(&net, &format!("ancestor={tag}")));
     lab.start_daemon();
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
     lab.wait_for_log("follows the image tag", 1, Duration::from_secs(5));
+    assert!(
+        lab.log_text().contains(&format!("whitelisted: [{proxy}]")),
+        "only the proxy matches the tag:\n{}",
+        lab.log_text()
+    );
     let backend_ip = lab.ip4(&backend, &net);
     assert_probes(
         "tag matches",
