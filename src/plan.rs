@@ -1206,6 +1206,24 @@ fn grant_rules(net: &ManagedNetwork, opener: Dir) -> Vec<Rule> {
     rules
 }
 
+/// `ip saddr @wl4_N return; ip6 saddr @wl6_N return` (or the destinations): the
+/// whitelisted end of a packet lets it through this chain.
+fn whitelisted(net: &ManagedNetwork, dir: Dir) -> Vec<Rule> {
+    [IpVersion::V4, IpVersion::V6]
+        .into_iter()
+        .map(|version| {
+            Rule::new(
+                vec![Match::InSet(
+                    dir,
+                    version,
+                    names::whitelist_set(&net.name, version),
+                )],
+                Verdict::Return,
+            )
+        })
+        .collect()
+}
+
 /// Rules shared by every per-network chain: let IPv6 neighbour discovery through.
 fn neighbour_discovery() -> Rule {
     Rule::new(
@@ -1246,16 +1264,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             vec![Match::CtEstablishedRelated],
             Verdict::Return,
         )];
-        for version in [IpVersion::V4, IpVersion::V6] {
-            fwd_rules.push(Rule::new(
-                vec![Match::InSet(
-                    Dir::Src,
-                    version,
-                    names::whitelist_set(&net.name, version),
-                )],
-                Verdict::Return,
-            ));
-        }
+        fwd_rules.extend(whitelisted(net, Dir::Src));
         fwd_rules.push(neighbour_discovery());
         if net.allow_rules {
             fwd_rules.extend(grant_rules(net, Dir::Src));
@@ -1305,16 +1314,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 neighbour_discovery(),
             ];
             if net.host_access == HostAccess::Whitelisted {
-                for version in [IpVersion::V4, IpVersion::V6] {
-                    rules.push(Rule::new(
-                        vec![Match::InSet(
-                            Dir::Src,
-                            version,
-                            names::whitelist_set(&net.name, version),
-                        )],
-                        Verdict::Return,
-                    ));
-                }
+                rules.extend(whitelisted(net, Dir::Src));
             }
             let mut ports = net.host_ports.clone();
             ports.sort();
@@ -1651,19 +1651,8 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 }
             }
         }
-        let wl = |dir, version| {
-            Rule::new(
-                vec![Match::InSet(
-                    dir,
-                    version,
-                    names::whitelist_set(&net.name, version),
-                )],
-                Verdict::Return,
-            )
-        };
-        let mut rules = vec![
-            wl(Dir::Src, IpVersion::V4),
-            wl(Dir::Src, IpVersion::V6),
+        let mut rules = whitelisted(net, Dir::Src);
+        rules.extend([
             neighbour_discovery(),
             // Without conntrack, a non-whitelisted source may still answer a whitelisted
             // peer, but never open TCP or ping, whoever the destination; nor send
@@ -1671,7 +1660,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             // reassembled before this hook.)
             Rule::counted(vec![Match::Ipv4Fragment], Verdict::Drop),
             Rule::counted(vec![Match::Ipv6Fragment], Verdict::Drop),
-        ];
+        ]);
         if net.allow_rules {
             // An allowed opener towards its allowed destination and port (after the
             // fragment check: a fragment's ports cannot be read).
@@ -1681,9 +1670,8 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             Rule::counted(vec![Match::TcpSyn], Verdict::Drop),
             Rule::counted(vec![Match::EchoRequest(IpVersion::V4)], Verdict::Drop),
             Rule::counted(vec![Match::EchoRequest(IpVersion::V6)], Verdict::Drop),
-            wl(Dir::Dst, IpVersion::V4),
-            wl(Dir::Dst, IpVersion::V6),
         ]);
+        rules.extend(whitelisted(net, Dir::Dst));
         if net.allow_rules {
             // Answers of an allowed destination, from the allowed port (never a SYN or a
             // ping: those were dropped above).
