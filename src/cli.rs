@@ -73,6 +73,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print drops as the daemon logs them, by name, until interrupted (root only).
+    Watch {
+        /// One JSON object per line, as the D-Bus `Dropped` signal carries it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the daemon's metrics in Prometheus' text format.
+    Metrics,
     /// Remove trafficjam's rules: through the daemon when it runs (enforcement pauses until
     /// the next reload), directly from the kernel when it does not.
     Clear {
@@ -95,6 +103,8 @@ pub fn main() -> ExitCode {
         Command::Check { config_dir } => check(&config_dir),
         Command::Reload => reload(),
         Command::Status { json } => status(json),
+        Command::Watch { json } => watch(json),
+        Command::Metrics => metrics(),
         Command::Clear { config_dir, table } => clear(&config_dir, table),
     }
 }
@@ -193,6 +203,75 @@ fn status(json: bool) -> ExitCode {
     }
 }
 
+fn metrics() -> ExitCode {
+    match with_daemon(async |p| p.metrics().await) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(CallError::Unreachable(e)) => {
+            eprintln!("{NOT_RUNNING}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(CallError::Refused(e)) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `HH:MM:SS` (UTC) of now, for lines printed at a terminal.
+fn clock() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{:02}:{:02}:{:02}Z",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn watch(json: bool) -> ExitCode {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let result = with_daemon(async |p| {
+        // Subscribed first, then the daemon asked: no drop between the two goes unseen,
+        // and a daemon that is not running is an error, not silence.
+        let mut drops = p.receive_dropped().await?;
+        p.status().await?;
+        eprintln!("watching drops (Ctrl-C to stop)");
+        while let Some(signal) = drops.next().await {
+            let Ok(args) = signal.args() else { continue };
+            let line = if json {
+                args.event.clone()
+            } else {
+                match serde_json::from_str::<crate::droplog::Notice>(&args.event) {
+                    Ok(notice) => format!("{} {}", clock(), notice.text()),
+                    Err(_) => args.event.clone(),
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CallError::Unreachable(e)) => {
+            eprintln!("{NOT_RUNNING}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(CallError::Refused(e)) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -259,7 +338,8 @@ fn run(config_dir: &Path, state: StateDir) -> ExitCode {
             return ExitCode::FAILURE;
         }
         // Without a system bus the daemon still isolates; only D-Bus control is missing.
-        let _bus = match dbus::serve(daemon.sender(), daemon.status()).await {
+        let _bus = match dbus::serve(daemon.sender(), daemon.status(), daemon.drop_notices()).await
+        {
             Ok(conn) => {
                 tracing::info!("D-Bus: {} owned on the system bus", dbus::BUS_NAME);
                 Some(conn)
@@ -293,6 +373,14 @@ fn check(config_dir: &Path) -> ExitCode {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
+    for (name, (policy, _)) in &config.networks {
+        if policy.mode == crate::plan::Mode::Audit {
+            eprintln!("{}", audit_warning(name));
+        }
+    }
+    if !config.daemon.log_drops {
+        eprintln!("note: log_drops = false: drops are counted, not logged by name");
+    }
     let host = config.daemon.docker_host();
     runtime().block_on(async {
         let connected =
@@ -321,6 +409,13 @@ fn check(config_dir: &Path) -> ExitCode {
         for network in &snapshot.waiting {
             eprintln!("note: network {network} does not exist (yet)");
         }
+        for n in &snapshot.networks {
+            if n.source == crate::config::PolicySource::Labels
+                && n.policy.mode == crate::plan::Mode::Audit
+            {
+                eprintln!("{}", audit_warning(&n.name));
+            }
+        }
         // As the daemon would: odd networks are set aside, the others isolated, and
         // containers bound to their ports (when the kernel lets us read them).
         let bridges = snapshot.networks.iter().map(|n| n.bridge.clone()).collect();
@@ -328,7 +423,13 @@ fn check(config_dir: &Path) -> ExitCode {
             eprintln!("warning: cannot read the bridges' ports ({e}): none is shown bound");
             Default::default()
         });
-        match reconcile(&config.daemon.table, &snapshot, &ports, None) {
+        match reconcile(
+            &config.daemon.table,
+            config.daemon.drop_log_group(),
+            &snapshot,
+            &ports,
+            None,
+        ) {
             Ok(reconciled) => {
                 for e in &reconciled.rejected {
                     eprintln!("warning: {e}: that network would not be isolated");
@@ -368,6 +469,12 @@ fn check(config_dir: &Path) -> ExitCode {
             }
         }
     })
+}
+
+fn audit_warning(network: &str) -> String {
+    format!(
+        "warning: network {network} is in AUDIT mode: NOTHING IS DROPPED there; what would be is logged and counted (mode = \"enforce\" to isolate it)"
+    )
 }
 
 fn clear(config_dir: &Path, table: Option<String>) -> ExitCode {

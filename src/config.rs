@@ -16,7 +16,9 @@ use toml::Spanned;
 
 use ipnetwork::IpNetwork;
 
-use crate::plan::{DEFAULT_TABLE, HostAccess, PortRange, valid_network_name, validate_table_name};
+use crate::plan::{
+    DEFAULT_TABLE, HostAccess, Mode, PortRange, valid_network_name, validate_table_name,
+};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -27,6 +29,10 @@ pub const LABEL_WHITELIST: &str = "trafficjam.whitelist";
 pub const LABEL_ALLOW_HOST_TRAFFIC: &str = "trafficjam.allow_host_traffic";
 pub const LABEL_ALLOW_HOST_PORTS: &str = "trafficjam.allow_host_ports";
 pub const LABEL_DENY_OUTBOUND: &str = "trafficjam.deny_outbound";
+/// `enforce` (the default) or `audit`: log and count what would be dropped, drop nothing.
+pub const LABEL_MODE: &str = "trafficjam.mode";
+/// The NFLOG group our drop rules report to, unless `[daemon] log_group` says otherwise.
+pub const DEFAULT_LOG_GROUP: u16 = 4200;
 /// Container labels that open the container to others: `trafficjam.allow.from` (a filter
 /// choosing who may connect) and `trafficjam.allow.ports`, or several rules named
 /// `trafficjam.allow.<rule>.from` and `trafficjam.allow.<rule>.ports`.
@@ -245,6 +251,8 @@ pub struct NetworkPolicy {
     /// Destinations (through the host) the containers may not open connections to.
     pub deny_outbound: Vec<IpNetwork>,
     pub allow: Vec<AllowRule>,
+    /// Whether what the policy forbids is dropped, or only logged and counted.
+    pub mode: Mode,
 }
 
 impl NetworkPolicy {
@@ -256,6 +264,7 @@ impl NetworkPolicy {
             host_ports: Vec::new(),
             deny_outbound: Vec::new(),
             allow: Vec::new(),
+            mode: Mode::Enforce,
         }
     }
 }
@@ -394,6 +403,10 @@ pub struct DaemonConfig {
     pub log_level: Option<String>,
     /// Whether networks opt in with `trafficjam.*` labels (else TOML sections only).
     pub label_opt_in: bool,
+    /// Whether our drops report to the kernel's NFLOG and the daemon logs them by name.
+    pub log_drops: bool,
+    /// The NFLOG group they report to.
+    pub log_group: u16,
 }
 
 impl Default for DaemonConfig {
@@ -404,11 +417,18 @@ impl Default for DaemonConfig {
             table: DEFAULT_TABLE.to_owned(),
             log_level: None,
             label_opt_in: true,
+            log_drops: true,
+            log_group: DEFAULT_LOG_GROUP,
         }
     }
 }
 
 impl DaemonConfig {
+    /// The NFLOG group our drop rules report to, when drops are logged.
+    pub fn drop_log_group(&self) -> Option<u16> {
+        self.log_drops.then_some(self.log_group)
+    }
+
     /// The Docker endpoint to use: the config, then `$DOCKER_HOST`, then the socket.
     pub fn docker_host(&self) -> String {
         self.docker_host
@@ -600,6 +620,8 @@ struct RawDaemon {
     table: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
     label_opt_in: Option<Spanned<bool>>,
+    log_drops: Option<Spanned<bool>>,
+    log_group: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -611,6 +633,7 @@ struct RawNetwork {
     deny_outbound: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     allow: Vec<Spanned<RawAllow>>,
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -853,6 +876,14 @@ impl Config {
                     claim("label_opt_in", labels.span())?;
                     config.daemon.label_opt_in = labels.into_inner();
                 }
+                if let Some(log) = d.log_drops {
+                    claim("log_drops", log.span())?;
+                    config.daemon.log_drops = log.into_inner();
+                }
+                if let Some(group) = d.log_group {
+                    claim("log_group", group.span())?;
+                    config.daemon.log_group = group.into_inner();
+                }
                 if let Some(level) = d.log_level {
                     claim("log_level", level.span())?;
                     if !LOG_LEVELS.contains(&level.get_ref().as_str()) {
@@ -944,6 +975,18 @@ impl Config {
                             .map_err(|e| at(span, format!("deny_outbound: {e}")))?,
                     );
                 }
+                let mode = match net.mode {
+                    None => Mode::Enforce,
+                    Some(m) => Mode::parse(m.get_ref()).ok_or_else(|| {
+                        at(
+                            m.span(),
+                            format!(
+                                "mode = {:?}: expected \"enforce\" or \"audit\"",
+                                m.get_ref()
+                            ),
+                        )
+                    })?,
+                };
                 let mut allow = Vec::new();
                 for rule in net.allow {
                     let rule_span = rule.span();
@@ -983,6 +1026,7 @@ impl Config {
                             host_ports,
                             deny_outbound,
                             allow,
+                            mode,
                         },
                         PolicySource::File(file.to_owned()),
                     ),
@@ -1080,6 +1124,15 @@ impl Config {
                 }
             }
         }
+        let mode = match labels.get(LABEL_MODE) {
+            None => Mode::Enforce,
+            Some(value) => Mode::parse(value).unwrap_or_else(|| {
+                errors.push(format!(
+                    "label {LABEL_MODE}={value:?} is not enforce or audit: enforcing"
+                ));
+                Mode::Enforce
+            }),
+        };
         Some((
             NetworkPolicy {
                 whitelist,
@@ -1087,6 +1140,7 @@ impl Config {
                 host_ports,
                 deny_outbound,
                 allow: Vec::new(),
+                mode,
             },
             PolicySource::Labels,
             errors,
@@ -1178,7 +1232,7 @@ whitelist = "name=proxy"
     fn errors_name_file_line_and_column() {
         assert_eq!(
             error(&[("a.toml", "[daemon]\ntable = \"x\"\nbogus = 1\n")]),
-            "/etc/trafficjam/a.toml:3:1: unknown field `bogus`, expected one of `docker_host`, `resync_interval`, `table`, `log_level`, `label_opt_in`"
+            "/etc/trafficjam/a.toml:3:1: unknown field `bogus`, expected one of `docker_host`, `resync_interval`, `table`, `log_level`, `label_opt_in`, `log_drops`, `log_group`"
         );
         let e = error(&[("a.toml", "[network.n]\nwhitelist = 5\n")]);
         assert!(
@@ -1410,6 +1464,44 @@ whitelist = "name=proxy"
         assert_eq!(p.deny_outbound.len(), 2);
         assert!(p.deny_outbound.iter().all(|d| d.prefix() == 0));
         assert_eq!(errors.len(), 2, "{errors:?}");
+        // A broken mode label enforces.
+        let (p, _, errors) = c
+            .policy_for(
+                "api",
+                &labels(&[
+                    ("trafficjam.whitelist", "name=p"),
+                    ("trafficjam.mode", "audti"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+
+    #[test]
+    fn audit_mode_and_the_drop_log_settings() {
+        let c = parse(&[(
+            "a.toml",
+            "[daemon]\nlog_drops = false\nlog_group = 7\n[network.web]\nwhitelist = \"name=^p$\"\nmode = \"audit\"\n",
+        )])
+        .unwrap();
+        assert_eq!(c.networks["web"].0.mode, Mode::Audit);
+        assert_eq!((c.daemon.log_drops, c.daemon.log_group), (false, 7));
+        assert_eq!(c.daemon.drop_log_group(), None);
+        let d = Config::default();
+        assert_eq!(d.daemon.drop_log_group(), Some(DEFAULT_LOG_GROUP));
+        let (p, _, errors) = d
+            .policy_for(
+                "api",
+                &labels(&[
+                    ("trafficjam.whitelist", "name=p"),
+                    ("trafficjam.mode", "audit"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!((p.mode, errors.len()), (Mode::Audit, 0));
+        let e = error(&[("a.toml", "[daemon]\nlog_group = 70000\n")]);
+        assert!(e.starts_with("/etc/trafficjam/a.toml:2:13:"), "{e}");
     }
 
     #[test]
@@ -1618,6 +1710,10 @@ to = "label=role=proxy"
                 "3:18: network \"n\": deny_outbound: \"10.0.0.0/33\" is not a destination",
             ),
             ("deny_outbound = [\"lan\"]\n", "is not a destination"),
+            (
+                "mode = \"warn\"\n",
+                "3:8: network \"n\": mode = \"warn\": expected \"enforce\" or \"audit\"",
+            ),
             (
                 "[[network.n.allow]]\nto = \"name=^db$\"\n",
                 "network \"n\": an allow rule needs `from`",

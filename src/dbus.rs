@@ -1,7 +1,8 @@
 //! D-Bus control on the system bus: `org.trafficjam1` at `/org/trafficjam1`, interface
 //! `org.trafficjam1.Manager`. The methods are thin shims that send a message to the daemon
 //! loop and wait for its answer; mutations are for root only (checked here as well as by
-//! the bus policy); Status is read-only.
+//! the bus policy); Status and Metrics are read-only. The `Dropped` signal carries each drop
+//! line (JSON) for `trafficjam watch`; the bus policy lets root alone receive it.
 
 use tokio::sync::{mpsc, oneshot, watch};
 use zbus::message::Header;
@@ -10,6 +11,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
 
 use crate::daemon::{ControlError, Msg, Reply};
+use crate::droplog::Notices;
 use crate::status::Status;
 
 pub const BUS_NAME: &str = "org.trafficjam1";
@@ -114,6 +116,16 @@ impl Manager {
         serde_json::to_string(&status).map_err(|e| Error::Failed(e.to_string()))
     }
 
+    /// The metrics in Prometheus' text format (see README), with counters read now.
+    async fn metrics(&self) -> Result<String, Error> {
+        self.ask(Msg::Metrics).await
+    }
+
+    /// A drop the kernel logged, named (`{"drop": {...}}`), or a summary of repeats
+    /// (`{"summary": {...}}`), as JSON: what `trafficjam watch` prints.
+    #[zbus(signal)]
+    async fn dropped(emitter: &SignalEmitter<'_>, event: &str) -> zbus::Result<()>;
+
     /// `active`, `cleared`, `degraded` or `starting`.
     #[zbus(property)]
     async fn state(&self) -> String {
@@ -138,6 +150,7 @@ impl Manager {
 pub async fn serve(
     tx: mpsc::UnboundedSender<Msg>,
     status: watch::Receiver<Status>,
+    notices: Notices,
 ) -> zbus::Result<Connection> {
     let manager = Manager {
         tx,
@@ -152,6 +165,20 @@ pub async fn serve(
         .object_server()
         .interface::<_, Manager>(OBJECT_PATH)
         .await?;
+    let mut drops = notices.subscribe();
+    let emitter = iface.signal_emitter().clone();
+    tokio::spawn(async move {
+        loop {
+            match drops.recv().await {
+                Ok(event) => {
+                    let _ = Manager::dropped(&emitter, &event).await;
+                }
+                // A live view that falls behind misses lines, never the daemon.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     let mut changes = status;
     tokio::spawn(async move {
         let mut last = {
@@ -187,4 +214,7 @@ pub trait ManagerClient {
     fn reload(&self) -> zbus::Result<()>;
     fn clear(&self) -> zbus::Result<()>;
     fn status(&self) -> zbus::Result<String>;
+    fn metrics(&self) -> zbus::Result<String>;
+    #[zbus(signal)]
+    fn dropped(&self, event: String) -> zbus::Result<()>;
 }

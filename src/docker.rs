@@ -126,6 +126,7 @@ pub fn managed_networks(snapshot: &Snapshot) -> Vec<ManagedNetwork> {
             allow_rules: !n.policy.allow.is_empty(),
             grants: grants(&n.policy, &n.allowed),
             gateways: n.gateways.clone(),
+            mode: n.policy.mode,
             ..ManagedNetwork::default()
         })
         .collect()

@@ -61,6 +61,9 @@ pub enum TableChange {
 /// Receives [`TableChange`]s; returning false ends the watch.
 pub type ChangeReport = Box<dyn FnMut(TableChange) -> bool + Send>;
 
+/// Receives the drops the kernel reports to NFLOG; returning false ends the watch.
+pub type DropReport = Box<dyn FnMut(crate::nft::LogEvent) -> bool + Send>;
+
 /// Hears that a bridge's ports may have changed; returning false ends the watch.
 pub type PortsReport = Box<dyn FnMut() -> bool + Send>;
 
@@ -107,6 +110,11 @@ pub trait Firewall: Send + 'static {
     /// Starts watching the ruleset: `report` hears of every change another process makes
     /// to tables of ours, from a thread of the watch's own, until it returns false.
     fn watch(&mut self, report: ChangeReport) -> Result<(), NftError>;
+
+    /// Starts reading NFLOG `group`, where our deny chains report: `report` hears of
+    /// every packet logged there, from a thread of the watch's own, until it returns
+    /// false. Fails when the group cannot be bound (another program reads it).
+    fn watch_drops(&mut self, group: u16, report: DropReport) -> Result<(), NftError>;
 }
 
 type Job = Box<dyn FnOnce(&mut dyn Firewall) + Send>;
@@ -153,6 +161,8 @@ pub struct FakeKernel {
     pub watch: Option<ChangeReport>,
     /// The link watch the daemon started, to report ports "moved by Docker".
     pub watch_ports: Option<PortsReport>,
+    /// The drop-log watch the daemon started (its group), to report "logged" drops.
+    pub watch_drops: Option<(u16, DropReport)>,
     /// Our tables as the simulated kernel holds them (None: absent).
     pub installed: Option<Ruleset>,
     /// Every apply, in order.
@@ -302,6 +312,11 @@ impl Firewall for Fake {
 
     fn watch(&mut self, report: ChangeReport) -> Result<(), NftError> {
         self.kernel().watch = Some(report);
+        Ok(())
+    }
+
+    fn watch_drops(&mut self, group: u16, report: DropReport) -> Result<(), NftError> {
+        self.kernel().watch_drops = Some((group, report));
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{HostAccess, ManagedNetwork};
+use crate::plan::{HostAccess, ManagedNetwork, Mode};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/trafficjam";
 const STATE_FILE: &str = "state.json";
@@ -34,6 +34,9 @@ pub struct IsolatedNetwork {
     /// Kept so that a boot does not open what the policy denies.
     #[serde(default)]
     pub deny_outbound: Vec<IpNetwork>,
+    /// An audited network stays audited: the operator chose to drop nothing there yet.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 impl IsolatedNetwork {
@@ -44,12 +47,13 @@ impl IsolatedNetwork {
             subnets: net.subnets.clone(),
             allow_host_traffic: net.host_access == HostAccess::Open,
             deny_outbound: net.deny_outbound.clone(),
+            audit: net.mode == Mode::Audit,
         }
     }
 
     /// The network isolated with nobody whitelisted, no allow rule, no host port: what a
-    /// boot enforces before Docker answers.
-    pub fn closed(&self) -> ManagedNetwork {
+    /// boot enforces before Docker answers (its drops reported to `log_group`).
+    pub fn closed(&self, log_group: Option<u16>) -> ManagedNetwork {
         ManagedNetwork {
             name: self.name.clone(),
             bridge: self.bridge.clone(),
@@ -60,6 +64,12 @@ impl IsolatedNetwork {
                 HostAccess::Closed
             },
             deny_outbound: self.deny_outbound.clone(),
+            mode: if self.audit {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
+            log_group,
             ..ManagedNetwork::default()
         }
     }
@@ -175,6 +185,7 @@ mod tests {
                 subnets: vec!["10.1.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()],
                 allow_host_traffic: false,
                 deny_outbound: vec!["10.0.0.0/8".parse().unwrap()],
+                audit: true,
             }],
             config: vec![SavedFile {
                 path: "/etc/trafficjam/web.toml".into(),
@@ -183,8 +194,9 @@ mod tests {
         };
         state.save(&saved).unwrap();
         assert_eq!(state.load().unwrap(), Some(saved.clone()));
-        let closed = saved.networks[0].closed();
+        let closed = saved.networks[0].closed(Some(7));
         assert!(closed.whitelist.is_empty());
+        assert_eq!((closed.mode, closed.log_group), (Mode::Audit, Some(7)));
         assert_eq!(IsolatedNetwork::of(&closed), saved.networks[0]);
         std::fs::write(dir.join(STATE_FILE), "not json").unwrap();
         assert!(matches!(state.load(), Err(PersistError::Corrupt { .. })));

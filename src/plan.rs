@@ -78,6 +78,13 @@ pub mod names {
         format!("iso_{network}")
     }
 
+    /// Where one network's drops of one reason go (in each family that has them): the
+    /// chain logs (NFLOG) and counts the packet, then drops it, or, in audit mode, lets it
+    /// be. So every drop has one counter per reason and at most one log line per packet.
+    pub fn deny_chain(reason: super::Reason, network: &str) -> String {
+        format!("deny_{}_{network}", reason.name())
+    }
+
     /// `inet`: connections the containers of one network open through the host to
     /// elsewhere (`deny_outbound`).
     pub fn outbound_chain(network: &str) -> String {
@@ -187,6 +194,101 @@ pub mod names {
 /// An Ethernet address.
 pub type Mac = [u8; 6];
 
+/// What happens to a packet a network's policy forbids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Dropped (and logged).
+    #[default]
+    Enforce,
+    /// Logged and counted, not dropped: to try a policy on a live network.
+    Audit,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "enforce" => Some(Mode::Enforce),
+            "audit" => Some(Mode::Audit),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// Why a packet is dropped. Each reason has its own deny chain per network (and family),
+/// hence its own counter and log prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// A connection between two containers of the network that the policy does not allow.
+    Isolation,
+    /// A connection from a container to the host.
+    Host,
+    /// A connection through the host to a `deny_outbound` destination.
+    Outbound,
+    /// A forged frame (port security): another's MAC or address, a rogue router or DHCP
+    /// server.
+    Spoofed,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [
+        Reason::Isolation,
+        Reason::Host,
+        Reason::Outbound,
+        Reason::Spoofed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Isolation => "isolation",
+            Reason::Host => "host",
+            Reason::Outbound => "outbound",
+            Reason::Spoofed => "spoofed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.name() == text)
+    }
+}
+
+/// The prefix of our NFLOG messages: `tj REASON NETWORK` (the kernel carries at most 127
+/// bytes; a longer network name is cut, and the reader then knows the network by its
+/// bridge).
+pub fn log_prefix(reason: Reason, network: &str) -> String {
+    let mut prefix = format!("{LOG_PREFIX_TAG} {} {network}", reason.name());
+    if prefix.len() > LOG_PREFIX_MAX {
+        let mut end = LOG_PREFIX_MAX;
+        while !prefix.is_char_boundary(end) {
+            end -= 1;
+        }
+        prefix.truncate(end);
+    }
+    prefix
+}
+
+/// The first word of our log prefixes.
+pub const LOG_PREFIX_TAG: &str = "tj";
+/// NF_LOG_PREFIXLEN less the terminating NUL.
+pub const LOG_PREFIX_MAX: usize = 127;
+/// How many drops per second (and in one burst) each deny chain reports to NFLOG: bounds
+/// what a flood costs the kernel and the daemon. The drops themselves are never limited.
+pub const LOG_RATE: u32 = 100;
+pub const LOG_BURST: u32 = 200;
+
+/// `limit rate LOG_RATE/second burst LOG_BURST packets log prefix "…" group N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogAction {
+    pub group: u16,
+    pub prefix: String,
+}
+
 /// A container's port on a managed network's bridge, resolved from the kernel: the
 /// host-side interface, the MAC of its peer in the container, and the container's
 /// addresses on the network (from Docker's endpoint with that MAC).
@@ -225,6 +327,10 @@ pub struct ManagedNetwork {
     pub gateway_mac: Option<Mac>,
     /// The gateway addresses of the network's subnets.
     pub gateways: Vec<IpAddr>,
+    /// Whether forbidden packets are dropped or only logged and counted.
+    pub mode: Mode,
+    /// The NFLOG group drops are reported to (`None`: not reported).
+    pub log_group: Option<u16>,
 }
 
 /// What the containers of a network may open to the host itself.
@@ -548,12 +654,17 @@ pub enum Verdict {
     Accept,
     Jump(String),
     Goto(String),
+    /// No verdict: the next rule judges (a rule that only logs).
+    Continue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub matches: Vec<Match>,
     pub counter: bool,
+    /// Rate-limited: a packet over the limit skips the rest of this rule (so a rule that
+    /// logs must not also decide anything).
+    pub log: Option<LogAction>,
     pub verdict: Verdict,
 }
 
@@ -562,6 +673,7 @@ impl Rule {
         Rule {
             matches,
             counter: false,
+            log: None,
             verdict,
         }
     }
@@ -570,7 +682,17 @@ impl Rule {
         Rule {
             matches,
             counter: true,
+            log: None,
             verdict,
+        }
+    }
+
+    fn logged(log: LogAction) -> Self {
+        Rule {
+            matches: Vec::new(),
+            counter: false,
+            log: Some(log),
+            verdict: Verdict::Continue,
         }
     }
 }
@@ -893,9 +1015,10 @@ pub type Counters = std::collections::BTreeMap<ChainId, u64>;
 pub struct PlannedNetwork {
     pub name: String,
     pub bridge: String,
-    pub drop_chains: Vec<ChainId>,
-    /// The chains whose counters count forged frames (port security).
-    pub spoof_chains: Vec<ChainId>,
+    pub mode: Mode,
+    /// The deny chains, whose counters count the network's drops (or, in audit mode,
+    /// would-be drops), by reason.
+    pub deny_chains: Vec<(Reason, ChainId)>,
 }
 
 /// The complete desired state of our tables. `tables` is empty when nothing is managed:
@@ -935,13 +1058,23 @@ impl Ruleset {
         self.networks.iter().map(|n| n.bridge.clone()).collect()
     }
 
-    /// The packets dropped for `network`, from the counters read back from the kernel.
-    pub fn dropped(&self, network: &str, counters: &Counters) -> u64 {
+    /// The packets dropped for `network` for `reason`, from the counters read back.
+    pub fn dropped_for(&self, network: &str, reason: Reason, counters: &Counters) -> u64 {
         self.networks
             .iter()
             .filter(|n| n.name == network)
-            .flat_map(|n| &n.drop_chains)
-            .filter_map(|chain| counters.get(chain))
+            .flat_map(|n| &n.deny_chains)
+            .filter(|(r, _)| *r == reason)
+            .filter_map(|(_, chain)| counters.get(chain))
+            .sum()
+    }
+
+    /// The packets dropped for `network` (every reason but forged frames), from the
+    /// counters read back from the kernel.
+    pub fn dropped(&self, network: &str, counters: &Counters) -> u64 {
+        [Reason::Isolation, Reason::Host, Reason::Outbound]
+            .into_iter()
+            .map(|r| self.dropped_for(network, r, counters))
             .sum()
     }
 
@@ -955,12 +1088,7 @@ impl Ruleset {
 
     /// The forged frames dropped for `network` (port security).
     pub fn spoofed(&self, network: &str, counters: &Counters) -> u64 {
-        self.networks
-            .iter()
-            .filter(|n| n.name == network)
-            .flat_map(|n| &n.spoof_chains)
-            .filter_map(|chain| counters.get(chain))
-            .sum()
+        self.dropped_for(network, Reason::Spoofed, counters)
     }
 
     /// What it takes to go from `committed` (what the kernel was last given, if known) to
@@ -1232,6 +1360,48 @@ fn neighbour_discovery() -> Rule {
     )
 }
 
+/// Sends a forbidden packet to the network's deny chain for `reason`.
+fn deny(net: &ManagedNetwork, reason: Reason) -> Verdict {
+    Verdict::Goto(names::deny_chain(reason, &net.name))
+}
+
+/// Whether the network has a deny chain for `reason` in `family`.
+fn denies(net: &ManagedNetwork, family: Family, reason: Reason) -> bool {
+    match (family, reason) {
+        (Family::Inet, Reason::Isolation) => true,
+        (Family::Inet, Reason::Host) => net.host_access != HostAccess::Open,
+        (Family::Inet, Reason::Outbound) => !net.deny_outbound.is_empty(),
+        (Family::Bridge, Reason::Isolation | Reason::Spoofed) => true,
+        _ => false,
+    }
+}
+
+/// The chain every drop of `reason` goes to (by `goto`, so that in audit mode its
+/// `return` resumes after the jump into the network's chains, i.e. lets the packet be):
+/// reports the packet to NFLOG (rate-limited, in a rule of its own: a packet over the
+/// limit is still dropped), then counts it and drops it.
+fn deny_chain(net: &ManagedNetwork, reason: Reason) -> Chain {
+    let mut rules = Vec::new();
+    if let Some(group) = net.log_group {
+        rules.push(Rule::logged(LogAction {
+            group,
+            prefix: log_prefix(reason, &net.name),
+        }));
+    }
+    rules.push(Rule::counted(
+        vec![],
+        match net.mode {
+            Mode::Enforce => Verdict::Drop,
+            Mode::Audit => Verdict::Return,
+        },
+    ));
+    Chain {
+        name: names::deny_chain(reason, &net.name),
+        base: None,
+        rules,
+    }
+}
+
 fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut forward = Chain {
         name: names::FORWARD.into(),
@@ -1269,7 +1439,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         if net.allow_rules {
             fwd_rules.extend(grant_rules(net, Dir::Src));
         }
-        fwd_rules.push(Rule::counted(vec![], Verdict::Drop));
+        fwd_rules.push(Rule::new(vec![], deny(net, Reason::Isolation)));
         chains.push(Chain {
             name: fwd_name,
             base: None,
@@ -1291,11 +1461,12 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 vec![Match::CtEstablishedRelated],
                 Verdict::Return,
             )];
-            rules.extend(
-                net.deny_outbound
-                    .iter()
-                    .map(|d| Rule::counted(vec![Match::Subnet(Dir::Dst, *d)], Verdict::Drop)),
-            );
+            rules.extend(net.deny_outbound.iter().map(|d| {
+                Rule::new(
+                    vec![Match::Subnet(Dir::Dst, *d)],
+                    deny(net, Reason::Outbound),
+                )
+            }));
             chains.push(Chain {
                 name: out_name,
                 base: None,
@@ -1324,13 +1495,19 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                     .into_iter()
                     .map(|p| Rule::new(vec![Match::DestPort(p)], Verdict::Return)),
             );
-            rules.push(Rule::counted(vec![], Verdict::Drop));
+            rules.push(Rule::new(vec![], deny(net, Reason::Host)));
             chains.push(Chain {
                 name: host_name,
                 base: None,
                 rules,
             });
         }
+        chains.extend(
+            [Reason::Isolation, Reason::Host, Reason::Outbound]
+                .into_iter()
+                .filter(|r| denies(net, Family::Inet, *r))
+                .map(|r| deny_chain(net, r)),
+        );
         sets.extend(whitelist_sets(net));
         if net.allow_rules {
             sets.extend(grant_sets(net));
@@ -1452,7 +1629,8 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
     ];
 
     let lookup = |fields: &[Field], content| Match::Lookup(fields.to_vec(), set(content));
-    let drop = || Rule::counted(vec![], Verdict::Drop);
+    let drop = || Rule::new(vec![], deny(net, Reason::Spoofed));
+    let drop_if = |matches| Rule::new(matches, deny(net, Reason::Spoofed));
     let port_and = |field| lookup(&[Field::IifName, field], S::PortMac);
     let chains = vec![
         Chain {
@@ -1486,7 +1664,7 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             base: None,
             rules: vec![
                 // A DHCP server answering other containers.
-                Rule::counted(vec![Match::UdpSourcePort(67)], Verdict::Drop),
+                drop_if(vec![Match::UdpSourcePort(67)]),
                 Rule::new(
                     vec![lookup(
                         &[Field::IifName, Field::IpSource(IpVersion::V4)],
@@ -1502,10 +1680,10 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             base: None,
             rules: vec![
                 // Router advertisements and redirects: only the host routes.
-                Rule::counted(vec![Match::Icmpv6Types(134, 134)], Verdict::Drop),
-                Rule::counted(vec![Match::Icmpv6Types(137, 137)], Verdict::Drop),
+                drop_if(vec![Match::Icmpv6Types(134, 134)]),
+                drop_if(vec![Match::Icmpv6Types(137, 137)]),
                 // A DHCPv6 server or relay answering other containers.
-                Rule::counted(vec![Match::UdpSourcePort(547)], Verdict::Drop),
+                drop_if(vec![Match::UdpSourcePort(547)]),
                 Rule::new(
                     vec![Match::Icmpv6Types(136, 136)],
                     Verdict::Goto(chain(C::Advert)),
@@ -1568,24 +1746,15 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             name: chain(C::Claims),
             base: None,
             rules: vec![
-                Rule::counted(vec![lookup(&[Field::EtherSource], S::Mac)], Verdict::Drop),
-                Rule::counted(
-                    vec![lookup(&[Field::IpSource(IpVersion::V4)], S::Ipv4)],
-                    Verdict::Drop,
-                ),
-                Rule::counted(
-                    vec![lookup(&[Field::IpSource(IpVersion::V6)], S::Ipv6)],
-                    Verdict::Drop,
-                ),
-                Rule::counted(vec![lookup(&[Field::ArpSenderMac], S::Mac)], Verdict::Drop),
-                Rule::counted(vec![lookup(&[Field::ArpSenderIp], S::Ipv4)], Verdict::Drop),
-                Rule::counted(
-                    vec![
-                        Match::Icmpv6Types(136, 136),
-                        lookup(&[Field::AdvertTarget], S::Advert),
-                    ],
-                    Verdict::Drop,
-                ),
+                drop_if(vec![lookup(&[Field::EtherSource], S::Mac)]),
+                drop_if(vec![lookup(&[Field::IpSource(IpVersion::V4)], S::Ipv4)]),
+                drop_if(vec![lookup(&[Field::IpSource(IpVersion::V6)], S::Ipv6)]),
+                drop_if(vec![lookup(&[Field::ArpSenderMac], S::Mac)]),
+                drop_if(vec![lookup(&[Field::ArpSenderIp], S::Ipv4)]),
+                drop_if(vec![
+                    Match::Icmpv6Types(136, 136),
+                    lookup(&[Field::AdvertTarget], S::Advert),
+                ]),
             ],
         },
     ];
@@ -1658,8 +1827,8 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             // peer, but never open TCP or ping, whoever the destination; nor send
             // fragments, which could hide a SYN. (With br_netfilter on, fragments are
             // reassembled before this hook.)
-            Rule::counted(vec![Match::Ipv4Fragment], Verdict::Drop),
-            Rule::counted(vec![Match::Ipv6Fragment], Verdict::Drop),
+            Rule::new(vec![Match::Ipv4Fragment], deny(net, Reason::Isolation)),
+            Rule::new(vec![Match::Ipv6Fragment], deny(net, Reason::Isolation)),
         ]);
         if net.allow_rules {
             // An allowed opener towards its allowed destination and port (after the
@@ -1667,9 +1836,15 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             rules.extend(grant_rules(net, Dir::Src));
         }
         rules.extend([
-            Rule::counted(vec![Match::TcpSyn], Verdict::Drop),
-            Rule::counted(vec![Match::EchoRequest(IpVersion::V4)], Verdict::Drop),
-            Rule::counted(vec![Match::EchoRequest(IpVersion::V6)], Verdict::Drop),
+            Rule::new(vec![Match::TcpSyn], deny(net, Reason::Isolation)),
+            Rule::new(
+                vec![Match::EchoRequest(IpVersion::V4)],
+                deny(net, Reason::Isolation),
+            ),
+            Rule::new(
+                vec![Match::EchoRequest(IpVersion::V6)],
+                deny(net, Reason::Isolation),
+            ),
         ]);
         rules.extend(whitelisted(net, Dir::Dst));
         if net.allow_rules {
@@ -1677,12 +1852,17 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             // ping: those were dropped above).
             rules.extend(grant_rules(net, Dir::Dst));
         }
-        rules.push(Rule::counted(vec![], Verdict::Drop));
+        rules.push(Rule::new(vec![], deny(net, Reason::Isolation)));
         chains.push(Chain {
             name: iso_name,
             base: None,
             rules,
         });
+        chains.extend(
+            [Reason::Isolation, Reason::Spoofed]
+                .into_iter()
+                .map(|r| deny_chain(net, r)),
+        );
         sets.extend(whitelist_sets(net));
         if net.allow_rules {
             sets.extend(grant_sets(net));
@@ -1767,24 +1947,16 @@ pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, Pl
     }
     let networks = sorted
         .iter()
-        .map(|net| {
-            let mut drop_chains = vec![(Family::Inet, names::forward_chain(&net.name))];
-            if net.host_access != HostAccess::Open {
-                drop_chains.push((Family::Inet, names::host_chain(&net.name)));
-            }
-            if !net.deny_outbound.is_empty() {
-                drop_chains.push((Family::Inet, names::outbound_chain(&net.name)));
-            }
-            drop_chains.push((Family::Bridge, names::isolation_chain(&net.name)));
-            PlannedNetwork {
-                name: net.name.clone(),
-                bridge: net.bridge.clone(),
-                drop_chains,
-                spoof_chains: names::PortCheck::ALL
-                    .iter()
-                    .map(|role| (Family::Bridge, names::port_chain(*role, &net.name)))
-                    .collect(),
-            }
+        .map(|net| PlannedNetwork {
+            name: net.name.clone(),
+            bridge: net.bridge.clone(),
+            mode: net.mode,
+            deny_chains: Family::ALL
+                .into_iter()
+                .flat_map(|family| Reason::ALL.into_iter().map(move |r| (family, r)))
+                .filter(|(family, r)| denies(net, *family, *r))
+                .map(|(family, r)| (r, (family, names::deny_chain(r, &net.name))))
+                .collect(),
         })
         .collect();
     Ok(Ruleset {
@@ -1867,10 +2039,18 @@ impl fmt::Display for Rule {
         for m in &self.matches {
             write!(f, "{m} ")?;
         }
+        if let Some(log) = &self.log {
+            write!(
+                f,
+                "limit rate {LOG_RATE}/second burst {LOG_BURST} packets log prefix \"{}\" group {}",
+                log.prefix, log.group
+            )?;
+        }
         if self.counter {
             f.write_str("counter ")?;
         }
         match &self.verdict {
+            Verdict::Continue => Ok(()),
             Verdict::Return => f.write_str("return"),
             Verdict::Drop => f.write_str("drop"),
             Verdict::Accept => f.write_str("accept"),
@@ -2010,7 +2190,7 @@ mod tests {
                 "ip saddr @wl4_public return",
                 "ip6 saddr @wl6_public return",
                 "icmpv6 type 133-136 return",
-                "counter drop",
+                "goto deny_isolation_public",
             ]
         );
     }
@@ -2085,14 +2265,14 @@ mod tests {
                 "ip saddr @wl4_public return",
                 "ip6 saddr @wl6_public return",
                 "icmpv6 type 133-136 return",
-                "ip frag-off & 0x3fff != 0 counter drop",
-                "exthdr frag exists counter drop",
-                "tcp flags & (fin | syn | rst | ack) == syn counter drop",
-                "icmp type echo-request counter drop",
-                "icmpv6 type echo-request counter drop",
+                "ip frag-off & 0x3fff != 0 goto deny_isolation_public",
+                "exthdr frag exists goto deny_isolation_public",
+                "tcp flags & (fin | syn | rst | ack) == syn goto deny_isolation_public",
+                "icmp type echo-request goto deny_isolation_public",
+                "icmpv6 type echo-request goto deny_isolation_public",
                 "ip daddr @wl4_public return",
                 "ip6 daddr @wl6_public return",
-                "counter drop",
+                "goto deny_isolation_public",
             ]
         );
     }
@@ -2193,22 +2373,36 @@ mod tests {
             rs.bridges(),
             BTreeSet::from(["br-open".to_owned(), "br-public".to_owned()])
         );
-        // Every drop chain the plan named exists, in its family.
+        // Every deny chain the plan named exists, in its family.
         for n in &rs.networks {
-            for (family, name) in &n.drop_chains {
+            for (_, (family, name)) in &n.deny_chains {
                 chain(&rs, *family, name);
             }
         }
+        let deny = |r| names::deny_chain(r, "public");
         let counters: Counters = [
-            ((Family::Inet, names::forward_chain("public")), 3),
-            ((Family::Inet, names::host_chain("public")), 4),
-            ((Family::Bridge, names::isolation_chain("public")), 5),
-            ((Family::Inet, names::forward_chain("open")), 7),
+            ((Family::Inet, deny(Reason::Isolation)), 3),
+            ((Family::Inet, deny(Reason::Host)), 4),
+            ((Family::Bridge, deny(Reason::Isolation)), 5),
+            ((Family::Bridge, deny(Reason::Spoofed)), 6),
+            (
+                (Family::Inet, names::deny_chain(Reason::Isolation, "open")),
+                7,
+            ),
             ((Family::Inet, names::FORWARD.to_owned()), 1000),
         ]
         .into();
         assert_eq!(rs.dropped("public", &counters), 12);
+        assert_eq!(rs.dropped_for("public", Reason::Isolation, &counters), 8);
+        assert_eq!(rs.spoofed("public", &counters), 6);
         assert_eq!(rs.dropped("open", &counters), 7);
+        // The open host has no host deny chain.
+        assert!(
+            !rs.networks[0]
+                .deny_chains
+                .iter()
+                .any(|(r, _)| *r == Reason::Host)
+        );
         assert_eq!(rs.dropped("absent", &counters), 0);
         assert!(Ruleset::empty(DEFAULT_TABLE).bridges().is_empty());
     }
@@ -2311,16 +2505,17 @@ mod tests {
                 priority: PORT_PRIORITY
             })
         );
-        // Every chain of port security counts its drops as forged frames.
-        let counters: Counters = rs.networks[0]
-            .spoof_chains
-            .iter()
-            .map(|c| (c.clone(), 1))
-            .collect();
-        assert_eq!(rs.spoofed("public", &counters), 7);
-        for (family, name) in &rs.networks[0].spoof_chains {
-            chain(&rs, *family, name);
+        // Every drop of port security goes to the network's spoofed deny chain.
+        for role in names::PortCheck::ALL {
+            for rule in &chain(&rs, Family::Bridge, &names::port_chain(role, "public")).rules {
+                assert!(!rule.counter && rule.verdict != Verdict::Drop, "{rule}");
+            }
         }
+        let spoofed = names::deny_chain(Reason::Spoofed, "public");
+        assert_eq!(
+            rule_texts(chain(&rs, Family::Bridge, &spoofed)),
+            ["counter drop"]
+        );
     }
 
     #[test]
@@ -2383,20 +2578,20 @@ mod tests {
                 "ip saddr . ip daddr . meta l4proto . th dport @svc4_public return",
                 "ip6 saddr . ip6 daddr @allow6_public return",
                 "ip6 saddr . ip6 daddr . meta l4proto . th dport @svc6_public return",
-                "counter drop",
+                "goto deny_isolation_public",
             ]
         );
         // The backstop: openers after the fragment check and before the SYN drop; answers
         // (addresses and ports swapped) after the whitelisted destinations.
         let iso = rule_texts(chain(&rs, Family::Bridge, "iso_public"));
         let at = |text: &str| iso.iter().position(|r| r == text).unwrap();
-        let frag = at("ip frag-off & 0x3fff != 0 counter drop");
-        let syn = at("tcp flags & (fin | syn | rst | ack) == syn counter drop");
+        let frag = at("ip frag-off & 0x3fff != 0 goto deny_isolation_public");
+        let syn = at("tcp flags & (fin | syn | rst | ack) == syn goto deny_isolation_public");
         let opener = at("ip saddr . ip daddr . meta l4proto . th dport @svc4_public return");
         let answer = at("ip daddr . ip saddr . meta l4proto . th sport @svc4_public return");
         let wl_dst = at("ip daddr @wl4_public return");
         assert!(frag < opener && opener < syn && wl_dst < answer, "{iso:#?}");
-        assert_eq!(iso.last().unwrap(), "counter drop");
+        assert_eq!(iso.last().unwrap(), "goto deny_isolation_public");
         for family in Family::ALL {
             let t = rs.table(family).unwrap();
             for name in [
@@ -2491,13 +2686,46 @@ mod tests {
                 "ip6 saddr @wl6_public return",
                 "tcp dport 8000-8100 return",
                 "udp dport 53 return",
-                "counter drop",
+                "goto deny_host_public",
             ]
         );
         let mut open = public();
         open.host_access = HostAccess::Open;
         let rs = plan(DEFAULT_TABLE, &[open]).unwrap();
         assert!(!rs.to_string().contains("host_public"));
+    }
+
+    #[test]
+    fn deny_chains_log_at_a_bounded_rate_then_drop_or_in_audit_mode_return() {
+        let mut net = public();
+        net.log_group = Some(4200);
+        let rs = plan(DEFAULT_TABLE, &[net.clone()]).unwrap();
+        let log =
+            "limit rate 100/second burst 200 packets log prefix \"tj isolation public\" group 4200";
+        for family in Family::ALL {
+            assert_eq!(
+                rule_texts(chain(&rs, family, "deny_isolation_public")),
+                [log, "counter drop"]
+            );
+        }
+        assert_eq!(
+            rule_texts(chain(&rs, Family::Bridge, "deny_spoofed_public"))[0],
+            log.replace("isolation", "spoofed")
+        );
+        net.mode = Mode::Audit;
+        let rs = plan(DEFAULT_TABLE, &[net]).unwrap();
+        assert_eq!(
+            rule_texts(chain(&rs, Family::Inet, "deny_host_public")),
+            [log.replace("isolation", "host").as_str(), "counter return"]
+        );
+        assert_eq!(rs.networks[0].mode, Mode::Audit);
+        // Without a group: no log rule.
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        assert!(!rs.to_string().contains("log prefix"));
+        // A long network name is cut to what the kernel carries, on a character boundary.
+        let long = "é".repeat(100);
+        let prefix = log_prefix(Reason::Isolation, &long);
+        assert!(prefix.len() <= LOG_PREFIX_MAX && prefix.starts_with("tj isolation é"));
     }
 
     #[test]
@@ -2520,15 +2748,14 @@ mod tests {
             rule_texts(chain(&rs, Family::Inet, "out_public")),
             [
                 "ct state established,related return",
-                "ip daddr 10.0.0.0/8 counter drop",
-                "ip6 daddr fc00::/7 counter drop",
+                "ip daddr 10.0.0.0/8 goto deny_outbound_public",
+                "ip6 daddr fc00::/7 goto deny_outbound_public",
             ]
         );
-        assert!(
-            rs.networks[0]
-                .drop_chains
-                .contains(&(Family::Inet, "out_public".into()))
-        );
+        assert!(rs.networks[0].deny_chains.contains(&(
+            Reason::Outbound,
+            (Family::Inet, "deny_outbound_public".into())
+        )));
         let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
         assert!(!rs.to_string().contains("out_public"));
     }

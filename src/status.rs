@@ -48,11 +48,26 @@ pub struct Status {
     pub waiting: Vec<String>,
     pub last_apply: Option<ApplyStatus>,
     pub last_error: Option<String>,
+    /// The drop log: whether drops are logged, to which NFLOG group, and why not.
+    #[serde(default)]
+    pub drop_log: DropLogStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropLogStatus {
+    /// Drops are reported by the kernel and logged by name.
+    pub enabled: bool,
+    pub group: u16,
+    /// Why the daemon cannot read the group (drops are still counted and dropped).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetworkStatus {
     pub name: String,
+    /// `enforce`, or `audit`: nothing is dropped, would-be drops are logged and counted.
+    #[serde(default)]
+    pub mode: String,
     pub bridge: String,
     pub subnets: Vec<String>,
     /// Whether every container may open connections to the host.
@@ -149,6 +164,15 @@ impl Status {
         self.networks.iter().map(|n| n.name.clone()).collect()
     }
 
+    /// The networks in audit mode: isolated on paper only.
+    pub fn audited(&self) -> Vec<&str> {
+        self.networks
+            .iter()
+            .filter(|n| n.mode == "audit")
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+
     /// The one-line summary systemd shows (STATUS=).
     pub fn summary(&self) -> String {
         match self.state {
@@ -170,6 +194,13 @@ impl Status {
                     line.push_str(&format!(
                         "; stateless only on {} (load br_netfilter)",
                         stateless.join(", ")
+                    ));
+                }
+                let audited = self.audited();
+                if !audited.is_empty() {
+                    line.push_str(&format!(
+                        "; AUDIT ONLY, nothing dropped on {}",
+                        audited.join(", ")
                     ));
                 }
                 line
@@ -206,8 +237,19 @@ impl Status {
         if let Some(e) = &self.last_error {
             out.push_str(&format!("  last error: {e}\n"));
         }
+        let drop_log = match (&self.drop_log.enabled, &self.drop_log.error) {
+            (false, _) => "off (log_drops = false)".to_owned(),
+            (true, None) => format!("NFLOG group {}", self.drop_log.group),
+            (true, Some(e)) => format!("NOT READ: {e}"),
+        };
+        out.push_str(&format!("  drop log: {drop_log}\n"));
         for n in &self.networks {
             out.push_str(&format!("\nnetwork: {}\n", n.name));
+            if n.mode == "audit" {
+                out.push_str(
+                    "  mode: AUDIT: nothing is dropped; what would be is logged and counted\n",
+                );
+            }
             let filtering = match n.stateful {
                 Some(true) => "stateful",
                 Some(false) => "stateless backstop only (load br_netfilter)",
@@ -246,7 +288,12 @@ impl Status {
                 ));
             }
             out.push_str(&policy_table(n));
-            out.push_str(&format!("  dropped: {} packets\n", n.dropped_packets));
+            let dropped = if n.mode == "audit" {
+                "would have dropped"
+            } else {
+                "dropped"
+            };
+            out.push_str(&format!("  {dropped}: {} packets\n", n.dropped_packets));
             out.push_str(&format!(
                 "  port security: {} container ports bound, {} forged frames dropped\n",
                 n.bound_ports, n.spoofed_frames
@@ -328,6 +375,7 @@ mod tests {
             table: "trafficjam".into(),
             networks: vec![NetworkStatus {
                 name: "web".into(),
+                mode: "enforce".into(),
                 bridge: "br-0123456789ab".into(),
                 subnets: vec!["172.20.0.0/16".into(), "fd00::/64".into()],
                 allow_host_traffic: false,
@@ -361,6 +409,11 @@ mod tests {
                 duration_ms: 12.5,
             }),
             last_error: None,
+            drop_log: DropLogStatus {
+                enabled: true,
+                group: 4200,
+                error: None,
+            },
         }
     }
 
@@ -373,6 +426,7 @@ mod tests {
   docker: unix:///var/run/docker.sock
   table: trafficjam
   last apply: full batch, 38 messages, 12.5 ms (unix time 1800000000)
+  drop log: NFLOG group 4200
 
 network: web
   bridge: br-0123456789ab (stateless backstop only (load br_netfilter))
@@ -451,6 +505,27 @@ network: later
         );
         let json = serde_json::to_string(&rows).unwrap();
         assert!(json.contains(r#""to":["db","redis"]"#), "{json}");
+    }
+
+    #[test]
+    fn audited_networks_are_said_loudly_everywhere() {
+        let mut status = sample();
+        status.networks[0].mode = "audit".into();
+        status.drop_log.error = Some("group 4200 is taken".into());
+        let text = status.render();
+        assert!(text.contains("  mode: AUDIT: nothing is dropped"), "{text}");
+        assert!(text.contains("  would have dropped: 42 packets"), "{text}");
+        assert!(
+            text.contains("  drop log: NOT READ: group 4200 is taken"),
+            "{text}"
+        );
+        assert!(
+            status
+                .summary()
+                .ends_with("; AUDIT ONLY, nothing dropped on web"),
+            "{}",
+            status.summary()
+        );
     }
 
     #[test]

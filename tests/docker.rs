@@ -311,7 +311,7 @@ fn a_backend_cannot_impersonate_the_proxy_and_ports_follow_restarts() {
             "chain",
             "bridge",
             &lab.table,
-            &format!("port_{net}"),
+            &format!("deny_spoofed_{net}"),
         ])
         .output()
         .unwrap();

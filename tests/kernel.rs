@@ -7,12 +7,18 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 use common::*;
-use trafficjam::firewall::{BatchKind, BridgeFiltering, Firewall};
-use trafficjam::nft::{BridgeNetfilter, Netlink, NftError, drift, read_installed};
+use trafficjam::firewall::{BatchKind, BridgeFiltering, DropReport, Firewall};
+use trafficjam::nft::{
+    BridgeNetfilter, LogEvent, LoggedPacket, Netlink, NftError, drift, read_counters,
+    read_installed,
+};
 use trafficjam::plan::{
-    Change, DEFAULT_TABLE, Family, Grant, HostAccess, ManagedNetwork, PortRange, Ruleset, plan,
+    Change, DEFAULT_TABLE, Family, Grant, HostAccess, LOG_BURST, LOG_RATE, ManagedNetwork, Mode,
+    PortRange, Reason, Ruleset, plan,
 };
 
 const TABLE: &str = DEFAULT_TABLE;
@@ -261,8 +267,8 @@ fn stateful_isolation_with_br_netfilter_on() {
     assert_probes(&p.lab, &isolation_matrix(&p, true), &rs);
     assert_neighbours_resolved(&p);
     // The drops were counted where they happened.
-    assert!(dropped(&p.lab, Family::Inet, "fwd_public") > 0);
-    assert!(dropped(&p.lab, Family::Inet, "host_public") > 0);
+    assert!(dropped(&p.lab, Family::Inet, "deny_isolation_public") > 0);
+    assert!(dropped(&p.lab, Family::Inet, "deny_host_public") > 0);
 }
 
 #[test]
@@ -276,7 +282,7 @@ fn stateless_backstop_with_br_netfilter_off() {
     assert!(!report.stateful(), "br_netfilter is off, yet {report:?}");
     assert_probes(&p.lab, &isolation_matrix(&p, false), &rs);
     assert_neighbours_resolved(&p);
-    assert!(dropped(&p.lab, Family::Bridge, "iso_public") > 0);
+    assert!(dropped(&p.lab, Family::Bridge, "deny_isolation_public") > 0);
 }
 
 #[test]
@@ -1057,9 +1063,9 @@ fn allow_rules_hold(stateful: bool) {
     }
     assert_probes(&p.lab, &e, &rs);
     let chain = if stateful {
-        (Family::Inet, "fwd_public")
+        (Family::Inet, "deny_isolation_public")
     } else {
-        (Family::Bridge, "iso_public")
+        (Family::Bridge, "deny_isolation_public")
     };
     assert!(dropped(&p.lab, chain.0, chain.1) > 0);
 }
@@ -1253,7 +1259,7 @@ fn deny_outbound_closes_the_lan_and_nothing_else() {
         inbound.is_empty(),
         "LAN clients must still connect in: {inbound:?}"
     );
-    assert!(dropped(&p.lab, Family::Inet, "out_public") > 0);
+    assert!(dropped(&p.lab, Family::Inet, "deny_outbound_public") > 0);
 }
 
 /// The host closed but for chosen ports for everyone, and open to the whitelisted proxy.
@@ -1328,4 +1334,220 @@ fn fragments_from_a_backend_are_dropped_by_the_backstop() {
         );
     }
     assert_text_installs_the_same(&p.lab.host, &rs.to_string());
+}
+
+// ---- the drop log ---------------------------------------------------------------------
+
+/// NFLOG groups of the kernel tier's tests (each lab has its own namespace, so the same
+/// group could serve every test; distinct ones keep a failure's reports apart).
+const LOG_GROUP: u16 = 4301;
+
+/// Reads NFLOG `group` in the lab's host namespace, as the daemon does: every packet the
+/// kernel reports lands in the channel (`None`: a second without any, which is when the
+/// reader ends once the receiver is gone).
+fn read_drop_log(lab: &Lab, group: u16) -> Receiver<Option<LoggedPacket>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    lab.host.enter(move || {
+        let report: DropReport = Box::new(move |event| match event {
+            LogEvent::Packet(p) => tx.send(Some(p)).is_ok(),
+            LogEvent::Lost => panic!("reports lost"),
+            LogEvent::Idle => tx.send(None).is_ok(),
+        });
+        Netlink::default()
+            .watch_drops(group, report)
+            .expect("bind the NFLOG group");
+    });
+    rx
+}
+
+/// The reports received within `wait`.
+fn reports(rx: &Receiver<Option<LoggedPacket>>, wait: Duration) -> Vec<LoggedPacket> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(Some(p)) => got.push(p),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn logged_network(p: &PublicLab, mode: Mode) -> ManagedNetwork {
+    ManagedNetwork {
+        mode,
+        log_group: Some(LOG_GROUP),
+        ..p.network(false)
+    }
+}
+
+/// A blocked connection between two backends, and one to the host, are reported with
+/// their reason, network, addresses and port, by the kernel's NFLOG, read as the daemon
+/// reads it; in both br_netfilter modes (the `inet` chains or the bridge backstop drop).
+#[test]
+fn blocked_attempts_are_reported_with_reason_addresses_and_port() {
+    if !kernel_tier_available() {
+        return;
+    }
+    for stateful in [true, false] {
+        let p = PublicLab::new(stateful);
+        let rs = plan(TABLE, &[logged_network(&p, Mode::Enforce)]).unwrap();
+        apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+        let rx = read_drop_log(&p.lab, LOG_GROUP);
+        let b1 = p.lab.get("b1");
+        for to in p.addrs("b2") {
+            assert!(!probe(&b1.ns, to, Proto::Tcp, Duration::from_millis(300)));
+            let got = reports(&rx, Duration::from_secs(1));
+            let syn = got
+                .iter()
+                .find(|r| r.packet.destination == Some(to))
+                .unwrap_or_else(|| panic!("stateful {stateful}: no report of b1 -> {to}: {got:?}"));
+            assert_eq!(syn.reason, Some(Reason::Isolation), "{syn:?}");
+            assert_eq!(syn.network, "public");
+            assert_eq!(syn.packet.protocol, Some(6));
+            assert_eq!(syn.packet.destination_port, Some(TCP_PORT));
+            assert!(
+                p.addrs("b1").contains(&syn.packet.source.unwrap()),
+                "{syn:?}"
+            );
+            assert!(
+                syn.bridge_index.is_some() && syn.port_index.is_some(),
+                "{syn:?}"
+            );
+        }
+        // To the host: reason host.
+        let gateway: IpAddr = "10.10.0.1".parse().unwrap();
+        assert!(!probe(
+            &b1.ns,
+            gateway,
+            Proto::Tcp,
+            Duration::from_millis(300)
+        ));
+        let got = reports(&rx, Duration::from_secs(1));
+        assert!(
+            got.iter()
+                .any(|r| r.reason == Some(Reason::Host) && r.packet.destination == Some(gateway)),
+            "stateful {stateful}: {got:?}"
+        );
+        // What is allowed is never reported.
+        assert!(probe(
+            &p.lab.get("proxy").ns,
+            p.addrs("b1")[0],
+            Proto::Tcp,
+            Duration::from_secs(2)
+        ));
+        assert_eq!(reports(&rx, Duration::from_millis(500)), []);
+        assert_text_installs_the_same(&p.lab.host, &rs.to_string());
+    }
+}
+
+/// Audit mode: what enforcement would drop passes, and is reported and counted as such.
+#[test]
+fn audit_mode_lets_traffic_through_and_reports_it() {
+    if !kernel_tier_available() {
+        return;
+    }
+    for stateful in [true, false] {
+        let p = PublicLab::new(stateful);
+        let rs = plan(TABLE, &[logged_network(&p, Mode::Audit)]).unwrap();
+        apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+        let rx = read_drop_log(&p.lab, LOG_GROUP);
+        let b1 = p.lab.get("b1");
+        for to in p.addrs("b2") {
+            for proto in ALL_PROTOS {
+                assert!(
+                    probe(&b1.ns, to, proto, Duration::from_secs(2)),
+                    "stateful {stateful}: audit blocked {proto:?} b1 -> {to}\n{rs}"
+                );
+            }
+        }
+        let gateway: IpAddr = "10.10.0.1".parse().unwrap();
+        assert!(probe(&b1.ns, gateway, Proto::Tcp, Duration::from_secs(2)));
+        let got = reports(&rx, Duration::from_secs(1));
+        for to in p.addrs("b2") {
+            assert!(
+                got.iter().any(|r| r.reason == Some(Reason::Isolation)
+                    && r.packet.destination == Some(to)
+                    && r.packet.destination_port == Some(TCP_PORT)),
+                "stateful {stateful}: no report of b1 -> {to}: {got:?}"
+            );
+        }
+        assert!(
+            got.iter().any(|r| r.reason == Some(Reason::Host)),
+            "{got:?}"
+        );
+        let counters = p.lab.host.enter(|| read_counters(TABLE).unwrap());
+        assert!(rs.dropped_for("public", Reason::Isolation, &counters) > 0);
+    }
+}
+
+/// A flood from a backend: every packet is dropped (the log's rate limit never lets one
+/// through), and the kernel reports a bounded number of them.
+#[test]
+fn a_flood_is_dropped_whole_and_reported_at_a_bounded_rate() {
+    if !kernel_tier_available() {
+        return;
+    }
+    for stateful in [true, false] {
+        let p = PublicLab::new(stateful);
+        let rs = plan(TABLE, &[logged_network(&p, Mode::Enforce)]).unwrap();
+        apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+        let rx = read_drop_log(&p.lab, LOG_GROUP);
+        let to = p.addrs("b2")[0];
+        let from = p.addrs("b1")[0];
+        const FLOOD: usize = 20_000;
+        let started = std::time::Instant::now();
+        p.lab.get("b1").ns.enter(move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..FLOOD {
+                let _ = sock.send_to(b"flood", (to, UDP_PORT));
+            }
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        let got = reports(&rx, Duration::from_secs(2));
+        let bound = LOG_BURST as f64 + LOG_RATE as f64 * (seconds + 2.5);
+        assert_eq!(
+            p.listeners("b2").udp_count_from(from),
+            0,
+            "stateful {stateful}: flood packets were delivered"
+        );
+        let counters = p.lab.host.enter(|| read_counters(TABLE).unwrap());
+        let dropped = rs.dropped("public", &counters);
+        assert!(
+            dropped >= FLOOD as u64,
+            "stateful {stateful}: only {dropped} of {FLOOD} dropped"
+        );
+        assert!(
+            !got.is_empty() && (got.len() as f64) <= bound,
+            "stateful {stateful}: {} reports for {FLOOD} packets in {seconds:.2} s (bound {bound})",
+            got.len()
+        );
+        eprintln!(
+            "stateful {stateful}: {FLOOD} packets in {seconds:.2} s, {} reported",
+            got.len()
+        );
+    }
+}
+
+/// Without a log group (`log_drops = false`) nothing is reported, and drops are counted.
+#[test]
+fn without_a_log_group_nothing_is_reported() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let rs = plan(TABLE, &[p.network(false)]).unwrap();
+    assert!(!rs.to_string().contains(" log "), "{rs}");
+    apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+    let rx = read_drop_log(&p.lab, LOG_GROUP);
+    assert!(!probe(
+        &p.lab.get("b1").ns,
+        p.addrs("b2")[0],
+        Proto::Tcp,
+        Duration::from_millis(300)
+    ));
+    assert_eq!(reports(&rx, Duration::from_secs(1)), []);
+    let counters = p.lab.host.enter(|| read_counters(TABLE).unwrap());
+    assert!(rs.dropped("public", &counters) > 0);
 }

@@ -24,13 +24,17 @@ use reconcile::{bridges_to_set, reconcile};
 
 use crate::config::{Config, ConfigError, PolicySource};
 use crate::docker::{DockerClient, Snapshot};
+use crate::droplog::{Directory, DropLog, Notices};
 use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
+use crate::metrics::{self, ApplyStats};
 use crate::nft::{BridgePorts, NftError};
 use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
 use crate::plan::HostAccess;
 use crate::plan::{self, Change, Counters, Ruleset};
-use crate::status::{AllowStatus, ApplyStatus, ContainerStatus, NetworkStatus, State, Status};
+use crate::status::{
+    AllowStatus, ApplyStatus, ContainerStatus, DropLogStatus, NetworkStatus, State, Status,
+};
 
 /// Why a reload or a clear asked of the loop did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,8 @@ pub enum Msg {
     Clear(Option<Reply>),
     /// The status, with the drop counters read from the kernel now.
     Status(oneshot::Sender<Status>),
+    /// The metrics, in Prometheus' text format, with the counters read now.
+    Metrics(oneshot::Sender<String>),
     /// Another process changed the ruleset (nftables notifications).
     TablesChanged(TableChange),
     /// Time to tell systemd's watchdog the loop is alive.
@@ -144,6 +150,10 @@ pub struct Daemon {
     /// The configuration on disk that failed to load at start: the daemon runs on the
     /// last good one, degraded, until a reload succeeds.
     config_error: Option<ConfigError>,
+    /// Names for the drops the kernel logs, and the watch on its NFLOG group.
+    drop_log: DropLog,
+    /// Applies and errors so far, for the metrics.
+    apply_stats: ApplyStats,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -190,7 +200,14 @@ impl Daemon {
             state: None,
             saved: Saved::default(),
             config_error: None,
+            drop_log: DropLog::default(),
+            apply_stats: ApplyStats::default(),
         }
+    }
+
+    /// Where each drop line goes as JSON as well (the D-Bus `Dropped` signal).
+    pub fn drop_notices(&self) -> Notices {
+        self.drop_log.notices.clone()
     }
 
     /// Keeps state in `state` (see [`crate::persist`]); `config_error` is the error of the
@@ -224,6 +241,8 @@ impl Daemon {
     fn degrade(&mut self, why: String) {
         self.condition = Condition::Degraded(why.clone());
         self.last_error = Some(why);
+        self.apply_stats.errors += 1;
+        self.apply_stats.last_error_at = Some(unix_now());
     }
 
     fn build_status(&self) -> Status {
@@ -247,6 +266,7 @@ impl Daemon {
                 .flat_map(|s| &s.networks)
                 .map(|n| NetworkStatus {
                     name: n.name.clone(),
+                    mode: n.policy.mode.name().into(),
                     bridge: n.bridge.clone(),
                     subnets: n.subnets.iter().map(|s| s.to_string()).collect(),
                     allow_host_traffic: n.policy.host_access == HostAccess::Open,
@@ -292,6 +312,80 @@ impl Daemon {
                 .unwrap_or_default(),
             last_apply: self.last_apply.clone(),
             last_error: self.last_error.clone(),
+            drop_log: DropLogStatus {
+                enabled: self.config.daemon.log_drops,
+                group: self.config.daemon.log_group,
+                error: self.drop_log.error.clone(),
+            },
+        }
+    }
+
+    /// The drop counters as the kernel holds them, read at most once a second (`Status()`
+    /// and `Metrics()` are open to everyone).
+    async fn fresh_counters(&mut self, table: &str) -> Option<Counters> {
+        if let Some((at, c)) = &self.counters
+            && at.elapsed() < COUNTERS_MAX_AGE
+        {
+            return Some(c.clone());
+        }
+        let table = table.to_owned();
+        match self.firewall.call(move |fw| fw.counters(&table)).await {
+            Ok(c) => {
+                self.counters = Some((Instant::now(), c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                debug!("cannot read the drop counters: {e}");
+                None
+            }
+        }
+    }
+
+    /// The metrics text, with counters read from the kernel now.
+    async fn metrics(&mut self) -> String {
+        let status = self.build_status();
+        let counters = match self.enforced.clone() {
+            Some(enforced) => self
+                .fresh_counters(&enforced.table_name)
+                .await
+                .map(|c| (enforced, c)),
+            None => None,
+        };
+        metrics::render(
+            &status,
+            counters.as_ref().map(|(r, c)| (r.as_ref(), c)),
+            &self.drop_log.stats,
+            &self.apply_stats,
+        )
+    }
+
+    /// Reads the NFLOG group our deny chains report to (when the configuration logs
+    /// drops), or stops reading it. Failing to is no reason to stop enforcing: drops are
+    /// still dropped and counted; the status says why they are not logged.
+    async fn watch_drops(&mut self) {
+        let wanted = self.config.daemon.drop_log_group();
+        if wanted == self.drop_log.group() && self.drop_log.error.is_none() {
+            return;
+        }
+        self.drop_log.stop();
+        self.drop_log.error = None;
+        let Some(group) = wanted else {
+            return;
+        };
+        let report = self.drop_log.report(group);
+        match self
+            .firewall
+            .call(move |fw| fw.watch_drops(group, report))
+            .await
+        {
+            Ok(()) => info!("drop log: reading NFLOG group {group}"),
+            Err(e) => {
+                warn!(
+                    "cannot read the drop log ({e}): drops are still dropped and counted, but not logged by name"
+                );
+                self.drop_log.stop();
+                self.drop_log.error = Some(e.to_string());
+            }
         }
     }
 
@@ -302,26 +396,8 @@ impl Daemon {
         let Some(enforced) = self.enforced.clone() else {
             return status;
         };
-        let fresh = self
-            .counters
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < COUNTERS_MAX_AGE)
-            .map(|(_, c)| c.clone());
-        let counters = match fresh {
-            Some(c) => c,
-            None => {
-                let table = enforced.table_name.clone();
-                match self.firewall.call(move |fw| fw.counters(&table)).await {
-                    Ok(c) => {
-                        self.counters = Some((Instant::now(), c.clone()));
-                        c
-                    }
-                    Err(e) => {
-                        debug!("cannot read the drop counters: {e}");
-                        return status;
-                    }
-                }
-            }
+        let Some(counters) = self.fresh_counters(&enforced.table_name).await else {
+            return status;
         };
         for net in &mut status.networks {
             net.dropped_packets = enforced.dropped(&net.name, &counters);
@@ -473,7 +549,8 @@ impl Daemon {
         if saved.table != table || saved.networks.is_empty() {
             return;
         }
-        let closed: Vec<_> = saved.networks.iter().map(IsolatedNetwork::closed).collect();
+        let log_group = self.config.daemon.drop_log_group();
+        let closed: Vec<_> = saved.networks.iter().map(|n| n.closed(log_group)).collect();
         let ruleset = match plan::plan(&table, &closed) {
             Ok(r) => Arc::new(r),
             Err(e) => {
@@ -522,6 +599,7 @@ impl Daemon {
         // are isolated already.
         self.announce_ready();
         self.watch_ruleset().await;
+        self.watch_drops().await;
         self.start_watcher();
         self.start_resync_timer();
         let watchdog = notify::watchdog_period()
@@ -617,6 +695,9 @@ impl Daemon {
             }
             Msg::Status(reply) => {
                 let _ = reply.send(self.status_with_counters().await);
+            }
+            Msg::Metrics(reply) => {
+                let _ = reply.send(self.metrics().await);
             }
             Msg::TablesChanged(change) => {
                 // One repair answers every change already queued.
@@ -749,6 +830,7 @@ impl Daemon {
         }
         info!(files = self.config.files.len(), "configuration reloaded");
         self.log_config_warnings();
+        self.watch_drops().await;
         // Whatever the kernel holds, the next apply replaces our tables whole.
         self.committed = None;
         if host_changed {
@@ -832,6 +914,10 @@ impl Daemon {
         let Some(client) = self.docker.clone() else {
             return;
         };
+        if resync && self.drop_log.error.is_some() {
+            // The group may be free now.
+            self.watch_drops().await;
+        }
         let started = Instant::now();
         match client.snapshot(&self.config).await {
             Ok(snapshot) => {
@@ -889,6 +975,7 @@ impl Daemon {
         self.read_ports(&snapshot).await;
         let reconciled = match reconcile(
             &self.config.daemon.table,
+            self.config.daemon.drop_log_group(),
             &snapshot,
             &self.ports,
             self.committed.as_deref(),
@@ -960,6 +1047,9 @@ impl Daemon {
         if let Some(report) = report {
             self.log_apply(&report, &snapshot, started, event_time);
         }
+        self.drop_log
+            .directory
+            .send_replace(Arc::new(Directory::new(&snapshot, &reconciled.networks)));
         self.last_snapshot = Some(snapshot);
     }
 
@@ -999,10 +1089,9 @@ impl Daemon {
         event_time: Option<i64>,
     ) {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.apply_stats.record(report.kind, elapsed_ms / 1e3);
         self.last_apply = Some(ApplyStatus {
-            at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            at: unix_now(),
             kind: report.kind,
             messages: report.messages,
             duration_ms: elapsed_ms,
@@ -1038,6 +1127,12 @@ impl Daemon {
             }
         }
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -1159,9 +1254,9 @@ mod tests {
         let mut d = daemon(&fake);
         pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
         fake.kernel().counters = [
-            ((Family::Inet, "fwd_web".to_owned()), 5),
-            ((Family::Inet, "host_web".to_owned()), 2),
-            ((Family::Bridge, "iso_web".to_owned()), 1),
+            ((Family::Inet, "deny_isolation_web".to_owned()), 5),
+            ((Family::Inet, "deny_host_web".to_owned()), 2),
+            ((Family::Bridge, "deny_isolation_web".to_owned()), 1),
             ((Family::Inet, "forward".to_owned()), 100),
         ]
         .into();

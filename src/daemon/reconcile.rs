@@ -61,16 +61,20 @@ fn attach_ports(
 
 /// Plans the networks of `snapshot` into our table `table`, with the bridges' `ports` as
 /// the kernel showed them, against `committed` (what the kernel was last given, if it is
-/// believed to still hold it).
+/// believed to still hold it). Drops report to NFLOG group `log_group`, if any.
 ///
 /// Fails only when the table name itself is unusable; odd networks are set aside instead.
 pub fn reconcile(
     table: &str,
+    log_group: Option<u16>,
     snapshot: &Snapshot,
     ports: &BTreeMap<String, BridgePorts>,
     committed: Option<&Ruleset>,
 ) -> Result<Reconciled, PlanError> {
     let mut managed = docker::managed_networks(snapshot);
+    for net in &mut managed {
+        net.log_group = log_group;
+    }
     attach_ports(&mut managed, snapshot, ports);
     let (networks, rejected) = plan::retain_plannable(managed);
     let ruleset = plan::plan(table, &networks)?;
@@ -138,7 +142,7 @@ pub(crate) mod tests {
     #[test]
     fn nothing_committed_means_a_full_batch_and_new_bridges() {
         let s = snapshot(vec![network("web", "br-web", Some("10.1.0.2"))]);
-        let r = reconcile(DEFAULT_TABLE, &s, &no_ports(), None).unwrap();
+        let r = reconcile(DEFAULT_TABLE, None, &s, &no_ports(), None).unwrap();
         assert_eq!(r.change, Change::Full);
         assert!(r.bridges_changed);
         assert_eq!(
@@ -150,10 +154,10 @@ pub(crate) mod tests {
     #[test]
     fn the_same_snapshot_changes_nothing_and_a_new_proxy_address_is_an_element_update() {
         let s = snapshot(vec![network("web", "br-web", Some("10.1.0.2"))]);
-        let first = reconcile(DEFAULT_TABLE, &s, &no_ports(), None)
+        let first = reconcile(DEFAULT_TABLE, None, &s, &no_ports(), None)
             .unwrap()
             .ruleset;
-        let again = reconcile(DEFAULT_TABLE, &s, &no_ports(), Some(&first)).unwrap();
+        let again = reconcile(DEFAULT_TABLE, None, &s, &no_ports(), Some(&first)).unwrap();
         assert_eq!(again.change, Change::None);
         assert!(!again.bridges_changed);
         assert_eq!(bridges_to_set(&again, false), None);
@@ -161,7 +165,7 @@ pub(crate) mod tests {
         assert!(bridges_to_set(&again, true).is_some());
 
         let moved = snapshot(vec![network("web", "br-web", Some("10.1.0.9"))]);
-        let r = reconcile(DEFAULT_TABLE, &moved, &no_ports(), Some(&first)).unwrap();
+        let r = reconcile(DEFAULT_TABLE, None, &moved, &no_ports(), Some(&first)).unwrap();
         assert_eq!(r.change, Change::Elements);
         assert!(!r.bridges_changed);
     }
@@ -169,11 +173,11 @@ pub(crate) mod tests {
     #[test]
     fn a_recreated_network_on_a_new_bridge_is_a_full_batch() {
         let s = snapshot(vec![network("web", "br-web", Some("10.1.0.2"))]);
-        let first = reconcile(DEFAULT_TABLE, &s, &no_ports(), None)
+        let first = reconcile(DEFAULT_TABLE, None, &s, &no_ports(), None)
             .unwrap()
             .ruleset;
         let recreated = snapshot(vec![network("web", "br-new", Some("10.1.0.2"))]);
-        let r = reconcile(DEFAULT_TABLE, &recreated, &no_ports(), Some(&first)).unwrap();
+        let r = reconcile(DEFAULT_TABLE, None, &recreated, &no_ports(), Some(&first)).unwrap();
         assert_eq!(r.change, Change::Full);
         assert!(r.bridges_changed);
     }
@@ -185,7 +189,7 @@ pub(crate) mod tests {
             network("twin", "br-web", None),
             network("api", "br-api", None),
         ]);
-        let r = reconcile(DEFAULT_TABLE, &s, &no_ports(), None).unwrap();
+        let r = reconcile(DEFAULT_TABLE, None, &s, &no_ports(), None).unwrap();
         let names: Vec<&str> = r.ruleset.networks.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["api", "web"]);
         assert_eq!(r.rejected.len(), 1, "{:?}", r.rejected);
@@ -217,7 +221,7 @@ pub(crate) mod tests {
                 ports: vec![link("veth-proxy", 2), link("veth-stray", 9)],
             },
         )]);
-        let first = reconcile(DEFAULT_TABLE, &s, &ports, None).unwrap();
+        let first = reconcile(DEFAULT_TABLE, None, &s, &ports, None).unwrap();
         let net = &first.networks[0];
         assert_eq!(net.gateway_mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(
@@ -234,16 +238,16 @@ pub(crate) mod tests {
             .unwrap()
             .ports
             .push(link("veth-b1", 3));
-        let second = reconcile(DEFAULT_TABLE, &s, &ports, Some(&first.ruleset)).unwrap();
+        let second = reconcile(DEFAULT_TABLE, None, &s, &ports, Some(&first.ruleset)).unwrap();
         assert_eq!(second.networks[0].ports.len(), 2);
         assert_eq!(second.change, Change::Elements);
     }
 
     #[test]
     fn no_managed_network_means_no_table() {
-        let r = reconcile(DEFAULT_TABLE, &Snapshot::default(), &no_ports(), None).unwrap();
+        let r = reconcile(DEFAULT_TABLE, None, &Snapshot::default(), &no_ports(), None).unwrap();
         assert!(r.ruleset.tables.is_empty());
         assert!(!r.bridges_changed);
-        assert!(reconcile("bad name", &Snapshot::default(), &no_ports(), None).is_err());
+        assert!(reconcile("bad name", None, &Snapshot::default(), &no_ports(), None).is_err());
     }
 }

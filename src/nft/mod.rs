@@ -15,6 +15,7 @@ mod bridge;
 mod dump;
 mod monitor;
 mod netlink;
+mod nflog;
 mod ports;
 mod raw;
 
@@ -36,11 +37,15 @@ pub use bridge::{BridgeNetfilter, bridge_filtering, set_nf_call};
 pub use dump::{
     InstalledRuleset, InstalledTable, OWNER_MARK, read_counters, read_installed, table_owners,
 };
+pub use nflog::{
+    ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, LogEvent, LoggedPacket, PacketHeaders,
+};
 pub use ports::{BridgePorts, PortLink, bridge_ports, subscribe_links, watch_links};
 use tracing::warn;
 
 use crate::firewall::{
-    ApplyReport, BatchKind, BridgeFiltering, ChangeReport, Firewall, PortsReport, TableChange,
+    ApplyReport, BatchKind, BridgeFiltering, ChangeReport, DropReport, Firewall, PortsReport,
+    TableChange,
 };
 use crate::plan::{
     Change, Counters, Dir, Element, EtherType, Family, Field, Hook, IpVersion, Match, Ruleset, Set,
@@ -184,6 +189,32 @@ impl Firewall for Netlink {
                         Err(e) => warn!("cannot subscribe to link changes ({e})"),
                     }
                     if !report() {
+                        return;
+                    }
+                }
+            })
+            .map_err(NftError::Socket)?;
+        Ok(())
+    }
+
+    fn watch_drops(&mut self, group: u16, mut report: DropReport) -> Result<(), NftError> {
+        // Bound here, in the caller's namespace, so that a group taken by another program
+        // is an error the caller sees.
+        let mut sock = nflog::subscribe(group)?;
+        std::thread::Builder::new()
+            .name("nflog".into())
+            .spawn(move || {
+                loop {
+                    match nflog::watch(&sock, &mut report) {
+                        Ok(()) => return,
+                        Err(e) => warn!("reading the drop log failed ({e}); binding again"),
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    match nflog::subscribe(group) {
+                        Ok(s) => sock = s,
+                        Err(e) => warn!("cannot read NFLOG group {group} ({e})"),
+                    }
+                    if !report(LogEvent::Lost) {
                         return;
                     }
                 }
@@ -338,6 +369,9 @@ fn full_replace(desired: &Ruleset) -> Result<usize, NftError> {
                     nft_rule.add_expr(Counter::default().with_nb_bytes(0u64).with_nb_packets(0u64));
                 }
                 nft_rule.add_expr(Immediate::new_verdict(match &rule.verdict {
+                    Verdict::Continue => {
+                        return Err(build_err(&label, "a rule without a verdict only logs"));
+                    }
                     Verdict::Return => VerdictKind::Return,
                     Verdict::Drop => VerdictKind::Drop,
                     Verdict::Accept => VerdictKind::Accept,

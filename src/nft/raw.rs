@@ -5,7 +5,9 @@
 //! lie in 32-bit registers (`ip saddr . ip daddr` fills registers 1 and 9), and the IPv6
 //! fragment header's presence (`exthdr`).
 
-use crate::plan::{Dir, Element, Family, Field, IpVersion, Match, Rule, Set, Verdict};
+use crate::plan::{
+    Dir, Element, Family, Field, IpVersion, LOG_BURST, LOG_RATE, Match, Rule, Set, Verdict,
+};
 
 use super::netlink::{nft_message, push_attr};
 
@@ -96,11 +98,12 @@ pub(crate) fn is_range_set(set: &Set) -> bool {
 /// Whether a rule is encoded by this module: it looks up connection fields, or asks for
 /// an IPv6 extension header (rustables has no `exthdr`).
 pub(crate) fn is_raw_rule(rule: &Rule) -> bool {
-    rule.matches.iter().any(|m| match m {
-        Match::Lookup(fields, _) => fields.iter().any(|f| f.of_flow()),
-        Match::Ipv6Fragment => true,
-        _ => false,
-    })
+    rule.log.is_some()
+        || rule.matches.iter().any(|m| match m {
+            Match::Lookup(fields, _) => fields.iter().any(|f| f.of_flow()),
+            Match::Ipv6Fragment => true,
+            _ => false,
+        })
 }
 
 /// `NEWSET` for a set of ranges over a concatenation.
@@ -249,7 +252,8 @@ fn load(list: &mut Vec<u8>, field: Field, dreg: u32) -> Result<u32, String> {
     }
 }
 
-/// `NEWRULE` for a rule of lookups of connection fields (and nothing else), in `chain`.
+/// `NEWRULE` for a rule of lookups of connection fields, IPv6 fragment checks, or a
+/// rate-limited log (rustables has no `limit`), in `chain`.
 /// `set_ids` gives the id each set was created with in this batch.
 pub(crate) fn new_rule(
     family: Family,
@@ -333,6 +337,21 @@ pub(crate) fn new_rule(
             }
         });
     }
+    if let Some(log) = &rule.log {
+        // NFTA_LIMIT_RATE, _UNIT (seconds), _BURST, _TYPE (packets), _FLAGS
+        expr(&mut exprs, "limit", |d| {
+            push_attr(d, 1, &u64::from(LOG_RATE).to_be_bytes());
+            push_attr(d, 2, &1u64.to_be_bytes());
+            push_attr(d, 3, &be32(LOG_BURST));
+            push_attr(d, 4, &be32(0));
+            push_attr(d, 5, &be32(0));
+        });
+        // NFTA_LOG_GROUP, _PREFIX
+        expr(&mut exprs, "log", |d| {
+            push_attr(d, 1, &log.group.to_be_bytes());
+            push_attr(d, 2, &cstr(&log.prefix));
+        });
+    }
     if rule.counter {
         // NFTA_COUNTER_BYTES, _PACKETS
         expr(&mut exprs, "counter", |d| {
@@ -341,6 +360,7 @@ pub(crate) fn new_rule(
         });
     }
     let (code, target) = match &rule.verdict {
+        Verdict::Continue => (0, None),
         Verdict::Return => (NFT_RETURN, None),
         Verdict::Drop => (NF_DROP, None),
         Verdict::Accept => (NF_ACCEPT, None),
@@ -348,17 +368,19 @@ pub(crate) fn new_rule(
         Verdict::Goto(c) => (NFT_GOTO, Some(c)),
     };
     // NFTA_IMMEDIATE_DREG, _DATA
-    expr(&mut exprs, "immediate", |d| {
-        push_attr(d, 1, &be32(NFT_REG_VERDICT));
-        nested(d, 2, |data| {
-            nested(data, NFTA_DATA_VERDICT, |v| {
-                push_attr(v, NFTA_VERDICT_CODE, &code.to_be_bytes());
-                if let Some(chain) = target {
-                    push_attr(v, NFTA_VERDICT_CHAIN, &cstr(chain));
-                }
+    if rule.verdict != Verdict::Continue {
+        expr(&mut exprs, "immediate", |d| {
+            push_attr(d, 1, &be32(NFT_REG_VERDICT));
+            nested(d, 2, |data| {
+                nested(data, NFTA_DATA_VERDICT, |v| {
+                    push_attr(v, NFTA_VERDICT_CODE, &code.to_be_bytes());
+                    if let Some(chain) = target {
+                        push_attr(v, NFTA_VERDICT_CHAIN, &cstr(chain));
+                    }
+                });
             });
         });
-    });
+    }
     let mut body = Vec::new();
     push_attr(&mut body, NFTA_RULE_TABLE, &cstr(table));
     push_attr(&mut body, NFTA_RULE_CHAIN, &cstr(chain));
