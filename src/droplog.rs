@@ -21,7 +21,7 @@ use tracing::info;
 use crate::docker::Snapshot;
 use crate::firewall::DropReport;
 use crate::nft::{LogEvent, LoggedPacket};
-use crate::plan::{Mac, ManagedNetwork, Mode, Reason, mac_text};
+use crate::plan::{LOG_RATE, Mac, ManagedNetwork, Mode, Reason, mac_text};
 
 /// How long repeats of an attempt are counted before a summary says how many there were.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -267,8 +267,15 @@ pub struct Summary {
 
 impl Summary {
     pub fn text(&self) -> String {
+        let sampled = if self.more >= u64::from(LOG_RATE) {
+            format!(
+                " (a flood: the kernel reports at most {LOG_RATE} drops a second per network and reason, the counters count them all)"
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "… and {} more from {} on {} in the last {} s",
+            "… and {} more from {} on {} in the last {} s{sampled}",
             self.more, self.source, self.network, self.seconds
         )
     }
@@ -719,7 +726,7 @@ mod tests {
         assert_eq!(
             summaries[0].text(),
             format!(
-                "… and {} more from web-1 on web in the last 10 s",
+                "… and {} more from web-1 on web in the last 10 s (a flood: the kernel reports at most {LOG_RATE} drops a second per network and reason, the counters count them all)",
                 summaries[0].more
             )
         );

@@ -1578,3 +1578,197 @@ fn allow_rules_hold_without_br_netfilter() {
         &lab,
     );
 }
+
+/// Waits for a log line containing every one of `needles`; returns it and when it was seen
+/// (polled every 5 ms).
+fn await_line(lab: &DockerLab, needles: &[&str], timeout: Duration) -> (String, Instant) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(line) = lab.log_lines(needles).into_iter().next() {
+            return (line, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needles:?} within {timeout:?}:\n{}",
+            lab.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The operator's first question, answered by name: a blocked connection is logged within
+/// a second with both containers, the port and the reason (journal fields as log fields);
+/// a flood of 20 000 packets gives a bounded number of lines, little daemon CPU, and a
+/// summary per source, while the proxy's traffic flows as before.
+#[test]
+fn blocked_attempts_are_logged_by_name_and_floods_are_summarised() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio();
+    lab.start_daemon();
+    lab.wait_for_log(
+        &format!("drop log: reading NFLOG group {}", lab.log_group),
+        1,
+        Duration::from_secs(10),
+    );
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ip_b = lab.ip4(&b, &net);
+
+    // The attempt runs while the log is watched.
+    let attempt = std::thread::spawn({
+        let (a, ip_b) = (a.clone(), ip_b.clone());
+        move || connect_from(&a, &ip_b, 8080, Duration::from_secs(1))
+    });
+    let needles = [
+        format!("dropped tcp/8080 from {a} ("),
+        format!("to {b} ("),
+        format!("network={net}"),
+        "reason=isolation".to_owned(),
+        format!("src_container={a}"),
+        format!("dst_container={b}"),
+        "proto=tcp".to_owned(),
+        "dport=8080".to_owned(),
+    ];
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    let (line, seen) = await_line(&lab, &needles, Duration::from_secs(5));
+    let (started, connected) = attempt.join().unwrap();
+    assert!(!connected, "a reached b");
+    let latency = seen.duration_since(started);
+    eprintln!("blocked attempt logged {latency:?} after the SYN: {line}");
+    assert!(
+        latency < Duration::from_secs(1),
+        "logged {latency:?} after the attempt: {line}"
+    );
+    // Its retransmissions are the same attempt: one line.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.log_lines(&needles).len(), 1, "{}", lab.log_text());
+
+    // A flood: every packet dropped, the lines bounded, the daemon's CPU too.
+    let cpu = lab.daemon_cpu_seconds();
+    let lines_before = lab.log_lines(&[&format!("from {a} (")]).len();
+    let proxy_probes = std::thread::spawn({
+        let (proxy, ip_b) = (proxy.clone(), ip_b.clone());
+        move || {
+            (0..5)
+                .map(|_| {
+                    let ok = Probe::tcp(&proxy, &ip_b, true).run();
+                    std::thread::sleep(Duration::from_millis(200));
+                    ok
+                })
+                .collect::<Vec<bool>>()
+        }
+    });
+    const FLOOD: usize = 20_000;
+    let took = lab.udp_flood(&a, &ip_b, 9999, FLOOD);
+    let proxy_ok = proxy_probes.join().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = lab.daemon_cpu_seconds() - cpu;
+    let lines = lab.log_lines(&[&format!("from {a} (")]).len() - lines_before;
+    eprintln!(
+        "flood: {FLOOD} packets in {took:?}; {lines} lines; daemon CPU {cpu:.3} s; proxy probes {proxy_ok:?}"
+    );
+    assert!(
+        proxy_ok.iter().all(|ok| *ok),
+        "the proxy's traffic suffered: {proxy_ok:?}"
+    );
+    assert!(
+        (1..=50).contains(&lines),
+        "{lines} lines for one flood:\n{}",
+        lab.log_text()
+    );
+    assert!(
+        cpu < 1.0,
+        "the daemon used {cpu:.3} s of CPU for {FLOOD} packets"
+    );
+    assert!(lab.dropped() >= FLOOD as u64, "{}", lab.dropped());
+    // The repeats are summarised by source at the end of the window.
+    let (summary, _) = await_line(
+        &lab,
+        &[&format!("more from {a} on {net} in the last")],
+        Duration::from_secs(15),
+    );
+    eprintln!("{summary}");
+}
+
+/// Audit mode (TOML and label): the traffic isolation would drop flows, and is logged as
+/// a would-be drop; `check` says loudly that nothing is dropped.
+#[test]
+fn audit_mode_lets_traffic_through_and_logs_it() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio();
+    lab.write_config(&format!(
+        "{}mode = \"audit\"\n",
+        whitelist_section(&net, &format!("name={proxy}"))
+    ));
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_trafficjam"))
+        .args(["check", "--config-dir"])
+        .arg(&lab.config_dir)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(&format!(
+            "network {net} is in AUDIT mode: NOTHING IS DROPPED"
+        )),
+        "{}",
+        common::text(&check)
+    );
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ip_b = lab.ip4(&b, &net);
+    assert_probes(
+        "audit",
+        &[Probe::tcp(&a, &ip_b, true), Probe::ping(&a, &ip_b, true)],
+        &lab,
+    );
+    await_line(
+        &lab,
+        &[
+            &format!("would drop (audit) tcp/8080 from {a} ("),
+            &format!("to {b} ("),
+            "audit=true",
+        ],
+        Duration::from_secs(2),
+    );
+    assert!(lab.dropped() > 0, "would-be drops are counted");
+    // Enforced again by a reload: the same attempt is blocked.
+    lab.write_config(&whitelist_section(&net, &format!("name={proxy}")));
+    lab.signal("HUP");
+    lab.wait_for_log("configuration reloaded", 1, Duration::from_secs(10));
+    assert_probes("enforced", &[Probe::tcp(&a, &ip_b, false)], &lab);
+}
+
+/// `log_drops = false`: drops are counted, nothing is logged, no NFLOG group is read.
+#[test]
+fn without_log_drops_nothing_is_logged() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio();
+    lab.write_config(&format!(
+        "[daemon]\nlog_drops = false\n{}",
+        whitelist_section(&net, &format!("name={proxy}"))
+    ));
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ip_b = lab.ip4(&b, &net);
+    assert_probes("blocked", &[Probe::tcp(&a, &ip_b, false)], &lab);
+    std::thread::sleep(Duration::from_secs(1));
+    let log = lab.log_text();
+    assert!(!log.contains("dropped tcp"), "{log}");
+    assert!(!log.contains("drop log: reading"), "{log}");
+    assert!(
+        !lab.tables_listing().contains(" log prefix"),
+        "{}",
+        lab.tables_listing()
+    );
+    assert!(lab.dropped() > 0);
+}

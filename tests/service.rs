@@ -30,9 +30,12 @@ impl Bus {
     /// `enforce_policy`: include the shipped policy (else a bus that lets anyone call
     /// anything, to test the daemon's own uid check).
     fn start(enforce_policy: bool) -> Bus {
+        // One bus per test: tests run side by side, each with a daemon owning the name.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "tj-bus-{}-{}",
+            "tj-bus-{}-{}-{}",
             std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             if enforce_policy { "policy" } else { "open" }
         ));
         std::fs::create_dir_all(&dir).unwrap();
@@ -555,4 +558,156 @@ fn the_unit_verifies_and_is_hardened() {
         text(&verify)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `trafficjam ARGS…` talking to `bus`, started in the background (as `nobody` if asked),
+/// its stdout piped.
+fn cli_spawn(bus: &Bus, as_nobody: bool, args: &[&str]) -> Child {
+    let exe = env!("CARGO_BIN_EXE_trafficjam");
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", exe]);
+        c
+    } else {
+        Command::new(exe)
+    };
+    cmd.args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills a background CLI and returns what it printed.
+fn finish(mut child: Child) -> (String, String) {
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parses Prometheus text with the reference client's parser (python3-prometheus-client);
+/// returns every sample as (name, labels, value).
+fn prometheus_samples(metrics: &str) -> Vec<(String, serde_json::Value, f64)> {
+    let script = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (apt-get install python3-prometheus-client)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the metrics do not parse: {}\n{metrics}",
+        text(&out)
+    );
+    serde_json::from_slice::<Vec<(String, serde_json::Value, f64)>>(&out.stdout).unwrap()
+}
+
+/// `trafficjam watch` (root) prints a drop as it happens, by name; `nobody` may read the
+/// metrics but receives no drop line (the policy keeps the Dropped signal to root); the
+/// metrics parse with Prometheus' own parser and count the drops per network and reason.
+#[test]
+fn watch_and_metrics_under_the_shipped_policy() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let bus = Bus::start(true);
+    let (mut lab, net, a, ip_b) = isolated_lab(&bus);
+    lab.wait_for_log("drop log: reading NFLOG group", 1, Duration::from_secs(10));
+    let root_watch = cli_spawn(&bus, false, &["watch"]);
+    let nobody_watch = cli_spawn(&bus, true, &["watch", "--json"]);
+    // Both are subscribed once they said so (or failed).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_probes("blocked", &[Probe::tcp(&a, &ip_b, false)], &lab);
+    let b = lab.name("b");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab
+        .log_text()
+        .contains(&format!("dropped tcp/8080 from {a} ("))
+    {
+        assert!(Instant::now() < deadline, "{}", lab.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (root_out, root_err) = finish(root_watch);
+    let (nobody_out, nobody_err) = finish(nobody_watch);
+    assert!(
+        root_out
+            .lines()
+            .any(|l| l.contains(&format!("dropped tcp/8080 from {a} ("))
+                && l.contains(&format!("to {b} ("))),
+        "root's watch: {root_out}\n{root_err}"
+    );
+    assert!(
+        nobody_out.is_empty(),
+        "nobody received drop lines: {nobody_out}\n{nobody_err}"
+    );
+    assert!(nobody_err.contains("watching drops"), "{nobody_err}");
+
+    // Metrics: root through the CLI, nobody through busctl; both parse, and count.
+    let out = cli(&bus, &["metrics"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+    let samples = prometheus_samples(&metrics);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{metrics}"))
+    };
+    assert!(
+        value(
+            "trafficjam_dropped_packets_total",
+            &[
+                ("network", &net),
+                ("reason", "isolation"),
+                ("mode", "enforce")
+            ]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("trafficjam_whitelisted_containers", &[("network", &net)]),
+        1.0
+    );
+    assert_eq!(value("trafficjam_state", &[("state", "active")]), 1.0);
+    assert_eq!(value("trafficjam_drop_log_enabled", &[]), 1.0);
+    assert!(
+        value("trafficjam_drop_log_lines_total", &[]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("trafficjam_applies_total", &[("kind", "full")]) >= 1.0,
+        "{metrics}"
+    );
+    let out = bus.call(true, "Metrics");
+    assert!(
+        out.status.success(),
+        "nobody may read Metrics: {}",
+        text(&out)
+    );
+    lab.stop_daemon();
 }

@@ -121,6 +121,9 @@ pub struct DockerLab {
     /// Whether the daemon isolates label-opted networks: off by default, so that daemons
     /// of tests running side by side never pick up each other's labelled networks.
     pub label_opt_in: bool,
+    /// The NFLOG group of the lab's daemon: one per lab, since only one socket may read a
+    /// group and the daemons of tests running side by side share the engine's namespace.
+    pub log_group: u16,
 }
 
 impl DockerLab {
@@ -140,6 +143,7 @@ impl DockerLab {
             daemon: None,
             // Never a real system bus unless a test brings its own.
             label_opt_in: false,
+            log_group: (10_000 + (std::process::id() % 500) * 100 + (n as u32 % 100)) as u16,
             daemon_env: vec![(
                 "DBUS_SYSTEM_BUS_ADDRESS".into(),
                 "unix:path=/nonexistent/trafficjam-test-bus".into(),
@@ -283,8 +287,8 @@ impl DockerLab {
     /// `trafficjam.toml` = `body`, so that line numbers in `body` are the file's own.
     pub fn write_config(&self, body: &str) {
         let mut daemon = format!(
-            "[daemon]\ntable = \"{}\"\nlabel_opt_in = {}\n",
-            self.table, self.label_opt_in
+            "[daemon]\ntable = \"{}\"\nlabel_opt_in = {}\nlog_group = {}\n",
+            self.table, self.label_opt_in, self.log_group
         );
         if let Ok(host) = std::env::var("DOCKER_HOST")
             && !host.is_empty()
@@ -355,6 +359,55 @@ impl DockerLab {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The daemon's log lines that contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// CPU time (user + system) the daemon has used so far, in seconds.
+    pub fn daemon_cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.daemon_pid()))
+            .expect("the daemon's /proc stat");
+        // Fields after the command name (which ends with ')'): utime is the 14th field
+        // of the line, stime the 15th, in clock ticks.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    /// Sends `count` UDP datagrams from `container`'s namespace to `to`:`port` as fast as
+    /// a plain socket can (no capability needed); returns how long it took.
+    pub fn udp_flood(&self, container: &str, to: &str, port: u16, count: usize) -> Duration {
+        let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range({count}):\n    s.sendto(b'flood', ('{to}', {port}))\n"
+        );
+        let started = Instant::now();
+        let out = Command::new("nsenter")
+            .args([
+                &format!("--net=/proc/{pid}/ns/net"),
+                "setpriv",
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ])
+            .output()
+            .expect("nsenter");
+        assert!(
+            out.status.success(),
+            "the flood failed: {}",
+            crate::common::text(&out)
+        );
+        started.elapsed()
     }
 
     pub fn log_text(&self) -> String {
@@ -552,6 +605,24 @@ impl Probe {
             out.status.success()
         }
     }
+}
+
+/// Opens a TCP connection to `to`:`port` from inside `container`'s network namespace, on
+/// a thread of the test's that enters it (no process to start, so the attempt's time is
+/// known to the millisecond). Returns when the attempt started and whether it connected.
+pub fn connect_from(container: &str, to: &str, port: u16, timeout: Duration) -> (Instant, bool) {
+    let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the container's netns");
+    let to: std::net::SocketAddr =
+        (to.parse::<std::net::IpAddr>().expect("an address"), port).into();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let started = Instant::now();
+        let connected = std::net::TcpStream::connect_timeout(&to, timeout).is_ok();
+        (started, connected)
+    })
+    .join()
+    .expect("the connecting thread")
 }
 
 /// Runs the probes concurrently; panics listing every one whose outcome was wrong.
