@@ -489,6 +489,18 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     assert!(table_present(), "reload did not restore the rules");
     assert_probes("restored", &[Probe::tcp(&web1, &ip_web2, false)], &lab);
 
+    // That blocked attempt is in the journal by name, under the hardened unit (which
+    // reads the kernel's NFLOG group with CAP_NET_ADMIN alone): found by its fields.
+    machine.wait_for(
+        "the blocked attempt in the journal",
+        &format!(
+            "journalctl -u trafficjam --no-pager -o cat SRC_CONTAINER={web1} DST_CONTAINER={web2} \
+             REASON=isolation PROTO=tcp DPORT=8080 NETWORK={web} | grep -q 'dropped tcp/8080 from {web1} ('"
+        ),
+        Duration::from_secs(2),
+    );
+    machine.sh_ok("trafficjam status | grep -q 'drop log: NFLOG group 4200'");
+
     // The journal has the structured NETWORK field.
     let by_network = machine.sh_ok(&format!(
         "journalctl -u trafficjam --no-pager -o cat NETWORK={web}"

@@ -9,6 +9,9 @@
 //!    unmanaged.
 //! 3. Policy: 100 allow rules over 200 containers, plan and apply, and one container's
 //!    start as an element update (time, messages, elements).
+//! 4. Drop log: the CPU the drop log costs (the NFLOG reader and the naming, in this
+//!    process, as in the daemon) per 10 000 packets a backend floods, and iperf3 throughput
+//!    of the proxy's traffic with the log on, alone and under such a flood.
 //!
 //! Everything runs in private network namespaces that are removed at the end.
 //! `BENCH_QUICK=1` runs smaller sizes and shorter streams (a smoke run).
@@ -480,6 +483,9 @@ fn main() {
         // Before the unshare below: the throughput part uses named namespaces.
         throughput_benchmark();
     }
+    if want("droplog") {
+        drop_log_benchmark();
+    }
     if want("policy") || want("apply") {
         // Both unshare the calling thread's namespace: each runs on a thread of its own.
         let mut parts: Vec<fn()> = Vec::new();
@@ -493,4 +499,209 @@ fn main() {
             std::thread::spawn(part).join().expect("benchmark");
         }
     }
+}
+
+// ---- drop log -------------------------------------------------------------------------
+
+/// CPU time (user + system) this process has used, in seconds.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime")) / 100.0
+}
+
+/// `count` UDP datagrams from `ns` to `to` as fast as python sends them, or for `seconds`.
+fn flood(ns: &Ns, to: &str, count: Option<usize>, seconds: f64) -> Child {
+    let script = format!(
+        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + {seconds}\nn = 0\nwhile time.time() < end and n < {}:\n    s.sendto(b'flood', ('{to}', 9999))\n    n += 1\n",
+        count.unwrap_or(usize::MAX)
+    );
+    ns.exec("/usr/bin/python3", &["-c", &script])
+        .spawn()
+        .expect("python3")
+}
+
+fn drop_log_benchmark() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use trafficjam::droplog::{Directory, DropLog, Named, NetworkNames};
+
+    const GROUP: u16 = 4299;
+    let host = Ns::new("dlhost");
+    let proxy = Ns::new("dlproxy");
+    let backend = Ns::new("dlbackend");
+    let attacker = Ns::new("dlattacker");
+    host.ip(&["link", "add", "br0", "type", "bridge"]);
+    host.ip(&["addr", "add", "10.78.0.1/16", "dev", "br0"]);
+    host.ip(&["link", "set", "br0", "up"]);
+    host.sysctl("net.bridge.bridge-nf-call-iptables", "1");
+    let members = [
+        ("p-proxy", &proxy, "10.78.0.2"),
+        ("p-backend", &backend, "10.78.0.3"),
+        ("p-attacker", &attacker, "10.78.0.4"),
+    ];
+    for (port, ns, addr) in members {
+        host.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+        ]);
+        host.ip(&["link", "set", port, "master", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+    }
+    let mut server: Child = backend
+        .exec("iperf3", &["-s", "-B", "10.78.0.3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    let net = |log: bool| ManagedNetwork {
+        name: "bench".into(),
+        bridge: "br0".into(),
+        subnets: vec!["10.78.0.0/16".parse().expect("subnet")],
+        whitelist: BTreeSet::from(["10.78.0.2".parse().expect("ip")]),
+        log_group: log.then_some(GROUP),
+        ..ManagedNetwork::default()
+    };
+    let (logged, silent) = (
+        plan(TABLE, &[net(true)]).expect("plan"),
+        plan(TABLE, &[net(false)]).expect("plan"),
+    );
+    let apply = |rs: &trafficjam::plan::Ruleset| {
+        let rs = rs.clone();
+        host.enter(move || {
+            Netlink::new(BridgeNetfilter::Leave)
+                .apply(None, &rs)
+                .expect("apply");
+        });
+    };
+
+    // The daemon's drop log, in this process: the reader thread and the naming task, with
+    // lines formatted as the daemon formats them (to nowhere).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut drop_log = DropLog::default();
+    let named = |name: &str| Named {
+        name: name.into(),
+        id: "0123456789ab".into(),
+    };
+    drop_log.directory.send_replace(Arc::new(Directory {
+        networks: HashMap::from([(
+            "bench".to_owned(),
+            NetworkNames {
+                by_address: HashMap::from([
+                    ("10.78.0.2".parse().expect("ip"), named("proxy")),
+                    ("10.78.0.3".parse().expect("ip"), named("backend")),
+                    ("10.78.0.4".parse().expect("ip"), named("attacker")),
+                ]),
+                ..NetworkNames::default()
+            },
+        )]),
+        bridges: HashMap::from([("br0".to_owned(), "bench".to_owned())]),
+    }));
+    let report = {
+        let _guard = rt.enter();
+        drop_log.report(GROUP)
+    };
+    host.enter(move || {
+        Netlink::default()
+            .watch_drops(GROUP, report)
+            .expect("NFLOG group")
+    });
+    let stats = drop_log.stats.clone();
+
+    const FLOOD: usize = 100_000;
+    println!("\n## Drop log: CPU per 10 000 dropped packets (a backend floods UDP at full speed)");
+    println!("| log | packets | sent in | reports | lines | CPU of the log | per 10 000 packets |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (label, rs) in [("on", &logged), ("off", &silent)] {
+        apply(rs);
+        std::thread::sleep(Duration::from_millis(300));
+        let (reports, lines) = (
+            stats.reported.load(Ordering::Relaxed),
+            stats.lines.load(Ordering::Relaxed),
+        );
+        let cpu = process_cpu();
+        let started = Instant::now();
+        let status = flood(&attacker, "10.78.0.3", Some(FLOOD), 60.0)
+            .wait()
+            .expect("flood");
+        assert!(status.success());
+        let sent = started.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        let cpu = process_cpu() - cpu;
+        println!(
+            "| {label} | {FLOOD} | {:.2} s | {} | {} | {:.1} ms | {:.2} ms |",
+            sent.as_secs_f64(),
+            stats.reported.load(Ordering::Relaxed) - reports,
+            stats.lines.load(Ordering::Relaxed) - lines,
+            cpu * 1e3,
+            cpu * 1e3 / (FLOOD as f64 / 10_000.0)
+        );
+    }
+
+    let seconds = if quick() { 2.0 } else { 5.0 };
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick() { 1 } else { 3 });
+    let measure = || -> f64 {
+        let out = proxy
+            .exec(
+                "iperf3",
+                &["-c", "10.78.0.3", "-t", &format!("{seconds}"), "-J"],
+            )
+            .output()
+            .expect("iperf3 -c");
+        assert!(out.status.success(), "iperf3 failed");
+        received_bps(&String::from_utf8_lossy(&out.stdout))
+    };
+    let under_flood = || -> f64 {
+        let mut f = flood(&attacker, "10.78.0.3", None, seconds + 1.0);
+        let bps = measure();
+        let _ = f.wait();
+        bps
+    };
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (mut plain, mut quiet_on, mut flood_off, mut flood_on) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        host.enter(|| Netlink::default().clear(TABLE).expect("clear"));
+        plain.push(measure());
+        apply(&logged);
+        quiet_on.push(measure());
+        flood_on.push(under_flood());
+        apply(&silent);
+        flood_off.push(under_flood());
+    }
+    host.enter(|| Netlink::default().clear(TABLE).expect("clear"));
+    let (p, q, off, on) = (med(plain), med(quiet_on), med(flood_off), med(flood_on));
+    println!(
+        "\n## The proxy's TCP throughput with the drop log on (iperf3, {seconds} s streams, median of {rounds}, Gbit/s)"
+    );
+    println!(
+        "| unmanaged | log on | ratio | under a flood, log off | under a flood, log on | ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {:.2} | {:.2} | {:.3} | {:.2} | {:.2} | {:.3} |",
+        p / 1e9,
+        q / 1e9,
+        q / p,
+        off / 1e9,
+        on / 1e9,
+        on / off
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(rt);
 }
