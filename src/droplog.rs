@@ -29,8 +29,9 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const LINES_PER_WINDOW: usize = 50;
 /// Sources named in the summaries of one window at most; the rest are added up.
 pub const SUMMARIES_PER_WINDOW: usize = 10;
-/// Distinct attempts remembered per window at most (bounded memory under a scan).
-const ATTEMPTS_PER_WINDOW: usize = 10_000;
+/// Sources counted apart per window at most (forged frames can claim any address): the
+/// rest are counted together.
+const SOURCES_PER_WINDOW: usize = 1_000;
 
 /// A container as the drop log names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,16 +313,16 @@ impl Throttle {
             drop.protocol.clone(),
             drop.port,
         );
-        let new = self.seen.len() < ATTEMPTS_PER_WINDOW && !self.seen.contains(&key);
-        if new && self.lines < LINES_PER_WINDOW {
-            self.seen.insert(key);
+        // `seen` holds the attempts that got a line: at most LINES_PER_WINDOW.
+        if self.lines < LINES_PER_WINDOW && self.seen.insert(key) {
             self.lines += 1;
             return true;
         }
-        *self
-            .more
-            .entry((drop.network.clone(), drop.source.field()))
-            .or_default() += 1;
+        let mut source = (drop.network.clone(), drop.source.field());
+        if self.more.len() >= SOURCES_PER_WINDOW && !self.more.contains_key(&source) {
+            source = ("every network".into(), "other sources".into());
+        }
+        *self.more.entry(source).or_default() += 1;
         false
     }
 
@@ -409,6 +410,7 @@ pub async fn run(
 ) {
     let mut throttle = Throttle::new(Instant::now());
     let mut interfaces: HashMap<u32, String> = HashMap::new();
+    let mut interfaces_read: Option<Instant> = None;
     loop {
         let event = tokio::select! {
             e = events.recv() => match e {
@@ -446,13 +448,16 @@ pub async fn run(
             None
         };
         let mut drop = describe(&packet, &dir, &name_of);
-        if drop.is_none()
-            || packet
-                .port_index
-                .is_some_and(|i| !interfaces.contains_key(&i))
+        let unknown = packet
+            .port_index
+            .is_some_and(|i| !interfaces.contains_key(&i));
+        if (drop.is_none() || unknown)
+            && interfaces_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         {
-            // An interface not seen yet: read the kernel's list once, then again.
+            // An interface not seen yet: read the kernel's list again (once a second at
+            // most, whatever arrives).
             interfaces = interface_names();
+            interfaces_read = Some(Instant::now());
             drop = describe(&packet, &dir, &|i| interfaces.get(&i).cloned());
         }
         let Some(drop) = drop else {
@@ -489,8 +494,12 @@ pub struct DropLog {
     events: Option<mpsc::Sender<LogEvent>>,
     /// The group being read, and the flag that keeps its watch wanted.
     watching: Option<(u16, Arc<AtomicBool>)>,
+    /// The group last stopped, and when: its reader lets go of it within a second.
+    stopped: Option<(u16, Instant)>,
     /// Why the group cannot be read.
     pub error: Option<String>,
+    /// Why the kernel refused rules that log (they are left out until a reload).
+    pub rules_refused: Option<String>,
 }
 
 /// Reports queued between the reader and the naming task at most; beyond, they are lost
@@ -505,7 +514,9 @@ impl Default for DropLog {
             notices: broadcast::channel(256).0,
             events: None,
             watching: None,
+            stopped: None,
             error: None,
+            rules_refused: None,
         }
     }
 }
@@ -516,10 +527,21 @@ impl DropLog {
         self.watching.as_ref().map(|(g, _)| *g)
     }
 
-    /// Ends the current watch (its thread stops within a second).
+    /// Ends the current watch (its thread stops, and unbinds the group, within a
+    /// second).
     pub fn stop(&mut self) {
-        if let Some((_, wanted)) = self.watching.take() {
+        if let Some((group, wanted)) = self.watching.take() {
             wanted.store(false, Ordering::Relaxed);
+            self.stopped = Some((group, Instant::now()));
+        }
+    }
+
+    /// How long to wait before binding `group` again: the reader stopped last may still
+    /// hold it.
+    pub fn rebind_delay(&self, group: u16) -> Duration {
+        match self.stopped {
+            Some((g, at)) if g == group => Duration::from_millis(1500).saturating_sub(at.elapsed()),
+            _ => Duration::ZERO,
         }
     }
 

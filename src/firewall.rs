@@ -175,6 +175,9 @@ pub struct FakeKernel {
     pub counters: Counters,
     /// When set, the next apply is refused with this reason (and the kernel unchanged).
     pub refuse_next_apply: Option<String>,
+    /// When set, every apply with a rule that logs is refused, as by a kernel without
+    /// nfnetlink_log.
+    pub refuse_log_rules: bool,
     /// Whether bridges report stateful filtering.
     pub stateful: bool,
     /// The bridges' ports `bridge_ports` answers with.
@@ -224,6 +227,19 @@ impl Firewall for Fake {
         let mut kernel = self.kernel();
         if let Some(reason) = kernel.refuse_next_apply.take() {
             return Err(refused("the batch", reason));
+        }
+        if kernel.refuse_log_rules
+            && let Some(rule) = desired
+                .tables
+                .iter()
+                .flat_map(|t| &t.chains)
+                .flat_map(|c| &c.rules)
+                .find(|r| r.log.is_some())
+        {
+            return Err(refused(
+                &format!("rule \"{rule}\" in chain deny"),
+                "No such file or directory".into(),
+            ));
         }
         // As the kernel would: an element batch against tables that no longer hold what
         // was committed fails, and the real firewall falls back to a full one.

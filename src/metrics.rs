@@ -140,7 +140,7 @@ pub fn render(
     f.header(
         "trafficjam_dropped_packets_total",
         "counter",
-        "Packets dropped (in audit mode: that would have been) per network and reason; reason=\"spoofed\" counts forged frames.",
+        "Packets dropped (in audit mode: that would have been, see trafficjam_network_info) per network and reason; reason=\"spoofed\" counts forged frames.",
     );
     if let Some((ruleset, counters)) = counters {
         for n in &ruleset.networks {
@@ -148,11 +148,7 @@ pub fn render(
                 if n.deny_chains.iter().any(|(r, _)| *r == reason) {
                     f.sample(
                         "trafficjam_dropped_packets_total",
-                        &[
-                            ("network", &n.name),
-                            ("reason", reason.name()),
-                            ("mode", n.mode.name()),
-                        ],
+                        &[("network", &n.name), ("reason", reason.name())],
                         ruleset.dropped_for(&n.name, reason, counters),
                     );
                 }
@@ -304,14 +300,29 @@ mod tests {
             &applies,
         );
         assert!(text.contains(
-            "trafficjam_dropped_packets_total{network=\"web\",reason=\"isolation\",mode=\"audit\"} 7\n"
+            "trafficjam_dropped_packets_total{network=\"web\",reason=\"isolation\"} 7\n"
         ));
-        assert!(text.contains(
-            "trafficjam_dropped_packets_total{network=\"web\",reason=\"spoofed\",mode=\"audit\"} 2\n"
-        ));
+        assert!(
+            text.contains(
+                "trafficjam_dropped_packets_total{network=\"web\",reason=\"spoofed\"} 2\n"
+            )
+        );
         assert!(text.contains("trafficjam_state{state=\"active\"} 1\n"));
         assert!(text.contains("network=\"web\\\"x\""));
         assert!(text.contains("trafficjam_apply_duration_seconds_sum{kind=\"full\"} 0.25\n"));
+        // Each family's samples are contiguous, right after its HELP and TYPE.
+        let mut families: Vec<&str> = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = name
+                .strip_suffix("_sum")
+                .or_else(|| name.strip_suffix("_count"))
+                .unwrap_or(name);
+            if families.last() != Some(&family) {
+                assert!(!families.contains(&family), "{family} is split:\n{text}");
+                families.push(family);
+            }
+        }
         // Every sample's name belongs to a family declared above it.
         let mut declared = Vec::new();
         for line in text.lines() {

@@ -125,6 +125,7 @@ pub mod names {
             PortCheck::Advert => "port_na",
             PortCheck::Arp => "port_arp",
             PortCheck::Claims => "claims",
+            PortCheck::Dispatch => "portsec",
         };
         format!("{prefix}_{network}")
     }
@@ -159,10 +160,12 @@ pub mod names {
         Arp,
         /// Frames from every other port: no claim on a known identity.
         Claims,
+        /// An audited network's dispatch (see `bridge_table`).
+        Dispatch,
     }
 
     impl PortCheck {
-        pub const ALL: [PortCheck; 7] = [
+        pub const ALL: [PortCheck; 8] = [
             PortCheck::Mac,
             PortCheck::Source,
             PortCheck::Ipv4,
@@ -170,6 +173,7 @@ pub mod names {
             PortCheck::Advert,
             PortCheck::Arp,
             PortCheck::Claims,
+            PortCheck::Dispatch,
         ];
     }
 
@@ -1377,7 +1381,8 @@ fn denies(net: &ManagedNetwork, family: Family, reason: Reason) -> bool {
 }
 
 /// The chain every drop of `reason` goes to (by `goto`, so that in audit mode its
-/// `return` resumes after the jump into the network's chains, i.e. lets the packet be):
+/// `return` resumes after the `jump` into the network's chains, i.e. lets the packet be;
+/// every path here has such a jump, port security's in audit mode included):
 /// reports the packet to NFLOG (rate-limited, in a rule of its own: a packet over the
 /// limit is still dropped), then counts it and drops it.
 fn deny_chain(net: &ManagedNetwork, reason: Reason) -> Chain {
@@ -1798,7 +1803,25 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut chains = Vec::new();
     for net in networks {
         let ps = port_security(net);
-        prerouting.rules.extend(ps.dispatch);
+        match net.mode {
+            // The dispatch `goto`s a port's chains: nothing is on the jump stack, and a
+            // drop ends the packet.
+            Mode::Enforce => prerouting.rules.extend(ps.dispatch),
+            // Audited, the deny chain `return`s: behind a `jump`, that resumes
+            // `prerouting`, so the other networks' claims still judge the frame (a
+            // `return` with an empty stack would take the base chain's policy, accept).
+            Mode::Audit => {
+                let name = names::port_chain(names::PortCheck::Dispatch, &net.name);
+                prerouting
+                    .rules
+                    .push(Rule::new(vec![], Verdict::Jump(name.clone())));
+                chains.push(Chain {
+                    name,
+                    base: None,
+                    rules: ps.dispatch,
+                });
+            }
+        }
         claims.push(ps.claims);
         sets.extend(ps.sets);
         chains.extend(ps.chains);
@@ -2507,6 +2530,9 @@ mod tests {
         );
         // Every drop of port security goes to the network's spoofed deny chain.
         for role in names::PortCheck::ALL {
+            if role == names::PortCheck::Dispatch {
+                continue;
+            }
             for rule in &chain(&rs, Family::Bridge, &names::port_chain(role, "public")).rules {
                 assert!(!rule.counter && rule.verdict != Verdict::Drop, "{rule}");
             }
@@ -2516,6 +2542,53 @@ mod tests {
             rule_texts(chain(&rs, Family::Bridge, &spoofed)),
             ["counter drop"]
         );
+    }
+
+    /// Audited, a network's deny chains `return`: each must be reached under a `jump`, or
+    /// the `return` would take the base chain's policy (accept) and skip the claims of
+    /// every other network. Enforced, the dispatch stays `goto`s in `prerouting`.
+    #[test]
+    fn an_audited_networks_port_checks_sit_behind_a_jump() {
+        let mut audited = public();
+        audited.mode = Mode::Audit;
+        audited.ports = vec![Port {
+            name: "veth-a".into(),
+            mac: [2, 0, 0, 0, 0, 3],
+            addrs: vec!["172.20.0.3".parse().unwrap()],
+        }];
+        let mut enforced = net("zeta", "br-zeta", &["10.9.0.0/24"], &[]);
+        enforced.ports = vec![Port {
+            name: "veth-z".into(),
+            mac: [2, 0, 0, 0, 0, 9],
+            addrs: vec!["10.9.0.3".parse().unwrap()],
+        }];
+        let rs = plan(DEFAULT_TABLE, &[audited, enforced]).unwrap();
+        let pre = rule_texts(chain(&rs, Family::Bridge, "prerouting"));
+        assert_eq!(pre[0], "jump portsec_public", "{pre:?}");
+        assert!(pre[1].ends_with("goto port_src_zeta"), "{pre:?}");
+        assert!(pre.iter().any(|r| r == "jump claims_zeta"), "{pre:?}");
+        let dispatch = rule_texts(chain(&rs, Family::Bridge, "portsec_public"));
+        assert!(
+            dispatch[0].ends_with("goto port_src_public"),
+            "{dispatch:?}"
+        );
+        assert_eq!(
+            rule_texts(chain(&rs, Family::Bridge, "deny_spoofed_public")),
+            ["counter return"]
+        );
+        // Every other audited path into a deny chain is a jump from a base chain.
+        for (family, base, to) in [
+            (Family::Inet, "forward", "jump fwd_public"),
+            (Family::Inet, "input", "jump host_public"),
+            (Family::Bridge, "forward", "jump iso_public"),
+        ] {
+            assert!(
+                rule_texts(chain(&rs, family, base))
+                    .iter()
+                    .any(|r| r.ends_with(to)),
+                "{base}"
+            );
+        }
     }
 
     #[test]

@@ -1617,10 +1617,11 @@ fn blocked_attempts_are_logged_by_name_and_floods_are_summarised() {
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
     let ip_b = lab.ip4(&b, &net);
 
-    // The attempt runs while the log is watched.
+    // The attempt runs while the log is watched, long enough for the kernel to send its
+    // SYN three times (at 0, 1 and 3 s).
     let attempt = std::thread::spawn({
         let (a, ip_b) = (a.clone(), ip_b.clone());
-        move || connect_from(&a, &ip_b, 8080, Duration::from_secs(1))
+        move || connect_from(&a, &ip_b, 8080, Duration::from_millis(3500))
     });
     let needles = [
         format!("dropped tcp/8080 from {a} ("),
@@ -1633,9 +1634,16 @@ fn blocked_attempts_are_logged_by_name_and_floods_are_summarised() {
         "dport=8080".to_owned(),
     ];
     let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    let dropped_before = lab.dropped();
     let (line, seen) = await_line(&lab, &needles, Duration::from_secs(5));
     let (started, connected) = attempt.join().unwrap();
     assert!(!connected, "a reached b");
+    assert!(
+        lab.dropped() >= dropped_before + 2,
+        "the SYN was not sent again: {} then {}",
+        dropped_before,
+        lab.dropped()
+    );
     let latency = seen.duration_since(started);
     eprintln!("blocked attempt logged {latency:?} after the SYN: {line}");
     assert!(
@@ -1643,7 +1651,6 @@ fn blocked_attempts_are_logged_by_name_and_floods_are_summarised() {
         "logged {latency:?} after the attempt: {line}"
     );
     // Its retransmissions are the same attempt: one line.
-    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lab.log_lines(&needles).len(), 1, "{}", lab.log_text());
 
     // A flood: every packet dropped, the lines bounded, the daemon's CPU too.

@@ -1530,6 +1530,27 @@ fn a_flood_is_dropped_whole_and_reported_at_a_bounded_rate() {
     }
 }
 
+/// Only one socket may read an NFLOG group: a second reader is refused, and the error
+/// tells the operator what to do.
+#[test]
+fn a_log_group_another_program_reads_is_refused_with_a_hint() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let p = PublicLab::new(true);
+    let _first = read_drop_log(&p.lab, LOG_GROUP);
+    let err = p.lab.host.enter(|| {
+        Netlink::default()
+            .watch_drops(LOG_GROUP, Box::new(|_| true))
+            .expect_err("a second reader of the group")
+    });
+    assert!(
+        err.to_string()
+            .contains("choose another [daemon] log_group"),
+        "{err}"
+    );
+}
+
 /// Without a log group (`log_drops = false`) nothing is reported, and drops are counted.
 #[test]
 fn without_a_log_group_nothing_is_reported() {

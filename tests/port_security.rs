@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use trafficjam::firewall::Firewall;
 use trafficjam::nft::{BridgeNetfilter, Netlink, bridge_ports};
-use trafficjam::plan::{DEFAULT_TABLE, Mac, ManagedNetwork, Port, Ruleset, mac_text, plan};
+use trafficjam::plan::{DEFAULT_TABLE, Mac, ManagedNetwork, Mode, Port, Ruleset, mac_text, plan};
 
 const TABLE: &str = DEFAULT_TABLE;
 const BRIDGE: &str = "br-ps";
@@ -657,4 +657,92 @@ fn dhcp_server_messages_do_not_leave_the_port() {
     n.apply(n.managed(true, &[]));
     let (got, _) = received(&n);
     assert_eq!(got, 0, "a DHCP server message reached b1");
+}
+
+/// Audit mode on one network lets its own forged frames pass, but never past another,
+/// enforced network's claims: a container of the audited network that routes a datagram
+/// to the other network under one of that network's addresses is dropped, while the same
+/// datagram under its own address arrives (the positive control: routing works).
+#[test]
+fn an_audited_network_cannot_forge_an_enforced_networks_identity() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let mut n = Network::new(true);
+    n.lab.bridge("br-ps2", &["10.21.0.1/24"]);
+    for (name, a) in [("v1", "10.21.0.3/24"), ("v2", "10.21.0.4/24")] {
+        n.lab.container(name, "br-ps2", &[a], &["10.21.0.1"]);
+    }
+    let v2 = Listeners::start(&n.lab.get("v2").ns);
+    let found = n
+        .lab
+        .host
+        .enter(|| bridge_ports(&["br-ps2".to_owned()].into()).expect("bridge ports"));
+    let mut other = ManagedNetwork {
+        name: "other".into(),
+        bridge: "br-ps2".into(),
+        subnets: vec!["10.21.0.0/24".parse().unwrap()],
+        gateway_mac: found["br-ps2"].mac,
+        gateways: vec!["10.21.0.1".parse().unwrap()],
+        ..ManagedNetwork::default()
+    };
+    for name in ["v1", "v2"] {
+        let mac = link_mac(&n.lab.get(name).ns, "eth0");
+        let link = found["br-ps2"]
+            .ports
+            .iter()
+            .find(|p| p.peer_mac == mac)
+            .unwrap();
+        other.ports.push(Port {
+            name: link.name.clone(),
+            mac,
+            addrs: n.lab.get(name).addrs.clone(),
+        });
+    }
+    let send_as = |src: &str| {
+        n.attack(
+            "attacker",
+            &[
+                "udp",
+                "--src-mac",
+                &mac_text(&n.mac("attacker")),
+                "--src-ip",
+                src,
+                "--dst-ip",
+                "10.21.0.4",
+                "--dst-mac",
+                &mac_text(&n.gateway_mac()),
+                "--dport",
+                &UDP_PORT.to_string(),
+                "--count",
+                "5",
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let from = |ip: &str| v2.udp_count_from(ip.parse().unwrap());
+    for mode in [Mode::Enforce, Mode::Audit] {
+        let mut ps = n.managed(true, &["v1", "v2"]);
+        ps.mode = mode;
+        let rs = plan(TABLE, &[ps, other.clone()]).expect("plan");
+        let applied = rs.clone();
+        n.lab.host.enter(move || {
+            Netlink::new(BridgeNetfilter::Leave)
+                .apply(None, &applied)
+                .unwrap_or_else(|e| panic!("apply: {e}\n{applied}"))
+        });
+        let own = n.addr("attacker", false).to_string();
+        let before = from(&own);
+        send_as(&own);
+        assert!(
+            from(&own) > before,
+            "{mode:?}: routed datagrams never arrived\n{rs}"
+        );
+        send_as("10.21.0.3");
+        assert_eq!(
+            from("10.21.0.3"),
+            0,
+            "{mode:?}: a datagram forged as the other network's v1 was delivered\n{rs}"
+        );
+    }
 }

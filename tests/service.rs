@@ -681,11 +681,7 @@ fn watch_and_metrics_under_the_shipped_policy() {
     assert!(
         value(
             "trafficjam_dropped_packets_total",
-            &[
-                ("network", &net),
-                ("reason", "isolation"),
-                ("mode", "enforce")
-            ]
+            &[("network", &net), ("reason", "isolation")]
         ) >= 1.0,
         "{metrics}"
     );
@@ -694,6 +690,13 @@ fn watch_and_metrics_under_the_shipped_policy() {
         1.0
     );
     assert_eq!(value("trafficjam_state", &[("state", "active")]), 1.0);
+    assert_eq!(
+        value(
+            "trafficjam_network_info",
+            &[("network", &net), ("mode", "enforce")]
+        ),
+        1.0
+    );
     assert_eq!(value("trafficjam_drop_log_enabled", &[]), 1.0);
     assert!(
         value("trafficjam_drop_log_lines_total", &[]) >= 1.0,

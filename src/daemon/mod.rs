@@ -315,7 +315,12 @@ impl Daemon {
             drop_log: DropLogStatus {
                 enabled: self.config.daemon.log_drops,
                 group: self.config.daemon.log_group,
-                error: self.drop_log.error.clone(),
+                error: self
+                    .drop_log
+                    .rules_refused
+                    .as_ref()
+                    .map(|e| format!("the kernel refused rules that log ({e})"))
+                    .or_else(|| self.drop_log.error.clone()),
             },
         }
     }
@@ -359,6 +364,22 @@ impl Daemon {
         )
     }
 
+    /// The NFLOG group the rules report to: the configuration's, unless the kernel
+    /// refused rules that log.
+    fn log_group(&self) -> Option<u16> {
+        self.config
+            .daemon
+            .drop_log_group()
+            .filter(|_| self.drop_log.rules_refused.is_none())
+    }
+
+    fn refuse_log_rules(&mut self, e: &NftError) {
+        error!(
+            "the kernel refused the ruleset with its drop-log rules ({e}); enforcing without them: drops are counted, not logged (is nfnetlink_log available?)"
+        );
+        self.drop_log.rules_refused = Some(e.to_string());
+    }
+
     /// Reads the NFLOG group our deny chains report to (when the configuration logs
     /// drops), or stops reading it. Failing to is no reason to stop enforcing: drops are
     /// still dropped and counted; the status says why they are not logged.
@@ -372,6 +393,10 @@ impl Daemon {
         let Some(group) = wanted else {
             return;
         };
+        let delay = self.drop_log.rebind_delay(group);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let report = self.drop_log.report(group);
         match self
             .firewall
@@ -549,9 +574,9 @@ impl Daemon {
         if saved.table != table || saved.networks.is_empty() {
             return;
         }
-        let log_group = self.config.daemon.drop_log_group();
-        let closed: Vec<_> = saved.networks.iter().map(|n| n.closed(log_group)).collect();
-        let ruleset = match plan::plan(&table, &closed) {
+        let closed =
+            |log_group| -> Vec<_> { saved.networks.iter().map(|n| n.closed(log_group)).collect() };
+        let ruleset = match plan::plan(&table, &closed(self.log_group())) {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 warn!("cannot plan the saved networks ({e})");
@@ -571,11 +596,25 @@ impl Daemon {
             Err(e) => warn!("cannot tell whether our tables are in the kernel ({e}); restoring"),
         }
         let desired = ruleset.clone();
-        match self.firewall.call(move |fw| fw.apply(None, &desired)).await {
+        let mut applied = self.firewall.call(move |fw| fw.apply(None, &desired)).await;
+        let mut ruleset = ruleset;
+        if let Err(e) = &applied
+            && e.refused_a_log_rule()
+            && self.log_group().is_some()
+            && let Ok(silent) = plan::plan(&table, &closed(None))
+        {
+            // Isolation first: a kernel that cannot log still drops.
+            self.refuse_log_rules(e);
+            ruleset = Arc::new(silent);
+            self.enforced = Some(ruleset.clone());
+            let desired = ruleset.clone();
+            applied = self.firewall.call(move |fw| fw.apply(None, &desired)).await;
+        }
+        match applied {
             Ok(_) => {
                 info!(
                     "isolated the {} network(s) of the last run from the state directory, nobody whitelisted until Docker answers",
-                    closed.len()
+                    saved.networks.len()
                 );
                 self.committed = Some(ruleset);
                 self.settle();
@@ -830,6 +869,8 @@ impl Daemon {
         }
         info!(files = self.config.files.len(), "configuration reloaded");
         self.log_config_warnings();
+        // Log rules are tried again.
+        self.drop_log.rules_refused = None;
         self.watch_drops().await;
         // Whatever the kernel holds, the next apply replaces our tables whole.
         self.committed = None;
@@ -973,9 +1014,10 @@ impl Daemon {
             self.check_drift().await;
         }
         self.read_ports(&snapshot).await;
+        let log_group = self.log_group();
         let reconciled = match reconcile(
             &self.config.daemon.table,
-            self.config.daemon.drop_log_group(),
+            log_group,
             &snapshot,
             &self.ports,
             self.committed.as_deref(),
@@ -1021,6 +1063,13 @@ impl Daemon {
                     self.committed = Some(desired.clone());
                     self.enforced = Some(desired);
                     Some(report)
+                }
+                Err(e) if log_group.is_some() && e.refused_a_log_rule() => {
+                    // Isolation first: a kernel that cannot log (no nfnetlink_log) refuses
+                    // every rule that does; the same ruleset without them is tried.
+                    self.refuse_log_rules(&e);
+                    return Box::pin(self.apply_snapshot(snapshot, resync, started, event_time))
+                        .await;
                 }
                 Err(e) => {
                     error!(
@@ -1221,6 +1270,36 @@ mod tests {
         // The next pass tries again, against what is still committed: elements only.
         pass(&mut d, snapshot(Some("10.1.0.3")), false).await;
         assert_eq!(d.condition, Condition::Active);
+        assert_eq!(fake.kernel().applies.last(), Some(&BatchKind::Elements));
+    }
+
+    #[tokio::test]
+    async fn a_kernel_that_cannot_log_still_gets_the_isolation_without_log_rules() {
+        let fake = Fake::new();
+        fake.kernel().refuse_log_rules = true;
+        let mut d = daemon(&fake);
+        pass(&mut d, snapshot(Some("10.1.0.2")), true).await;
+        assert_eq!(d.condition, Condition::Active);
+        let installed = fake.kernel().installed.clone().expect("isolated");
+        assert!(!installed.to_string().contains("log prefix"), "{installed}");
+        assert!(
+            installed.to_string().contains("counter drop"),
+            "{installed}"
+        );
+        let status = d.build_status();
+        assert!(
+            status
+                .drop_log
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("refused rules that log")),
+            "{:?}",
+            status.drop_log
+        );
+        // Later passes do not try the log rules again (until a reload).
+        let applies = fake.kernel().applies.len();
+        pass(&mut d, snapshot(Some("10.1.0.3")), false).await;
+        assert_eq!(fake.kernel().applies.len(), applies + 1);
         assert_eq!(fake.kernel().applies.last(), Some(&BatchKind::Elements));
     }
 

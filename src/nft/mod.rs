@@ -84,6 +84,14 @@ pub enum NftError {
     WorkerStopped,
 }
 
+impl NftError {
+    /// Whether the kernel refused a rule that logs (NFLOG): a kernel without
+    /// nfnetlink_log refuses every one, and nothing else.
+    pub fn refused_a_log_rule(&self) -> bool {
+        matches!(self, NftError::Refused { what, .. } if what.starts_with("rule ") && what.contains(" log prefix "))
+    }
+}
+
 /// The real firewall: our tables in the calling thread's network namespace, over netlink.
 #[derive(Debug, Clone, Copy)]
 pub struct Netlink {
@@ -200,18 +208,22 @@ impl Firewall for Netlink {
     fn watch_drops(&mut self, group: u16, mut report: DropReport) -> Result<(), NftError> {
         // Bound here, in the caller's namespace, so that a group taken by another program
         // is an error the caller sees.
-        let mut sock = nflog::subscribe(group)?;
+        let mut sock = Some(nflog::subscribe(group)?);
         std::thread::Builder::new()
             .name("nflog".into())
             .spawn(move || {
                 loop {
-                    match nflog::watch(&sock, &mut report) {
-                        Ok(()) => return,
-                        Err(e) => warn!("reading the drop log failed ({e}); binding again"),
+                    if let Some(s) = &sock {
+                        match nflog::watch(s, &mut report) {
+                            Ok(()) => return,
+                            Err(e) => warn!("reading the drop log failed ({e}); binding again"),
+                        }
                     }
+                    // The group is bound to the old socket until it is closed.
+                    sock = None;
                     std::thread::sleep(std::time::Duration::from_secs(1));
                     match nflog::subscribe(group) {
-                        Ok(s) => sock = s,
+                        Ok(s) => sock = Some(s),
                         Err(e) => warn!("cannot read NFLOG group {group} ({e})"),
                     }
                     if !report(LogEvent::Lost) {

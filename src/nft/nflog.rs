@@ -17,7 +17,7 @@ use nix::sys::time::TimeVal;
 use super::NftError;
 use super::dump::{attribute, string};
 use super::netlink::{netlink_socket, parse_answers, push_attr, read_acks, send_all};
-use crate::plan::{LOG_PREFIX_TAG, Mac, Reason};
+use crate::plan::{LOG_PREFIX_MAX, LOG_PREFIX_TAG, Mac, Reason};
 
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
@@ -165,7 +165,12 @@ pub fn parse_packet(body: &[u8]) -> Option<LoggedPacket> {
         return None;
     }
     let reason = words.next().and_then(Reason::parse);
-    let network = words.next().unwrap_or_default().to_owned();
+    // A prefix the kernel could not hold whole names a network cut short, which could be
+    // another network's full name: then the bridge alone says which network it is.
+    let network = match words.next() {
+        Some(name) if prefix.len() < LOG_PREFIX_MAX => name.to_owned(),
+        _ => String::new(),
+    };
     let be32 = |kind| {
         attribute(attrs, kind)
             .and_then(|v| <[u8; 4]>::try_from(v).ok())
@@ -197,7 +202,8 @@ pub enum LogEvent {
     Packet(LoggedPacket),
     /// The socket overflowed: some messages were lost.
     Lost,
-    /// Nothing arrived for a second (so that a watch no longer wanted can end).
+    /// A second without a report of ours (nothing arrived, or only other programs'
+    /// messages): lets a watch no longer wanted end.
     Idle,
 }
 
@@ -247,8 +253,9 @@ pub fn subscribe(group: u16) -> Result<OwnedFd, NftError> {
         })?;
         if errno != 0 {
             let source = io::Error::from_raw_os_error(errno);
-            let hint = if errno == libc::EBUSY {
-                " (another program, ulogd perhaps, reads that group: choose another [daemon] log_group)"
+            // The kernel answers EPERM when another socket has bound the group.
+            let hint = if errno == libc::EBUSY || errno == libc::EPERM {
+                " (is another program, ulogd perhaps, reading that group? choose another [daemon] log_group)"
             } else {
                 ""
             };
@@ -282,17 +289,23 @@ pub fn watch(sock: &OwnedFd, report: &mut impl FnMut(LogEvent) -> bool) -> Resul
             }
             Err(e) => return Err(NftError::Receive(e.into())),
         };
+        let mut ours = false;
         let stop = parse_answers(&buf[..n], &mut |answer| {
             if answer.kind != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
                 return None;
             }
             let packet = parse_packet(answer.body)?;
+            ours = true;
             (!report(LogEvent::Packet(packet))).then_some(Ok(()))
         });
         match stop {
             Some(Ok(())) => return Ok(()),
             Some(Err(e)) => return Err(e),
             None => {}
+        }
+        // Only other programs' messages: the watch is asked whether it is still wanted.
+        if !ours && !report(LogEvent::Idle) {
+            return Ok(());
         }
     }
 }
@@ -375,6 +388,18 @@ mod tests {
         assert_eq!((p.bridge_index, p.port_index), (Some(7), Some(9)));
         assert_eq!(p.source_mac, Some([2, 0x42, 10, 1, 0, 3]));
         assert_eq!(p.packet.destination_port, Some(8080));
+        // A prefix the kernel cut names no network: the bridge will.
+        let mut cut = vec![2, 0, 0x10, 0x68];
+        // What the kernel keeps of a long prefix: its first 127 bytes, and a NUL.
+        let mut long = format!("tj isolation {}", "n".repeat(200)).into_bytes();
+        long.truncate(LOG_PREFIX_MAX);
+        long.push(0);
+        push_attr(&mut cut, NFULA_PREFIX, &long);
+        let p = parse_packet(&cut).unwrap();
+        assert_eq!(
+            (p.reason, p.network.as_str()),
+            (Some(Reason::Isolation), "")
+        );
         // Another program's prefix is not ours.
         let mut other = vec![2, 0, 0x10, 0x68];
         push_attr(&mut other, NFULA_PREFIX, b"DROP \0");
