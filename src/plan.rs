@@ -1364,6 +1364,16 @@ fn neighbour_discovery() -> Rule {
     )
 }
 
+/// Multicast listener reports and dones (MLD, ICMPv6 131, 132, 143): every IPv6 interface
+/// sends them to `ff02::16`/`ff02::2` when it comes up. They open nothing in any container;
+/// dropped, they would fill the drop log with a line per container start.
+fn listener_reports() -> [Rule; 2] {
+    [
+        Rule::new(vec![Match::Icmpv6Types(131, 132)], Verdict::Return),
+        Rule::new(vec![Match::Icmpv6Types(143, 143)], Verdict::Return),
+    ]
+}
+
 /// Sends a forbidden packet to the network's deny chain for `reason`.
 fn deny(net: &ManagedNetwork, reason: Reason) -> Verdict {
     Verdict::Goto(names::deny_chain(reason, &net.name))
@@ -1441,6 +1451,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         )];
         fwd_rules.extend(whitelisted(net, Dir::Src));
         fwd_rules.push(neighbour_discovery());
+        fwd_rules.extend(listener_reports());
         if net.allow_rules {
             fwd_rules.extend(grant_rules(net, Dir::Src));
         }
@@ -1489,6 +1500,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 Rule::new(vec![Match::CtEstablishedRelated], Verdict::Return),
                 neighbour_discovery(),
             ];
+            rules.extend(listener_reports());
             if net.host_access == HostAccess::Whitelisted {
                 rules.extend(whitelisted(net, Dir::Src));
             }
@@ -2213,6 +2225,8 @@ mod tests {
                 "ip saddr @wl4_public return",
                 "ip6 saddr @wl6_public return",
                 "icmpv6 type 133-136 return",
+                "icmpv6 type 131-132 return",
+                "icmpv6 type 143 return",
                 "goto deny_isolation_public",
             ]
         );
@@ -2645,7 +2659,7 @@ mod tests {
         let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
         let fwd = rule_texts(chain(&rs, Family::Inet, "fwd_public"));
         assert_eq!(
-            fwd[4..],
+            fwd[6..],
             [
                 "ip saddr . ip daddr @allow4_public return",
                 "ip saddr . ip daddr . meta l4proto . th dport @svc4_public return",
@@ -2755,6 +2769,8 @@ mod tests {
             [
                 "ct state established,related return",
                 "icmpv6 type 133-136 return",
+                "icmpv6 type 131-132 return",
+                "icmpv6 type 143 return",
                 "ip saddr @wl4_public return",
                 "ip6 saddr @wl6_public return",
                 "tcp dport 8000-8100 return",
