@@ -73,7 +73,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print drops as the daemon logs them, by name, until interrupted (root only).
+    /// Print drops as the daemon logs them, by name, until interrupted.
     Watch {
         /// One JSON object per line, as the D-Bus `Dropped` signal carries it.
         #[arg(long)]

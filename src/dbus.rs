@@ -2,7 +2,7 @@
 //! `org.trafficjam1.Manager`. The methods are thin shims that send a message to the daemon
 //! loop and wait for its answer; mutations are for root only (checked here as well as by
 //! the bus policy); Status and Metrics are read-only. The `Dropped` signal carries each drop
-//! line (JSON) for `trafficjam watch`; the bus policy lets root alone receive it.
+//! line (JSON) for `trafficjam watch`, to anyone, as Status would tell.
 
 use tokio::sync::{mpsc, oneshot, watch};
 use zbus::message::Header;
