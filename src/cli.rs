@@ -192,14 +192,7 @@ fn status(json: bool) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Err(CallError::Unreachable(e)) => {
-            eprintln!("{NOT_RUNNING}: {e}");
-            ExitCode::FAILURE
-        }
-        Err(CallError::Refused(e)) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => call_failed(e),
     }
 }
 
@@ -209,15 +202,17 @@ fn metrics() -> ExitCode {
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(CallError::Unreachable(e)) => {
-            eprintln!("{NOT_RUNNING}: {e}");
-            ExitCode::FAILURE
-        }
-        Err(CallError::Refused(e)) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => call_failed(e),
     }
+}
+
+/// Says why a call to the daemon failed.
+fn call_failed(e: CallError) -> ExitCode {
+    match e {
+        CallError::Unreachable(e) => eprintln!("{NOT_RUNNING}: {e}"),
+        CallError::Refused(e) => eprintln!("{e}"),
+    }
+    ExitCode::FAILURE
 }
 
 /// `HH:MM:SS` (UTC) of now, for lines printed at a terminal.
@@ -261,14 +256,7 @@ fn watch(json: bool) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CallError::Unreachable(e)) => {
-            eprintln!("{NOT_RUNNING}: {e}");
-            ExitCode::FAILURE
-        }
-        Err(CallError::Refused(e)) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => call_failed(e),
     }
 }
 

@@ -1377,12 +1377,19 @@ fn reports(rx: &Receiver<Option<LoggedPacket>>, wait: Duration) -> Vec<LoggedPac
     got
 }
 
-fn logged_network(p: &PublicLab, mode: Mode) -> ManagedNetwork {
-    ManagedNetwork {
+/// The public lab isolated in `mode` with its drops reported to [`LOG_GROUP`], and a
+/// reader of the group.
+fn logged_lab(stateful: bool, mode: Mode) -> (PublicLab, Ruleset, Receiver<Option<LoggedPacket>>) {
+    let p = PublicLab::new(stateful);
+    let net = ManagedNetwork {
         mode,
         log_group: Some(LOG_GROUP),
         ..p.network(false)
-    }
+    };
+    let rs = plan(TABLE, &[net]).unwrap();
+    apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
+    let rx = read_drop_log(&p.lab, LOG_GROUP);
+    (p, rs, rx)
 }
 
 /// A blocked connection between two backends, and one to the host, are reported with
@@ -1394,10 +1401,7 @@ fn blocked_attempts_are_reported_with_reason_addresses_and_port() {
         return;
     }
     for stateful in [true, false] {
-        let p = PublicLab::new(stateful);
-        let rs = plan(TABLE, &[logged_network(&p, Mode::Enforce)]).unwrap();
-        apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
-        let rx = read_drop_log(&p.lab, LOG_GROUP);
+        let (p, rs, rx) = logged_lab(stateful, Mode::Enforce);
         let b1 = p.lab.get("b1");
         for to in p.addrs("b2") {
             assert!(!probe(&b1.ns, to, Proto::Tcp, Duration::from_millis(300)));
@@ -1452,10 +1456,7 @@ fn audit_mode_lets_traffic_through_and_reports_it() {
         return;
     }
     for stateful in [true, false] {
-        let p = PublicLab::new(stateful);
-        let rs = plan(TABLE, &[logged_network(&p, Mode::Audit)]).unwrap();
-        apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
-        let rx = read_drop_log(&p.lab, LOG_GROUP);
+        let (p, rs, rx) = logged_lab(stateful, Mode::Audit);
         let b1 = p.lab.get("b1");
         for to in p.addrs("b2") {
             for proto in ALL_PROTOS {
@@ -1493,10 +1494,7 @@ fn a_flood_is_dropped_whole_and_reported_at_a_bounded_rate() {
         return;
     }
     for stateful in [true, false] {
-        let p = PublicLab::new(stateful);
-        let rs = plan(TABLE, &[logged_network(&p, Mode::Enforce)]).unwrap();
-        apply(&p.lab, Kernel::new(BridgeNetfilter::Leave), &rs);
-        let rx = read_drop_log(&p.lab, LOG_GROUP);
+        let (p, rs, rx) = logged_lab(stateful, Mode::Enforce);
         let to = p.addrs("b2")[0];
         let from = p.addrs("b1")[0];
         const FLOOD: usize = 20_000;
