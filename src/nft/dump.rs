@@ -113,13 +113,22 @@ fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError
     req.extend_from_slice(&[nfproto(family), 0, 0, 0]); // family, NFNETLINK_V0, res_id
     req.extend_from_slice(attrs);
 
-    let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
-    set_receive_timeout(&sock)?;
-    send_all(&sock, &req)?;
-    let mut answers = Vec::new();
-    read_answers(&sock, |answer| collect_dump(&answer, &mut answers))?;
-    Ok(answers)
+    // A dump another process's commit interrupted is read again, as nft does.
+    for _ in 0..DUMP_TRIES {
+        let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
+        set_receive_timeout(&sock)?;
+        send_all(&sock, &req)?;
+        let mut answers = Vec::new();
+        match read_answers(&sock, |answer| collect_dump(&answer, &mut answers)) {
+            Err(NftError::DumpInterrupted) => continue,
+            result => return result.map(|()| answers),
+        }
+    }
+    Err(NftError::DumpInterrupted)
 }
+
+/// How many times a dump is read before giving up on a ruleset that keeps changing.
+const DUMP_TRIES: usize = 10;
 
 const NFGENMSG: usize = 4;
 
@@ -127,9 +136,9 @@ const NFGENMSG: usize = 4;
 /// an error, is the result.
 fn collect_dump(answer: &Answer<'_>, answers: &mut Vec<Vec<u8>>) -> Option<Result<(), NftError>> {
     match answer.kind as libc::c_int {
-        _ if answer.flags & libc::NLM_F_DUMP_INTR as u16 != 0 => Some(Err(NftError::Receive(
-            io::Error::other("the ruleset changed during the dump; read again"),
-        ))),
+        _ if answer.flags & libc::NLM_F_DUMP_INTR as u16 != 0 => {
+            Some(Err(NftError::DumpInterrupted))
+        }
         libc::NLMSG_DONE => Some(Ok(())),
         libc::NLMSG_ERROR => Some(match answer.errno() {
             Ok(0) => Ok(()),
@@ -345,7 +354,8 @@ mod tests {
             u16::from_ne_bytes([interrupted[6], interrupted[7]]) | libc::NLM_F_DUMP_INTR as u16;
         interrupted[6..8].copy_from_slice(&flags.to_ne_bytes());
         let (end, _) = collect(&[&interrupted]);
-        assert!(matches!(end, Some(Err(NftError::Receive(_)))));
+        // Told apart, so that `dump` reads it again.
+        assert!(matches!(end, Some(Err(NftError::DumpInterrupted))));
     }
 
     #[test]

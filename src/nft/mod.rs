@@ -82,6 +82,9 @@ pub enum NftError {
     NotOurs { family: &'static str, name: String },
     #[error("the firewall worker has stopped")]
     WorkerStopped,
+    /// Another process committed a change while a dump was being read.
+    #[error("the ruleset kept changing while it was read")]
+    DumpInterrupted,
 }
 
 impl NftError {
