@@ -1,7 +1,11 @@
-//! Capabilities: trafficjam needs CAP_NET_ADMIN (nftables, bridge attributes) and nothing
-//! else. At start it checks that CAP_NET_ADMIN is effective, then drops every other
-//! capability from every set it can, so that run as root by hand it ends up like under
-//! the unit: CAP_NET_ADMIN alone.
+//! Capabilities: trafficjam needs CAP_NET_ADMIN (nftables, bridge attributes). On a Swarm
+//! node it also needs CAP_SYS_ADMIN, to enter the overlay networks' namespaces (setns),
+//! and CAP_DAC_READ_SEARCH, to reach them under Docker's exec-root, which only root may
+//! search: the unit's swarm drop-in grants those two as ambient capabilities.
+//!
+//! At start it checks that CAP_NET_ADMIN is effective, then drops every other capability
+//! from every set it can, but for the Swarm pair when they are ambient (granted on
+//! purpose): run as root by hand it ends up like under the unit, CAP_NET_ADMIN alone.
 
 use caps::{CapSet, Capability, CapsHashSet};
 
@@ -16,32 +20,38 @@ pub enum CapsError {
     Change(#[from] caps::errors::CapsError),
 }
 
-/// Keeps CAP_NET_ADMIN only, in the effective, permitted, inheritable and ambient sets,
-/// and in the bounding set when allowed to change it (CAP_SETPCAP).
-pub fn keep_net_admin_only() -> Result<(), CapsError> {
+/// The capabilities an overlay network's namespace needs, on top of CAP_NET_ADMIN.
+pub const SWARM: [Capability; 2] = [Capability::CAP_SYS_ADMIN, Capability::CAP_DAC_READ_SEARCH];
+
+/// Keeps CAP_NET_ADMIN, and the [`SWARM`] capabilities that are ambient, in the effective,
+/// permitted, inheritable and ambient sets, and in the bounding set when allowed to
+/// change it (CAP_SETPCAP). Returns the capabilities kept.
+pub fn keep_needed_only() -> Result<CapsHashSet, CapsError> {
     if !caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN)? {
         return Err(CapsError::NoNetAdmin);
     }
-    let only = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
+    let ambient = caps::read(None, CapSet::Ambient)?;
+    let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN]);
+    keep.extend(SWARM.into_iter().filter(|c| ambient.contains(c)));
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
         for cap in caps::read(None, CapSet::Bounding)? {
-            if cap != Capability::CAP_NET_ADMIN {
+            if !keep.contains(&cap) {
                 caps::drop(None, CapSet::Bounding, cap)?;
             }
         }
     }
-    for cap in caps::read(None, CapSet::Ambient)? {
-        if cap != Capability::CAP_NET_ADMIN {
+    for cap in ambient {
+        if !keep.contains(&cap) {
             caps::drop(None, CapSet::Ambient, cap)?;
         }
     }
     // Only when something changes: under the unit the sets are right already, and its
     // system call filter refuses capset.
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        if caps::read(None, set)? != only {
-            caps::set(None, set, &only)?;
+        if caps::read(None, set)? != keep {
+            caps::set(None, set, &keep)?;
         }
     }
-    Ok(())
+    Ok(keep)
 }

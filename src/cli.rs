@@ -300,10 +300,22 @@ fn run(config_dir: &Path, state: StateDir) -> ExitCode {
     };
     logging::init(config.daemon.log_level.as_deref());
     // Before any thread exists: capabilities are per thread, and threads inherit them.
-    if let Err(e) = caps::keep_net_admin_only() {
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
-    }
+    let kept = match caps::keep_needed_only() {
+        Ok(kept) => kept,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let swarm = caps::SWARM.iter().all(|c| kept.contains(c));
+    tracing::info!(
+        "capabilities: CAP_NET_ADMIN{}",
+        if swarm {
+            ", CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH (overlay networks' namespaces)"
+        } else {
+            " only (overlay networks cannot be isolated: see the swarm drop-in)"
+        }
+    );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config_dir = %config_dir.display(),

@@ -6,12 +6,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::EventMessage;
 use bollard::query_parameters::{
-    EventsOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
+    EventsOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
+    ListNetworksOptions,
 };
 use futures_util::Stream;
 use ipnetwork::IpNetwork;
@@ -86,6 +88,23 @@ pub struct NetworkSnapshot {
     pub gateways: Vec<IpAddr>,
     pub policy: NetworkPolicy,
     pub source: PolicySource,
+    /// A Swarm overlay network: isolated in its own namespace on this node, not on a
+    /// bridge of the host (`bridge` is then empty).
+    pub overlay: Option<Overlay>,
+}
+
+/// Where a Swarm overlay network is on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Overlay {
+    /// Its namespace, `<exec-root>/netns/1-<first 10 of the id>`, the directory read from
+    /// a local container's sandbox (Docker's, not a guess); None while no local container
+    /// shows it (with no local container, the namespace does not exist either).
+    pub netns: Option<PathBuf>,
+}
+
+/// The namespace Docker gives the overlay network `id` in the directory of its sandboxes.
+pub fn overlay_netns(sandboxes: &Path, id: &str) -> PathBuf {
+    sandboxes.join(format!("1-{}", &id[..id.len().min(10)]))
 }
 
 /// The containers an allow rule chooses on one network.
@@ -221,6 +240,12 @@ pub struct DockerClient {
     pub host: String,
 }
 
+/// Where each Docker (by host) keeps its sandboxes' namespaces, once learned: kept across
+/// reconnections, because after a restart of Docker the containers it starts again bring
+/// their overlay namespaces back at once, before any of them runs to be asked.
+static SANDBOXES: std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 impl DockerClient {
     /// Connects to `host` (`unix://…` or `tcp://…`) and negotiates the API version, so that
     /// both Debian 12's Docker 20.10 (API 1.41) and current engines answer.
@@ -260,6 +285,8 @@ impl DockerClient {
             .await
             .map_err(Self::request_err("list networks"))?;
         let mut seen = BTreeSet::new();
+        // Where this Docker keeps its sandboxes' namespaces (found once per pass).
+        let mut sandboxes: Option<PathBuf> = None;
         for net in networks {
             let (Some(name), Some(id)) = (net.name.clone(), net.id.clone()) else {
                 continue;
@@ -279,16 +306,21 @@ impl DockerClient {
                         .push((name.clone(), format!("whitelist: {p}")));
                 }
             }
-            if net.driver.as_deref() != Some("bridge") {
-                snapshot.warnings.push((
-                    name.clone(),
-                    format!(
-                        "driver {:?} is not supported (only bridge networks): not isolated",
-                        net.driver.unwrap_or_default()
-                    ),
-                ));
-                continue;
-            }
+            let overlay = match net.driver.as_deref() {
+                Some("bridge") => false,
+                Some("overlay") => true,
+                other => {
+                    snapshot.warnings.push((
+                        name.clone(),
+                        format!(
+                            "driver {:?} is not supported (bridge and overlay networks only): \
+                             not isolated",
+                            other.unwrap_or_default()
+                        ),
+                    ));
+                    continue;
+                }
+            };
             // The list carries IPAM and options: no inspect needed.
             let ipam = net.ipam.and_then(|i| i.config).unwrap_or_default();
             let gateways = ipam
@@ -360,8 +392,34 @@ impl DockerClient {
                 snapshot.warnings.push((name.clone(), p));
             }
             let options = net.options.clone().unwrap_or_default();
+            let overlay = if overlay {
+                if sandboxes.is_none() {
+                    sandboxes = self.sandbox_directory().await;
+                }
+                Some(Overlay {
+                    netns: sandboxes
+                        .as_deref()
+                        .map(|dir| overlay_netns(dir, &id))
+                        .or_else(|| {
+                            // No running container to ask yet (a node's first): the kernel's
+                            // mount table, when it shows one namespace of that name.
+                            let name = overlay_netns(Path::new(""), &id);
+                            match crate::nft::mounts_named(&name.to_string_lossy()).as_slice() {
+                                [one] => Some(one.clone()),
+                                _ => None,
+                            }
+                        }),
+                })
+            } else {
+                None
+            };
             snapshot.networks.push(NetworkSnapshot {
-                bridge: bridge_name(&id, &options),
+                bridge: if overlay.is_some() {
+                    String::new()
+                } else {
+                    bridge_name(&id, &options)
+                },
+                overlay,
                 name,
                 id,
                 subnets,
@@ -498,6 +556,51 @@ impl DockerClient {
             .collect();
         endpoints.sort_by(|a, b| a.container_name.cmp(&b.container_name));
         Ok(endpoints)
+    }
+
+    /// The directory of Docker's sandbox namespaces (`<exec-root>/netns`: the exec-root is
+    /// Docker's to choose), read once from the sandbox of a running container. Never from
+    /// a starting one: Docker answers its inspect only once it runs, half a second later,
+    /// while the overlay namespace that container brings waits for our rules.
+    async fn sandbox_directory(&self) -> Option<PathBuf> {
+        if let Some(dir) = SANDBOXES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.host)
+        {
+            return Some(dir.clone());
+        }
+        let options = ListContainersOptions {
+            filters: Some(HashMap::from([(
+                "status".to_owned(),
+                vec!["running".to_owned()],
+            )])),
+            limit: Some(5),
+            ..Default::default()
+        };
+        for c in self.docker.list_containers(Some(options)).await.ok()? {
+            let Some(id) = c.id else { continue };
+            let inspect = self
+                .docker
+                .inspect_container(&id, None::<InspectContainerOptions>);
+            let Ok(Ok(container)) = tokio::time::timeout(Duration::from_millis(200), inspect).await
+            else {
+                continue;
+            };
+            if let Some(dir) = container
+                .network_settings
+                .and_then(|n| n.sandbox_key)
+                .filter(|key| !key.is_empty())
+                .and_then(|key| Path::new(&key).parent().map(Path::to_owned))
+            {
+                SANDBOXES
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(self.host.clone(), dir.clone());
+                return Some(dir);
+            }
+        }
+        None
     }
 
     pub fn events_since(
@@ -714,6 +817,7 @@ mod tests {
                     ]))
                 },
                 source: PolicySource::Labels,
+                overlay: None,
             }],
             ..Snapshot::default()
         };

@@ -111,6 +111,17 @@ pub trait Firewall: Send + 'static {
     /// to tables of ours, from a thread of the watch's own, until it returns false.
     fn watch(&mut self, report: ChangeReport) -> Result<(), NftError>;
 
+    /// Moves the calling thread (the worker) into the network namespace mounted at
+    /// `netns` (an overlay network's on this node): the calls that follow act there,
+    /// until `leave`. Fails when no namespace is mounted there (any more).
+    fn enter(&mut self, netns: &std::path::Path) -> Result<(), NftError>;
+
+    /// Back to the namespace the worker started in.
+    fn leave(&mut self);
+
+    /// In an overlay network's namespace: its bridge and the bridge's VXLAN port.
+    fn overlay_bridge(&mut self) -> Result<Option<(String, String)>, NftError>;
+
     /// Starts reading NFLOG `group`, where our deny chains report: `report` hears of
     /// every packet logged there, from a thread of the watch's own, until it returns
     /// false. Fails when the group cannot be bound (another program reads it).
@@ -138,6 +149,25 @@ impl Worker {
             })
             .expect("a thread for the firewall");
         Worker { jobs }
+    }
+
+    /// Runs `call` on the worker in the network namespace mounted at `netns` (the
+    /// worker's own when `None`), and waits for its result.
+    pub async fn call_in<T: Send + 'static>(
+        &self,
+        netns: Option<std::path::PathBuf>,
+        call: impl FnOnce(&mut dyn Firewall) -> Result<T, NftError> + Send + 'static,
+    ) -> Result<T, NftError> {
+        self.call(move |fw| match netns {
+            None => call(fw),
+            Some(path) => {
+                fw.enter(&path)?;
+                let result = call(fw);
+                fw.leave();
+                result
+            }
+        })
+        .await
     }
 
     /// Runs `call` on the worker and waits for its result without blocking the executor.
@@ -182,6 +212,20 @@ pub struct FakeKernel {
     pub stateful: bool,
     /// The bridges' ports `bridge_ports` answers with.
     pub ports: BTreeMap<String, BridgePorts>,
+    /// The namespaces that "exist", with their overlay bridge and its VXLAN port, and
+    /// what each holds: the simulated kernel of each overlay network's namespace.
+    pub namespaces: BTreeMap<std::path::PathBuf, FakeNamespace>,
+    /// The namespace the worker is in (None: its own).
+    pub entered: Option<std::path::PathBuf>,
+}
+
+/// An overlay network's namespace in the [`Fake`] kernel.
+#[derive(Debug, Clone, Default)]
+pub struct FakeNamespace {
+    pub bridge: (String, String),
+    pub ports: BTreeMap<String, BridgePorts>,
+    pub installed: Option<Ruleset>,
+    pub applies: Vec<BatchKind>,
 }
 
 impl std::fmt::Debug for FakeKernel {
@@ -334,6 +378,43 @@ impl Firewall for Fake {
     fn watch_drops(&mut self, group: u16, report: DropReport) -> Result<(), NftError> {
         self.kernel().watch_drops = Some((group, report));
         Ok(())
+    }
+
+    /// The namespace's tables, applies and ports take the place of the host's until
+    /// `leave`, so every other call acts on them unchanged.
+    fn enter(&mut self, netns: &std::path::Path) -> Result<(), NftError> {
+        let mut guard = self.kernel();
+        let kernel = &mut *guard;
+        let Some(ns) = kernel.namespaces.get_mut(netns) else {
+            return Err(crate::nft::NetnsError::Gone(netns.to_owned()).into());
+        };
+        std::mem::swap(&mut kernel.installed, &mut ns.installed);
+        std::mem::swap(&mut kernel.applies, &mut ns.applies);
+        std::mem::swap(&mut kernel.ports, &mut ns.ports);
+        kernel.entered = Some(netns.to_owned());
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        let mut guard = self.kernel();
+        let kernel = &mut *guard;
+        let Some(path) = kernel.entered.take() else {
+            return;
+        };
+        if let Some(ns) = kernel.namespaces.get_mut(&path) {
+            std::mem::swap(&mut kernel.installed, &mut ns.installed);
+            std::mem::swap(&mut kernel.applies, &mut ns.applies);
+            std::mem::swap(&mut kernel.ports, &mut ns.ports);
+        }
+    }
+
+    fn overlay_bridge(&mut self) -> Result<Option<(String, String)>, NftError> {
+        let kernel = self.kernel();
+        Ok(kernel
+            .entered
+            .as_ref()
+            .and_then(|p| kernel.namespaces.get(p))
+            .map(|ns| ns.bridge.clone()))
     }
 }
 

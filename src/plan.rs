@@ -115,6 +115,14 @@ pub mod names {
         }
     }
 
+    /// `inet`: the addresses of an overlay network's containers on this node.
+    pub fn local_set(network: &str, version: IpVersion) -> String {
+        match version {
+            IpVersion::V4 => format!("loc4_{network}"),
+            IpVersion::V6 => format!("loc6_{network}"),
+        }
+    }
+
     /// `bridge`: the port-security chains of one network, by role.
     pub fn port_chain(role: PortCheck, network: &str) -> String {
         let prefix = match role {
@@ -335,6 +343,11 @@ pub struct ManagedNetwork {
     pub mode: Mode,
     /// The NFLOG group drops are reported to (`None`: not reported).
     pub log_group: Option<u16>,
+    /// A Swarm overlay network, planned alone in its namespace on this node: the bridge's
+    /// port to the other nodes (the VXLAN device). What comes in there was judged by the
+    /// node it comes from; every other port is this node's to judge, and a port of no
+    /// known container may not speak at all.
+    pub remote_port: Option<String>,
 }
 
 /// What the containers of a network may open to the host itself.
@@ -580,6 +593,8 @@ pub enum Match {
     OifName(String),
     /// `oifname != "br-…"`
     OifNameNot(String),
+    /// `iifname != "vxlan0"`
+    IifNameNot(String),
     /// `tcp dport 8000-8100`: a protocol and a destination port range.
     DestPort(PortRange),
     /// `ct state established,related`
@@ -1207,6 +1222,27 @@ fn validate_network(net: &ManagedNetwork) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// An overlay network's containers on this node, by address (their ports' identities).
+fn local_sets(net: &ManagedNetwork) -> Vec<Set> {
+    [IpVersion::V4, IpVersion::V6]
+        .into_iter()
+        .map(|version| Set {
+            name: names::local_set(&net.name, version),
+            key: match version {
+                IpVersion::V4 => SetKey::Ipv4,
+                IpVersion::V6 => SetKey::Ipv6,
+            },
+            elements: net
+                .ports
+                .iter()
+                .flat_map(|p| p.addrs.iter().copied().chain([link_local(&p.mac)]))
+                .filter(|a| IpVersion::of(a) == version)
+                .map(Element::Ip)
+                .collect(),
+        })
+        .collect()
+}
+
 fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
     [IpVersion::V4, IpVersion::V6]
         .into_iter()
@@ -1438,13 +1474,31 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut chains = Vec::new();
     for net in networks {
         let fwd_name = names::forward_chain(&net.name);
-        forward.rules.push(Rule::new(
-            vec![
-                Match::IifName(net.bridge.clone()),
-                Match::OifName(net.bridge.clone()),
-            ],
-            Verdict::Jump(fwd_name.clone()),
-        ));
+        let between = vec![
+            Match::IifName(net.bridge.clone()),
+            Match::OifName(net.bridge.clone()),
+        ];
+        if net.remote_port.is_some() {
+            // An overlay: this node judges what its own containers send, towards any node
+            // (the inet hook cannot see the port a bridged packet came in by, so the
+            // source address tells; port security lets a port speak only as its own).
+            for version in [IpVersion::V4, IpVersion::V6] {
+                let mut matches = between.clone();
+                matches.push(Match::InSet(
+                    Dir::Src,
+                    version,
+                    names::local_set(&net.name, version),
+                ));
+                forward
+                    .rules
+                    .push(Rule::new(matches, Verdict::Jump(fwd_name.clone())));
+            }
+            sets.extend(local_sets(net));
+        } else {
+            forward
+                .rules
+                .push(Rule::new(between, Verdict::Jump(fwd_name.clone())));
+        }
         let mut fwd_rules = vec![Rule::new(
             vec![Match::CtEstablishedRelated],
             Verdict::Return,
@@ -1772,7 +1826,17 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                     Match::Icmpv6Types(136, 136),
                     lookup(&[Field::AdvertTarget], S::Advert),
                 ]),
-            ],
+            ]
+            .into_iter()
+            // Alone in its namespace, an overlay's bridge has the remote port and its
+            // containers' ports: one that is neither (a container Docker has not told us
+            // of yet) is silent, or it could pass for a container of another node.
+            .chain(
+                net.remote_port
+                    .iter()
+                    .map(|remote| drop_if(vec![Match::IifNameNot(remote.clone())])),
+            )
+            .collect(),
         },
     ];
     PortSecurity {
@@ -1855,7 +1919,15 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
                 }
             }
         }
-        let mut rules = whitelisted(net, Dir::Src);
+        let mut rules = Vec::new();
+        if let Some(remote) = &net.remote_port {
+            // Sent by a container of another node: judged there.
+            rules.push(Rule::new(
+                vec![Match::IifName(remote.clone())],
+                Verdict::Return,
+            ));
+        }
+        rules.extend(whitelisted(net, Dir::Src));
         rules.extend([
             neighbour_discovery(),
             // Without conntrack, a non-whitelisted source may still answer a whitelisted
@@ -1886,6 +1958,15 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             // Answers of an allowed destination, from the allowed port (never a SYN or a
             // ping: those were dropped above).
             rules.extend(grant_rules(net, Dir::Dst));
+        }
+        if let Some(remote) = &net.remote_port {
+            // Towards another node, past the SYN and ping drops: this node cannot tell
+            // statelessly whether the party there is whitelisted; conntrack judges in
+            // `fwd_N` (br_netfilter is turned on for the overlay's bridge).
+            rules.push(Rule::new(
+                vec![Match::OifName(remote.clone())],
+                Verdict::Return,
+            ));
         }
         rules.push(Rule::new(vec![], deny(net, Reason::Isolation)));
         chains.push(Chain {
@@ -2012,6 +2093,7 @@ impl fmt::Display for Match {
             Match::IifName(name) => write!(f, "iifname \"{name}\""),
             Match::OifName(name) => write!(f, "oifname \"{name}\""),
             Match::OifNameNot(name) => write!(f, "oifname != \"{name}\""),
+            Match::IifNameNot(name) => write!(f, "iifname != \"{name}\""),
             Match::DestPort(p) => {
                 let proto = p.protocol.name();
                 if p.first == p.last {

@@ -68,7 +68,15 @@ pub struct NetworkStatus {
     /// `enforce`, or `audit`: nothing is dropped, would-be drops are logged and counted.
     #[serde(default)]
     pub mode: String,
+    /// The bridge (for an overlay network, its bridge in its namespace on this node).
     pub bridge: String,
+    /// A Swarm overlay network's namespace on this node (empty while it has none here);
+    /// absent for bridge networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Why an overlay network is not isolated on this node now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_isolated: Option<String>,
     pub subnets: Vec<String>,
     /// Whether every container may open connections to the host.
     pub allow_host_traffic: bool,
@@ -255,7 +263,24 @@ impl Status {
                 Some(false) => "stateless backstop only (load br_netfilter)",
                 None => "unknown",
             };
-            out.push_str(&format!("  bridge: {} ({filtering})\n", n.bridge));
+            match &n.namespace {
+                None => out.push_str(&format!("  bridge: {} ({filtering})\n", n.bridge)),
+                Some(netns) => {
+                    out.push_str("  driver: overlay (Docker Swarm)\n");
+                    if !netns.is_empty() {
+                        out.push_str(&format!("  namespace: {netns}\n"));
+                        if !n.bridge.is_empty() {
+                            out.push_str(&format!(
+                                "  bridge: {} in that namespace ({filtering})\n",
+                                n.bridge
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(why) = &n.not_isolated {
+                out.push_str(&format!("  NOT ISOLATED on this node: {why}\n"));
+            }
             out.push_str(&format!("  subnets: {}\n", n.subnets.join(", ")));
             let host = match n.host_access.as_str() {
                 "open" => "allowed".to_owned(),
@@ -377,6 +402,8 @@ mod tests {
                 name: "web".into(),
                 mode: "enforce".into(),
                 bridge: "br-0123456789ab".into(),
+                namespace: None,
+                not_isolated: None,
                 subnets: vec!["172.20.0.0/16".into(), "fd00::/64".into()],
                 allow_host_traffic: false,
                 host_access: "closed".into(),
@@ -490,6 +517,7 @@ network: later
                 ..NetworkPolicy::whitelisting(selector("label=role=proxy"))
             },
             source: PolicySource::Labels,
+            overlay: None,
         };
         let rows = AllowStatus::of_network(&network);
         assert_eq!(

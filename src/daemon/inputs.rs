@@ -120,3 +120,51 @@ pub fn forward_signals(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Watches the kernel's mount table (a thread of its own, woken by the kernel on every
+/// change) for network namespaces mounted under a name Docker gives overlay networks'
+/// (`1-<id>`): reports each newly mounted one, the moment it is mounted, before Docker
+/// says anything about the container that brought it.
+pub(crate) fn watch_namespaces(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+
+    let mut table = std::fs::File::open("/proc/self/mountinfo")?;
+    let mut known = overlay_mounts(&mut table)?;
+    std::thread::Builder::new()
+        .name("namespaces".into())
+        .spawn(move || {
+            loop {
+                // The mount table signals a change with POLLERR|POLLPRI.
+                let mut fds = [PollFd::new(table.as_fd(), PollFlags::POLLPRI)];
+                if poll(&mut fds, PollTimeout::NONE).is_err() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let Ok(now) = overlay_mounts(&mut table) else {
+                    continue;
+                };
+                let new: Vec<std::path::PathBuf> = now.difference(&known).cloned().collect();
+                known = now;
+                if !new.is_empty() && tx.send(Msg::NamespacesMounted(new)).is_err() {
+                    return;
+                }
+            }
+        })?;
+
+    fn overlay_mounts(
+        table: &mut std::fs::File,
+    ) -> std::io::Result<std::collections::BTreeSet<std::path::PathBuf>> {
+        table.rewind()?;
+        let mut text = String::new();
+        table.read_to_string(&mut text)?;
+        Ok(crate::nft::nsfs_mounts(&text)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("1-"))
+            })
+            .collect())
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! batch is refused, the rules in the kernel stay as they are.
 
 mod inputs;
+mod overlay;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 pub use inputs::forward_signals;
-use inputs::{now_nanos, resync_timer, watch_docker, watchdog_timer};
+use inputs::{now_nanos, resync_timer, watch_docker, watch_namespaces, watchdog_timer};
 use reconcile::{bridges_to_set, reconcile};
 
 use crate::config::{Config, ConfigError, PolicySource};
@@ -72,6 +73,8 @@ pub enum Msg {
     Metrics(oneshot::Sender<String>),
     /// Another process changed the ruleset (nftables notifications).
     TablesChanged(TableChange),
+    /// Overlay networks' namespaces (`1-<id>`) were mounted (by Docker) at these paths.
+    NamespacesMounted(Vec<PathBuf>),
     /// Time to tell systemd's watchdog the loop is alive.
     Watchdog,
     Shutdown,
@@ -154,6 +157,13 @@ pub struct Daemon {
     drop_log: DropLog,
     /// Applies and errors so far, for the metrics.
     apply_stats: ApplyStats,
+    /// The overlay networks isolated in their namespaces on this node, by name.
+    overlays: BTreeMap<String, overlay::OverlayState>,
+    /// Overlay networks not isolated on this node, with why.
+    overlay_problems: BTreeMap<String, String>,
+    /// The last rules of each overlay namespace (path), with its network: restored the
+    /// moment Docker mounts that namespace again, before it reports anything.
+    overlay_memory: BTreeMap<PathBuf, (String, Arc<Ruleset>)>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -202,6 +212,9 @@ impl Daemon {
             config_error: None,
             drop_log: DropLog::default(),
             apply_stats: ApplyStats::default(),
+            overlays: BTreeMap::new(),
+            overlay_problems: BTreeMap::new(),
+            overlay_memory: BTreeMap::new(),
         }
     }
 
@@ -252,11 +265,13 @@ impl Daemon {
             Condition::Cleared => (State::Cleared, Some("cleared on request".to_owned())),
             Condition::Degraded(why) => (State::Degraded, Some(why.clone())),
         };
-        let stateful = |bridge: &str| {
-            self.bridges
+        let stateful = |network: &str, bridge: &str| match self.overlays.get(network) {
+            Some(o) => o.filtering.as_ref().map(|f| f.stateful),
+            None => self
+                .bridges
                 .iter()
                 .find(|b| b.bridge == bridge)
-                .map(|b| b.stateful)
+                .map(|b| b.stateful),
         };
         let networks = if self.condition == Condition::Cleared {
             Vec::new()
@@ -267,7 +282,16 @@ impl Daemon {
                 .map(|n| NetworkStatus {
                     name: n.name.clone(),
                     mode: n.policy.mode.name().into(),
-                    bridge: n.bridge.clone(),
+                    bridge: match self.overlays.get(&n.name) {
+                        Some(o) => o.bridge.0.clone(),
+                        None => n.bridge.clone(),
+                    },
+                    namespace: n.overlay.as_ref().map(|o| {
+                        o.netns
+                            .as_ref()
+                            .map_or_else(String::new, |p| p.display().to_string())
+                    }),
+                    not_isolated: self.overlay_problems.get(&n.name).cloned(),
                     subnets: n.subnets.iter().map(|s| s.to_string()).collect(),
                     allow_host_traffic: n.policy.host_access == HostAccess::Open,
                     host_access: n.policy.host_access.name().into(),
@@ -283,7 +307,7 @@ impl Daemon {
                         PolicySource::Labels => "labels".into(),
                         PolicySource::File(f) => f.display().to_string(),
                     },
-                    stateful: stateful(&n.bridge),
+                    stateful: stateful(&n.name, &n.bridge),
                     whitelisted: n
                         .whitelisted
                         .iter()
@@ -294,7 +318,9 @@ impl Daemon {
                         })
                         .collect(),
                     dropped_packets: 0,
-                    bound_ports: self.enforced.as_ref().map_or(0, |r| r.bound_ports(&n.name)),
+                    bound_ports: self.overlay_bound_ports(&n.name).unwrap_or_else(|| {
+                        self.enforced.as_ref().map_or(0, |r| r.bound_ports(&n.name))
+                    }),
                     spoofed_frames: 0,
                 })
                 .collect()
@@ -639,6 +665,11 @@ impl Daemon {
         self.announce_ready();
         self.watch_ruleset().await;
         self.watch_drops().await;
+        if let Err(e) = watch_namespaces(self.tx.clone()) {
+            warn!(
+                "cannot watch the mount table for overlay networks' namespaces ({e}): they are isolated when Docker reports their containers"
+            );
+        }
         self.start_watcher();
         self.start_resync_timer();
         let watchdog = notify::watchdog_period()
@@ -671,6 +702,9 @@ impl Daemon {
                 self.docker_lost_logged = false;
                 self.pass(true, None).await;
                 self.announce_ready();
+            }
+            Msg::NamespacesMounted(paths) => {
+                self.namespaces_mounted(paths).await;
             }
             Msg::DockerLost(reason) => {
                 self.docker = None;
@@ -885,7 +919,11 @@ impl Daemon {
 
     async fn clear(&mut self) -> Result<(), ControlError> {
         let table = self.config.daemon.table.clone();
-        match self.firewall.call(move |fw| fw.clear(&table)).await {
+        let cleared = match self.firewall.call(move |fw| fw.clear(&table)).await {
+            Ok(()) => self.clear_overlays().await,
+            Err(e) => Err(e),
+        };
+        match cleared {
             Ok(()) => {
                 self.condition = Condition::Cleared;
                 self.committed = None;
@@ -1096,6 +1134,7 @@ impl Daemon {
         if let Some(report) = report {
             self.log_apply(&report, &snapshot, started, event_time);
         }
+        self.apply_overlays(&snapshot, resync).await;
         self.drop_log
             .directory
             .send_replace(Arc::new(Directory::new(&snapshot, &reconciled.networks)));
@@ -1152,7 +1191,7 @@ impl Daemon {
             "ruleset applied ({:?}, {} messages, +{} -{} elements) in {elapsed_ms:.1} ms{latency}",
             report.kind, report.messages, report.added, report.removed
         );
-        for net in &snapshot.networks {
+        for net in snapshot.networks.iter().filter(|n| n.overlay.is_none()) {
             let names: Vec<&str> = net
                 .whitelisted
                 .iter()

@@ -72,6 +72,13 @@ pub fn reconcile(
     committed: Option<&Ruleset>,
 ) -> Result<Reconciled, PlanError> {
     let mut managed = docker::managed_networks(snapshot);
+    // Overlay networks have tables of their own, in their namespaces.
+    managed.retain(|m| {
+        snapshot
+            .networks
+            .iter()
+            .any(|n| n.name == m.name && n.overlay.is_none())
+    });
     for net in &mut managed {
         net.log_group = log_group;
     }
@@ -81,6 +88,45 @@ pub fn reconcile(
     let change = ruleset.change_from(committed);
     let committed_bridges = committed.map(Ruleset::bridges).unwrap_or_default();
     let bridges_changed = ruleset.bridges() != committed_bridges;
+    Ok(Reconciled {
+        ruleset,
+        networks,
+        rejected,
+        change,
+        bridges_changed,
+    })
+}
+
+/// Plans the overlay network `network` alone, for our table `table` in its namespace on
+/// this node, whose bridge `bridge` has the VXLAN port `remote_port` and the ports
+/// `ports` (as the kernel showed them there), against `committed` there.
+pub fn reconcile_overlay(
+    table: &str,
+    network: &docker::NetworkSnapshot,
+    (bridge, remote_port): (&str, &str),
+    ports: &BridgePorts,
+    committed: Option<&Ruleset>,
+) -> Result<Reconciled, PlanError> {
+    let alone = Snapshot {
+        networks: vec![docker::NetworkSnapshot {
+            bridge: bridge.to_owned(),
+            ..network.clone()
+        }],
+        ..Snapshot::default()
+    };
+    let mut managed = docker::managed_networks(&alone);
+    for net in &mut managed {
+        net.remote_port = Some(remote_port.to_owned());
+    }
+    attach_ports(
+        &mut managed,
+        &alone,
+        &BTreeMap::from([(bridge.to_owned(), ports.clone())]),
+    );
+    let (networks, rejected) = plan::retain_plannable(managed);
+    let ruleset = plan::plan(table, &networks)?;
+    let change = ruleset.change_from(committed);
+    let bridges_changed = committed.map(Ruleset::bridges) != Some(ruleset.bridges());
     Ok(Reconciled {
         ruleset,
         networks,
@@ -125,6 +171,7 @@ pub(crate) mod tests {
                 Filter::parse("name=proxy").unwrap(),
             ])),
             source: PolicySource::Labels,
+            overlay: None,
         }
     }
 

@@ -15,6 +15,7 @@ mod bridge;
 mod dump;
 mod monitor;
 mod netlink;
+mod netns;
 mod nflog;
 mod ports;
 mod raw;
@@ -37,10 +38,13 @@ pub use bridge::{BridgeNetfilter, bridge_filtering, set_nf_call};
 pub use dump::{
     InstalledRuleset, InstalledTable, OWNER_MARK, read_counters, read_installed, table_owners,
 };
+pub use netns::{Home, NetnsError, mounted, mounts_named, nsfs_mounts};
 pub use nflog::{
     ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, LogEvent, LoggedPacket, PacketHeaders,
 };
-pub use ports::{BridgePorts, PortLink, bridge_ports, subscribe_links, watch_links};
+pub use ports::{
+    BridgePorts, PortLink, bridge_ports, overlay_bridge, subscribe_links, watch_links,
+};
 use tracing::warn;
 
 use crate::firewall::{
@@ -82,6 +86,8 @@ pub enum NftError {
     NotOurs { family: &'static str, name: String },
     #[error("the firewall worker has stopped")]
     WorkerStopped,
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// Another process committed a change while a dump was being read.
     #[error("the ruleset kept changing while it was read")]
     DumpInterrupted,
@@ -96,9 +102,11 @@ impl NftError {
 }
 
 /// The real firewall: our tables in the calling thread's network namespace, over netlink.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Netlink {
     bridge_netfilter: BridgeNetfilter,
+    /// The namespace the worker started in, opened at the first `enter`.
+    home: Option<Home>,
 }
 
 impl Default for Netlink {
@@ -109,11 +117,32 @@ impl Default for Netlink {
 
 impl Netlink {
     pub fn new(bridge_netfilter: BridgeNetfilter) -> Self {
-        Netlink { bridge_netfilter }
+        Netlink {
+            bridge_netfilter,
+            home: None,
+        }
     }
 }
 
 impl Firewall for Netlink {
+    fn enter(&mut self, netns: &std::path::Path) -> Result<(), NftError> {
+        if self.home.is_none() {
+            self.home = Some(Home::here().map_err(NftError::Socket)?);
+        }
+        let home = self.home.as_ref().expect("opened above");
+        Ok(home.enter(netns)?)
+    }
+
+    fn leave(&mut self) {
+        if let Some(home) = &self.home {
+            home.leave();
+        }
+    }
+
+    fn overlay_bridge(&mut self) -> Result<Option<(String, String)>, NftError> {
+        overlay_bridge()
+    }
+
     fn apply(
         &mut self,
         committed: Option<&Ruleset>,
@@ -627,6 +656,10 @@ fn add_match(
         Match::Ipv6Fragment => return Err("exthdr is encoded by raw::new_rule".into()),
         Match::OifNameNot(name) => {
             rule.add_expr(Meta::new(MetaType::OifName));
+            rule.add_expr(Cmp::new(CmpOp::Neq, interface_name(name)));
+        }
+        Match::IifNameNot(name) => {
+            rule.add_expr(Meta::new(MetaType::IifName));
             rule.add_expr(Cmp::new(CmpOp::Neq, interface_name(name)));
         }
         Match::DestPort(ports) => {

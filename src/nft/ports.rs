@@ -182,6 +182,26 @@ fn find<'a>(links: &'a [Link], bridges: &BTreeSet<String>) -> BTreeMap<String, F
     found
 }
 
+/// In an overlay network's namespace (the calling thread's): the bridge with a VXLAN
+/// port, and that port (`br0`, `vxlan0` as Docker names them, read from the kernel).
+pub fn overlay_bridge() -> Result<Option<(String, String)>, NftError> {
+    let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
+    set_receive_timeout(&sock)?;
+    let links = Reader::new(sock).dump_links()?;
+    let mut pairs: Vec<(String, String)> = links
+        .iter()
+        .filter(|l| l.kind == Some(InfoKind::Vxlan))
+        .filter_map(|vxlan| {
+            let bridge = links
+                .iter()
+                .find(|b| Some(b.index) == vxlan.master && b.kind == Some(InfoKind::Bridge))?;
+            Some((bridge.name.clone(), vxlan.name.clone()))
+        })
+        .collect();
+    pairs.sort();
+    Ok(pairs.into_iter().next())
+}
+
 /// The ports of each of `bridges` (in the calling thread's network namespace) that are
 /// veths, with the address of each one's peer. A bridge that does not exist (or is not a
 /// bridge) is absent from the map; a port that is not a veth, or whose peer went away

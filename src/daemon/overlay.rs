@@ -1,0 +1,294 @@
+//! Swarm overlay networks: each has a namespace of its own on every node with a local
+//! container on it (Docker's `<exec-root>/netns/1-<id>`), holding the network's bridge
+//! (`br0`) with the local containers' ports and a VXLAN port to the other nodes. The
+//! daemon keeps a table of ours in each, planned from the network alone: this node judges
+//! what its own containers send (see [`crate::plan::ManagedNetwork::remote_port`]).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use super::Daemon;
+use super::reconcile::reconcile_overlay;
+use crate::docker::{NetworkSnapshot, Snapshot};
+use crate::firewall::BridgeFiltering;
+use crate::nft::{NetnsError, NftError};
+use crate::plan::{Change, Ruleset};
+
+/// One overlay network's tables on this node.
+#[derive(Debug, Clone)]
+pub(super) struct OverlayState {
+    pub netns: PathBuf,
+    /// The bridge and its VXLAN port, read from the kernel in the namespace.
+    pub bridge: (String, String),
+    /// What the namespace was last given, while it is believed to hold it.
+    pub committed: Option<Arc<Ruleset>>,
+    /// The last ruleset applied there.
+    pub enforced: Option<Arc<Ruleset>>,
+    pub filtering: Option<BridgeFiltering>,
+}
+
+/// Why an overlay network is not isolated on this node (status, logged once).
+pub(super) fn unplaced(net: &NetworkSnapshot) -> Option<String> {
+    let overlay = net.overlay.as_ref()?;
+    overlay.netns.is_none().then(|| {
+        "no container of this node is on it: no namespace here, nothing to isolate".to_owned()
+    })
+}
+
+impl Daemon {
+    /// Brings every overlay network's namespace to its plan, after the host's apply.
+    pub(super) async fn apply_overlays(&mut self, snapshot: &Snapshot, resync: bool) {
+        let table = self.config.daemon.table.clone();
+        let wanted: BTreeSet<String> = snapshot
+            .networks
+            .iter()
+            .filter(|n| n.overlay.as_ref().is_some_and(|o| o.netns.is_some()))
+            .map(|n| n.name.clone())
+            .collect();
+        // No longer managed here (the network is gone, or no longer configured): our table
+        // leaves its namespace, if the namespace is still there.
+        let gone: Vec<String> = self
+            .overlays
+            .keys()
+            .filter(|n| !wanted.contains(*n))
+            .cloned()
+            .collect();
+        self.overlay_memory
+            .retain(|_, (name, _)| snapshot.networks.iter().any(|n| &n.name == name));
+        for name in gone {
+            let state = self.overlays.remove(&name).expect("listed above");
+            let t = table.clone();
+            match self
+                .firewall
+                .call_in(Some(state.netns.clone()), move |fw| fw.clear(&t))
+                .await
+            {
+                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Err(e) => {
+                    warn!(network = %name, "cannot remove our table from {}: {e}", state.netns.display())
+                }
+            }
+        }
+        for net in snapshot
+            .networks
+            .iter()
+            .filter(|n| wanted.contains(&n.name))
+        {
+            let netns = net
+                .overlay
+                .as_ref()
+                .and_then(|o| o.netns.clone())
+                .expect("wanted");
+            match self.apply_overlay(&table, net, netns.clone(), resync).await {
+                Ok(()) => {
+                    self.overlay_problems.remove(&net.name);
+                }
+                Err(NftError::Netns(NetnsError::Gone(_))) => {
+                    // Docker has not mounted it yet, or just removed it: the next event
+                    // (or the resync) comes back.
+                    self.overlays.remove(&net.name);
+                    self.overlay_problems.insert(
+                        net.name.clone(),
+                        format!("namespace {} not there (yet)", netns.display()),
+                    );
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if self.overlay_problems.get(&net.name) != Some(&why) {
+                        error!(network = %net.name, "overlay network NOT isolated on this node: {why}");
+                    }
+                    self.overlay_problems.insert(net.name.clone(), why);
+                }
+            }
+        }
+        for net in &snapshot.networks {
+            if let Some(why) = unplaced(net) {
+                self.overlay_problems.insert(net.name.clone(), why);
+            }
+        }
+        self.overlay_problems
+            .retain(|n, _| snapshot.networks.iter().any(|s| &s.name == n));
+    }
+
+    async fn apply_overlay(
+        &mut self,
+        table: &str,
+        net: &NetworkSnapshot,
+        netns: PathBuf,
+        resync: bool,
+    ) -> Result<(), NftError> {
+        let known = self
+            .overlays
+            .get(&net.name)
+            .filter(|s| s.netns == netns)
+            .cloned();
+        // A resync reads the namespace back first: whatever differs is replaced whole.
+        let mut committed = known.as_ref().and_then(|s| s.committed.clone());
+        if let (true, Some(c)) = (resync, committed.clone()) {
+            let drifted = self
+                .firewall
+                .call_in(Some(netns.clone()), move |fw| fw.drift(&c))
+                .await
+                .map_or(true, |d| !d.is_empty());
+            if drifted {
+                warn!(network = %net.name, "our table in {} is not what we left: replacing it", netns.display());
+                committed = None;
+            }
+        }
+        let t = table.to_owned();
+        let (bridge, ports, present) = self
+            .firewall
+            .call_in(Some(netns.clone()), move |fw| {
+                let Some(bridge) = fw.overlay_bridge()? else {
+                    return Ok(None);
+                };
+                let ports = fw
+                    .bridge_ports(&BTreeSet::from([bridge.0.clone()]))?
+                    .remove(&bridge.0)
+                    .unwrap_or_default();
+                Ok(Some((bridge, ports, fw.present(&t)?)))
+            })
+            .await?
+            .ok_or_else(|| NetnsError::Gone(netns.clone()))?;
+        if !present {
+            // A namespace made anew at the same path (Docker restarted, the last local
+            // container left and another came): nothing of ours is in it.
+            committed = None;
+        }
+        let reconciled = reconcile_overlay(
+            table,
+            net,
+            (&bridge.0, &bridge.1),
+            &ports,
+            committed.as_deref(),
+        )
+        .map_err(|e| NftError::Build {
+            what: format!("the ruleset of overlay network {}", net.name),
+            reason: e.to_string(),
+        })?;
+        let first = committed.is_none();
+        let desired = Arc::new(reconciled.ruleset);
+        if reconciled.change != Change::None {
+            let d = desired.clone();
+            let c = committed.clone();
+            let report = self
+                .firewall
+                .call_in(Some(netns.clone()), move |fw| fw.apply(c.as_deref(), &d))
+                .await?;
+            if first {
+                info!(
+                    network = %net.name,
+                    bridge = %bridge.0,
+                    "overlay network isolated in namespace {} ({:?}, {} messages)",
+                    netns.display(),
+                    report.kind,
+                    report.messages
+                );
+            }
+        }
+        let mut filtering = known.as_ref().and_then(|s| s.filtering.clone());
+        if first || resync || filtering.as_ref().is_none_or(|f| f.bridge != bridge.0) {
+            let bridges = BTreeSet::from([bridge.0.clone()]);
+            filtering = self
+                .firewall
+                .call_in(Some(netns.clone()), move |fw| {
+                    Ok(fw.bridge_filtering(&bridges))
+                })
+                .await?
+                .into_iter()
+                .next();
+            if let Some(f) = filtering.as_ref().filter(|f| !f.stateful) {
+                warn!(network = %net.name, bridge = %f.bridge, "{}", f.detail);
+            }
+        }
+        self.overlay_memory
+            .insert(netns.clone(), (net.name.clone(), desired.clone()));
+        self.overlays.insert(
+            net.name.clone(),
+            OverlayState {
+                netns,
+                bridge,
+                committed: Some(desired.clone()),
+                enforced: Some(desired),
+                filtering,
+            },
+        );
+        Ok(())
+    }
+
+    /// Docker mounted overlay namespaces at `paths`. One of a network this node isolated
+    /// before (Docker restarted; its last local container left and another came) gets
+    /// the rules it had at once, from memory, without waiting for Docker: its containers'
+    /// new ports are bound to nobody yet, so they cannot send until the pass that follows
+    /// binds them. Then a pass places the rest.
+    pub(super) async fn namespaces_mounted(&mut self, paths: Vec<PathBuf>) {
+        if self.condition == super::Condition::Cleared {
+            return;
+        }
+        let table = self.config.daemon.table.clone();
+        for path in paths {
+            let Some((name, ruleset)) = self.overlay_memory.get(&path).cloned() else {
+                continue;
+            };
+            let t = table.clone();
+            let restored = self
+                .firewall
+                .call_in(Some(path.clone()), move |fw| {
+                    if fw.present(&t)? {
+                        return Ok(false);
+                    }
+                    fw.apply(None, &ruleset).map(|_| true)
+                })
+                .await;
+            match restored {
+                Ok(true) => {
+                    info!(network = %name, "namespace {} mounted again: our last rules for it restored before Docker reported anything", path.display());
+                    if let Some(state) = self.overlays.get_mut(&name).filter(|s| s.netns == path) {
+                        state.committed = state.enforced.clone();
+                    }
+                }
+                Ok(false) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Err(e) => {
+                    warn!(network = %name, "cannot restore our rules in {}: {e}", path.display())
+                }
+            }
+        }
+        self.pass(false, None).await;
+    }
+
+    /// Removes our table from every overlay network's namespace (clear).
+    pub(super) async fn clear_overlays(&mut self) -> Result<(), NftError> {
+        self.overlay_memory.clear();
+        let table = self.config.daemon.table.clone();
+        let mut first_error = None;
+        for (name, state) in std::mem::take(&mut self.overlays) {
+            let t = table.clone();
+            match self
+                .firewall
+                .call_in(Some(state.netns.clone()), move |fw| fw.clear(&t))
+                .await
+            {
+                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Err(e) => {
+                    error!(network = %name, "cannot clear {}: {e}", state.netns.display());
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The ports bound in an overlay network's namespace, for the status.
+    pub(super) fn overlay_bound_ports(&self, network: &str) -> Option<usize> {
+        let state = self.overlays.get(network)?;
+        Some(
+            state
+                .enforced
+                .as_ref()
+                .map_or(0, |r| r.bound_ports(network)),
+        )
+    }
+}
