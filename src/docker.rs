@@ -96,15 +96,10 @@ pub struct NetworkSnapshot {
 /// Where a Swarm overlay network is on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Overlay {
-    /// Its namespace, `<exec-root>/netns/1-<first 10 of the id>`, the directory read from
-    /// a local container's sandbox (Docker's, not a guess); None while no local container
-    /// shows it (with no local container, the namespace does not exist either).
+    /// Its namespace, `<exec-root>/netns/<epoch>-<first 10 of the id>`, in the directory
+    /// of a running container's sandbox (Docker's, not a guess), or in the kernel's mount
+    /// table; None while it is not mounted (no local container on the network).
     pub netns: Option<PathBuf>,
-}
-
-/// The namespace Docker gives the overlay network `id` in the directory of its sandboxes.
-pub fn overlay_netns(sandboxes: &Path, id: &str) -> PathBuf {
-    sandboxes.join(format!("1-{}", &id[..id.len().min(10)]))
 }
 
 /// The containers an allow rule chooses on one network.
@@ -397,18 +392,10 @@ impl DockerClient {
                     sandboxes = self.sandbox_directory().await;
                 }
                 Some(Overlay {
-                    netns: sandboxes
-                        .as_deref()
-                        .map(|dir| overlay_netns(dir, &id))
-                        .or_else(|| {
-                            // No running container to ask yet (a node's first): the kernel's
-                            // mount table, when it shows one namespace of that name.
-                            let name = overlay_netns(Path::new(""), &id);
-                            match crate::nft::mounts_named(&name.to_string_lossy()).as_slice() {
-                                [one] => Some(one.clone()),
-                                _ => None,
-                            }
-                        }),
+                    netns: crate::nft::overlay_namespace(
+                        sandboxes.as_deref(),
+                        &id[..id.len().min(10)],
+                    ),
                 })
             } else {
                 None
@@ -592,6 +579,8 @@ impl DockerClient {
                 .and_then(|n| n.sandbox_key)
                 .filter(|key| !key.is_empty())
                 .and_then(|key| Path::new(&key).parent().map(Path::to_owned))
+                // /var/run is a link to /run: the mount table and the watch name the target.
+                .map(|dir| std::fs::canonicalize(&dir).unwrap_or(dir))
             {
                 SANDBOXES
                     .lock()

@@ -348,6 +348,10 @@ pub struct ManagedNetwork {
     /// node it comes from; every other port is this node's to judge, and a port of no
     /// known container may not speak at all.
     pub remote_port: Option<String>,
+    /// With `remote_port`: whether conntrack judges the bridge's traffic (br_netfilter on
+    /// for it). Without, what goes out to other nodes cannot be told from answers to their
+    /// proxies, and stays in (those proxies cannot reach this node's containers).
+    pub remote_stateful: bool,
 }
 
 /// What the containers of a network may open to the host itself.
@@ -1453,7 +1457,7 @@ fn deny_chain(net: &ManagedNetwork, reason: Reason) -> Chain {
     }
 }
 
-fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
+fn inet_table(table_name: &str, networks: &[ManagedNetwork], vxlan_guard: &[String]) -> Table {
     let mut forward = Chain {
         name: names::FORWARD.into(),
         base: Some(BaseChain {
@@ -1470,6 +1474,21 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         }),
         rules: Vec::new(),
     };
+    for bridge in vxlan_guard {
+        let rule = Rule::counted(
+            vec![
+                Match::IifName(bridge.clone()),
+                Match::DestPort(PortRange {
+                    protocol: Protocol::Udp,
+                    first: VXLAN_PORT,
+                    last: VXLAN_PORT,
+                }),
+            ],
+            Verdict::Drop,
+        );
+        forward.rules.push(rule.clone());
+        input.rules.push(rule);
+    }
     let mut sets = Vec::new();
     let mut chains = Vec::new();
     for net in networks {
@@ -1959,10 +1978,10 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             // ping: those were dropped above).
             rules.extend(grant_rules(net, Dir::Dst));
         }
-        if let Some(remote) = &net.remote_port {
+        if let Some(remote) = net.remote_port.as_ref().filter(|_| net.remote_stateful) {
             // Towards another node, past the SYN and ping drops: this node cannot tell
             // statelessly whether the party there is whitelisted; conntrack judges in
-            // `fwd_N` (br_netfilter is turned on for the overlay's bridge).
+            // `fwd_N` (br_netfilter is on for the overlay's bridge).
             rules.push(Rule::new(
                 vec![Match::OifName(remote.clone())],
                 Verdict::Return,
@@ -2023,6 +2042,22 @@ pub fn retain_plannable(networks: Vec<ManagedNetwork>) -> (Vec<ManagedNetwork>, 
 /// Networks are planned in name order, so the same input always gives the same ruleset
 /// (and the same fingerprint) whatever order it came in.
 pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, PlanError> {
+    plan_guarded(table_name, networks, &[])
+}
+
+/// Docker's VXLAN data port: Swarm's overlay traffic between nodes.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// [`plan`], and closes the VXLAN data port to what comes in by `vxlan_guard` (bridges
+/// of the host's containers): an overlay's VXLAN socket takes any datagram to that port,
+/// unauthenticated, so a container could send one to its own node (through
+/// `docker_gwbridge`) or to another (routed out, masqueraded) with a forged frame inside,
+/// that the node receiving it would take for another node's and never judge.
+pub fn plan_guarded(
+    table_name: &str,
+    networks: &[ManagedNetwork],
+    vxlan_guard: &[String],
+) -> Result<Ruleset, PlanError> {
     validate_table_name(table_name)?;
     let mut sorted: Vec<ManagedNetwork> = networks.to_vec();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -2058,7 +2093,14 @@ pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, Pl
         net.deny_outbound.sort();
         net.deny_outbound.dedup();
     }
-    if sorted.is_empty() {
+    let mut guard: Vec<String> = vxlan_guard
+        .iter()
+        .filter(|b| valid_interface_name(b))
+        .cloned()
+        .collect();
+    guard.sort();
+    guard.dedup();
+    if sorted.is_empty() && guard.is_empty() {
         return Ok(Ruleset::empty(table_name));
     }
     let networks = sorted
@@ -2078,7 +2120,7 @@ pub fn plan(table_name: &str, networks: &[ManagedNetwork]) -> Result<Ruleset, Pl
     Ok(Ruleset {
         table_name: table_name.to_owned(),
         tables: vec![
-            inet_table(table_name, &sorted),
+            inet_table(table_name, &sorted, &guard),
             bridge_table(table_name, &sorted),
         ],
         networks,

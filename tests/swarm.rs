@@ -131,7 +131,10 @@ whitelist = [["name=^proxy"], ["label=com.docker.swarm.service.name=proxysvc"]]
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 "unix:path=/nonexistent/tj-swarm-bus",
             )
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TJ_SWARM_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -182,9 +185,11 @@ whitelist = [["name=^proxy"], ["label=com.docker.swarm.service.name=proxysvc"]]
     }
 }
 
-/// The overlay network's namespace on node `n`.
+/// The overlay network's namespace on node `n` (`<epoch>-<id>`: the highest epoch there).
 fn netns(n: u8, id: &str) -> PathBuf {
-    run_dir().join(format!("n{n}/exec/netns/1-{}", &id[..10]))
+    let dir = run_dir().join(format!("n{n}/exec/netns"));
+    trafficjam::nft::overlay_namespace(Some(&dir), &id[..10])
+        .unwrap_or_else(|| dir.join(format!("1-{}", &id[..10])))
 }
 
 /// Whether our table is in the namespace at `path` (read with nft there).
@@ -225,6 +230,94 @@ fn connects(n: u8, from: &str, to: &str) -> bool {
         &format!("nc -w 3 {to} 8080 </dev/null"),
     ]);
     String::from_utf8_lossy(&out.stdout).contains("hi")
+}
+
+fn inspect(n: u8, container: &str, format: &str) -> String {
+    dk(n, &["inspect", container, "--format", format])
+}
+
+/// A user-space TCP handshake to `dst`:8080 from `from`'s namespace (node `n`) in frames
+/// forged as (`mac`, `ip`): tests/attack.py, with CAP_NET_RAW as a container has it.
+/// Whether the SYN-ACK came back.
+fn forged_handshake(n: u8, from: &str, (mac, ip): (&str, &str), dst: &str) -> bool {
+    let pid = inspect(n, from, "{{.State.Pid}}");
+    let own = address(n, from);
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    let addrs = common::run("nsenter", &[&netns, "ip", "-o", "-4", "addr", "show"]);
+    let iface = addrs
+        .lines()
+        .find(|l| l.contains(&format!(" {own}/")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{from}'s interface on {NET} in:\n{addrs}"))
+        .to_owned();
+    let attack = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/attack.py");
+    let out = common::run(
+        "nsenter",
+        &[
+            &netns,
+            "/usr/bin/python3",
+            attack,
+            "handshake",
+            "--iface",
+            &iface,
+            "--src-mac",
+            mac,
+            "--src-ip",
+            ip,
+            "--dst-ip",
+            dst,
+            "--dport",
+            "8080",
+            "--timeout",
+            "3",
+        ],
+    );
+    out.contains("\"synack\": true")
+}
+
+/// A UDP socket on port 9091 in `container`'s namespace (node `n`), for 4 s: what it
+/// receives, payloads one per line. (Busybox's nc here has no UDP.)
+fn udp_listener(n: u8, container: &str) -> Child {
+    let pid = inspect(n, container, "{{.State.Pid}}");
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', 9091)); s.settimeout(0.2); print('ready', flush=True)\n\
+             end = time.time() + 4\n\
+             while time.time() < end:\n\
+             \x20   try: print(s.recv(2048).decode(errors='replace'), flush=True)\n\
+             \x20   except socket.timeout: pass\n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("a UDP listener");
+    std::thread::sleep(Duration::from_millis(400));
+    child
+}
+
+fn udp_received(listener: Child) -> String {
+    let out = listener.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A UDP datagram `payload` from `from`'s namespace (node `n`) to `to`:9091.
+fn send_udp(n: u8, from: &str, to: &str, payload: &str) {
+    let pid = inspect(n, from, "{{.State.Pid}}");
+    common::run(
+        "nsenter",
+        &[
+            &format!("--net=/proc/{pid}/ns/net"),
+            "/usr/bin/python3",
+            "-c",
+            &format!(
+                "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'{payload}', ('{to}', 9091))"
+            ),
+        ],
+    );
 }
 
 /// Runs the probes (node, from, to, expected) at once; asserts every outcome.
@@ -427,15 +520,22 @@ fn overlay_networks_are_isolated_on_every_node() {
         "the first packet of node 2's first backend must be blocked"
     );
     match window.join().unwrap() {
-        Some((mounted, rules)) => eprintln!(
-            "WINDOW node 2, new namespace: our tables {:.1} ms after the namespace was mounted",
-            (rules - mounted).as_secs_f64() * 1e3
-        ),
+        Some((mounted, rules)) => {
+            eprintln!(
+                "WINDOW node 2, new namespace: our tables {:.1} ms after the namespace was mounted ({:?} before now)",
+                (rules - mounted).as_secs_f64() * 1e3,
+                mounted.elapsed()
+            );
+            if std::env::var("TJ_SWARM_LOG").is_ok() {
+                eprintln!("{}", lab.daemons[1].log());
+            }
+        }
         None => panic!("node 2: the namespace or our tables in it never appeared"),
     }
     let (proxy, b2, b3) = (address(1, "proxy"), address(2, "b2"), address(1, "b3"));
     expect_all(&[
         (1, "proxy", &b1, true),  // proxy -> backend, same node
+        (1, "proxy", &b3, true),  //   (control for the probes to b3)
         (1, "proxy", &b2, true),  // proxy -> backend, across
         (1, "b1", &b3, false),    // backend -> backend, same node
         (1, "b3", &b1, false),    //   and back
@@ -444,6 +544,88 @@ fn overlay_networks_are_isolated_on_every_node() {
         (1, "b1", &proxy, false), // backend -> proxy, same node
         (2, "b2", &proxy, false), // backend -> proxy, across
     ]);
+
+    // UDP across nodes (no SYN for the backstop to drop: conntrack judges, in `fwd_N`
+    // of b1's node): b1's datagram to b2 is dropped, the proxy's arrives.
+    let udp = udp_listener(2, "b2");
+    send_udp(1, "b1", &b2, "from-b1");
+    send_udp(1, "proxy", &b2, "from-proxy");
+    let got = udp_received(udp);
+    assert!(
+        got.contains("from-proxy") && !got.contains("from-b1"),
+        "b2 received over UDP: {got:?}"
+    );
+
+    // VXLAN injection: b1 sends a VXLAN datagram to node 2's VXLAN port through its own
+    // routes (docker_gwbridge, masqueraded), holding a frame from the proxy to b2. The
+    // control: the same datagram sent by node 1 itself (the trusted underlay) arrives.
+    let vni = {
+        let links = common::run(
+            "nsenter",
+            &[
+                &format!("--net={}", netns(2, &id).display()),
+                "ip",
+                "-d",
+                "-o",
+                "link",
+                "show",
+                "type",
+                "vxlan",
+            ],
+        );
+        links
+            .split_whitespace()
+            .skip_while(|w| *w != "id")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no vxlan id in {links}"))
+            .to_owned()
+    };
+    let mac = |n: u8, c: &str| {
+        inspect(
+            n,
+            c,
+            &format!("{{{{(index .NetworkSettings.Networks \"{NET}\").MacAddress}}}}"),
+        )
+    };
+    let (proxy_mac, b2_mac) = (mac(1, "proxy"), mac(2, "b2"));
+    let inject = |netns_arg: String, payload: &str| {
+        let attack = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/attack.py");
+        common::run(
+            "nsenter",
+            &[
+                &netns_arg,
+                "/usr/bin/python3",
+                attack,
+                "vxlan-inject",
+                "--to",
+                "10.231.0.12",
+                "--vni",
+                &vni,
+                "--src-mac",
+                &proxy_mac,
+                "--src-ip",
+                &proxy,
+                "--dst-mac",
+                &b2_mac,
+                "--dst-ip",
+                &b2,
+                "--dport",
+                "9091",
+                "--payload",
+                payload,
+            ],
+        )
+    };
+    let udp = udp_listener(2, "b2");
+    let b1_pid = inspect(1, "b1", "{{.State.Pid}}");
+    inject(format!("--net=/proc/{b1_pid}/ns/net"), "injected-by-b1");
+    std::thread::sleep(Duration::from_millis(500));
+    inject("--net=/run/netns/tjswarm-n1".into(), "sent-by-node1");
+    let got = udp_received(udp);
+    assert!(
+        got.contains("sent-by-node1") && !got.contains("injected-by-b1"),
+        "b2 received through VXLAN: {got:?}"
+    );
 
     // A proxy that is a service task (dnsrr: no IPVS here), one on each node, whitelisted
     // on each node by its service label.
@@ -490,14 +672,45 @@ fn overlay_networks_are_isolated_on_every_node() {
         }
     };
     let (task1, task2) = (task(1), task(2));
-    std::thread::sleep(Duration::from_secs(1)); // the tasks' addresses reach the rules
     let task1_addr = address(1, &task1);
+    // The tasks' addresses reach the whitelist with the pass after their start.
+    let start = Instant::now();
+    while !connects(2, &task2, &b2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "node 2's proxy task never reached b2"
+        );
+    }
     expect_all(&[
         (2, &task2, &b2, true), // task -> backend, same node
         (2, &task2, &b1, true), // task -> backend, across
         (1, &task1, &b1, true),
+        (1, &task1, &proxy, true), // (control for the probes to the proxy)
         (2, "b2", &task1_addr, false), // backend -> the task, across
     ]);
+
+    // The attack: b1 (node 1) forges the proxy task of node 2 (its MAC and address,
+    // unknown to node 1) towards b3 (node 1) and b2 (node 2). Control: the same tool in
+    // the task's own namespace, as itself.
+    let task2_id = (
+        inspect(
+            2,
+            &task2,
+            &format!("{{{{(index .NetworkSettings.Networks \"{NET}\").MacAddress}}}}"),
+        ),
+        address(2, &task2),
+    );
+    let task2_id = (task2_id.0.as_str(), task2_id.1.as_str());
+    assert!(
+        forged_handshake(2, &task2, task2_id, &b2),
+        "control: the proxy task, as itself, completes a handshake with b2"
+    );
+    for target in [&b3, &b2] {
+        assert!(
+            !forged_handshake(1, "b1", task2_id, target),
+            "b1 posing as node 2's proxy task completed a handshake with {target}"
+        );
+    }
 
     // Node 2's Docker restarts: its containers stop with it and come back (restart
     // policy), their namespace with them; the daemon follows again.
@@ -509,6 +722,14 @@ fn overlay_networks_are_isolated_on_every_node() {
         common::text(&out)
     );
     lab.daemons[1].wait_for_any(&ISOLATED, before + 1, Duration::from_secs(60));
+    eprintln!(
+        "after Docker's restart, node 2's namespace got its rules {}",
+        if lab.daemons[1].log().contains(ISOLATED[1]) {
+            "from memory, the moment it was mounted"
+        } else {
+            "from a pass"
+        }
+    );
     let start = Instant::now();
     while first_packet_verdicts(2, "b2") == (1, 0) && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(250));
@@ -540,12 +761,15 @@ fn overlay_networks_are_isolated_on_every_node() {
     listener(&lab, 1, "proxy");
     listener(&lab, 1, "b1");
     let b1 = address(1, "b1");
+    // This time node 2's first container is a proxy: its first packet, to b1 across, goes
+    // through (the control of the first-packet checks: the new namespace's data path and
+    // our rules let a whitelisted container's first connection be).
     let window = watch_window(netns(2, &id));
-    first_packet_backend(&lab, 2, "b2", &b1);
+    first_packet_backend(&lab, 2, "proxy2", &b1);
     assert_eq!(
-        first_packet_verdicts(2, "b2"),
-        (1, 0),
-        "recreated: b2's first packet"
+        first_packet_verdicts(2, "proxy2"),
+        (0, 1),
+        "recreated: node 2's first container, a proxy, must connect at once"
     );
     let (mounted, rules) = window
         .join()
@@ -554,6 +778,12 @@ fn overlay_networks_are_isolated_on_every_node() {
     eprintln!(
         "WINDOW node 2, recreated network: our tables {:.1} ms after the namespace was mounted",
         (rules - mounted).as_secs_f64() * 1e3
+    );
+    first_packet_backend(&lab, 2, "b2", &b1);
+    assert_eq!(
+        first_packet_verdicts(2, "b2"),
+        (1, 0),
+        "recreated: b2's first packet"
     );
     let b2 = address(2, "b2");
     expect_all(&[

@@ -123,7 +123,7 @@ pub fn forward_signals(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
 
 /// Watches the kernel's mount table (a thread of its own, woken by the kernel on every
 /// change) for network namespaces mounted under a name Docker gives overlay networks'
-/// (`1-<id>`): reports each newly mounted one, the moment it is mounted, before Docker
+/// (`<epoch>-<id>`): reports each newly mounted one, the moment it is mounted, before Docker
 /// says anything about the container that brought it.
 pub(crate) fn watch_namespaces(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -161,8 +161,11 @@ pub(crate) fn watch_namespaces(tx: mpsc::UnboundedSender<Msg>) -> std::io::Resul
         Ok(crate::nft::nsfs_mounts(&text)
             .into_iter()
             .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("1-"))
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.split_once('-')
+                        .is_some_and(|(epoch, id)| epoch.parse::<u32>().is_ok() && id.len() == 10)
+                })
             })
             .collect())
     }

@@ -920,7 +920,11 @@ impl Daemon {
     async fn clear(&mut self) -> Result<(), ControlError> {
         let table = self.config.daemon.table.clone();
         let cleared = match self.firewall.call(move |fw| fw.clear(&table)).await {
-            Ok(()) => self.clear_overlays().await,
+            Ok(()) => {
+                // The host's tables are gone, whatever becomes of the namespaces'.
+                self.committed = None;
+                self.clear_overlays().await
+            }
             Err(e) => Err(e),
         };
         match cleared {
@@ -1052,6 +1056,8 @@ impl Daemon {
             self.check_drift().await;
         }
         self.read_ports(&snapshot).await;
+        // The overlay networks first, whatever becomes of the host's tables below.
+        self.apply_overlays(&snapshot, resync).await;
         let log_group = self.log_group();
         let reconciled = match reconcile(
             &self.config.daemon.table,
@@ -1134,7 +1140,6 @@ impl Daemon {
         if let Some(report) = report {
             self.log_apply(&report, &snapshot, started, event_time);
         }
-        self.apply_overlays(&snapshot, resync).await;
         self.drop_log
             .directory
             .send_replace(Arc::new(Directory::new(&snapshot, &reconciled.networks)));

@@ -139,17 +139,20 @@ impl Daemon {
             }
         }
         let t = table.to_owned();
-        let (bridge, ports, present) = self
+        let (bridge, ports, present, filtering) = self
             .firewall
             .call_in(Some(netns.clone()), move |fw| {
                 let Some(bridge) = fw.overlay_bridge()? else {
                     return Ok(None);
                 };
+                let only = BTreeSet::from([bridge.0.clone()]);
+                // Every pass: a namespace built again has its bridge's attributes reset.
+                let filtering = fw.bridge_filtering(&only).into_iter().next();
                 let ports = fw
-                    .bridge_ports(&BTreeSet::from([bridge.0.clone()]))?
+                    .bridge_ports(&only)?
                     .remove(&bridge.0)
                     .unwrap_or_default();
-                Ok(Some((bridge, ports, fw.present(&t)?)))
+                Ok(Some((bridge, ports, fw.present(&t)?, filtering)))
             })
             .await?
             .ok_or_else(|| NetnsError::Gone(netns.clone()))?;
@@ -158,11 +161,17 @@ impl Daemon {
             // container left and another came): nothing of ours is in it.
             committed = None;
         }
+        let stateful = filtering.as_ref().is_some_and(|f| f.stateful);
+        if let Some(f) = filtering.as_ref().filter(|f| !f.stateful)
+            && known.as_ref().and_then(|k| k.filtering.as_ref()) != Some(f)
+        {
+            warn!(network = %net.name, bridge = %f.bridge, "{}: proxies on other nodes cannot reach this node's containers on this network", f.detail);
+        }
         let reconciled = reconcile_overlay(
             table,
             net,
             (&bridge.0, &bridge.1),
-            &ports,
+            (&ports, stateful),
             committed.as_deref(),
         )
         .map_err(|e| NftError::Build {
@@ -275,6 +284,8 @@ impl Daemon {
                 Err(e) => {
                     error!(network = %name, "cannot clear {}: {e}", state.netns.display());
                     first_error.get_or_insert(e);
+                    // Kept, so that a clear asked again tries it again.
+                    self.overlays.insert(name, state);
                 }
             }
         }

@@ -8,6 +8,9 @@ use crate::docker::{self, Snapshot};
 use crate::nft::BridgePorts;
 use crate::plan::{self, Change, ManagedNetwork, PlanError, Port, Ruleset};
 
+/// The bridge by which Swarm's containers reach their node and the world.
+const GWBRIDGE: &str = "docker_gwbridge";
+
 /// What one reconcile decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconciled {
@@ -84,7 +87,16 @@ pub fn reconcile(
     }
     attach_ports(&mut managed, snapshot, ports);
     let (networks, rejected) = plan::retain_plannable(managed);
-    let ruleset = plan::plan(table, &networks)?;
+    // With an overlay network isolated here, its containers (on docker_gwbridge) and those
+    // of the host's isolated networks may not send to the VXLAN port (plan_guarded).
+    let vxlan_guard: Vec<String> = if snapshot.networks.iter().any(|n| n.overlay.is_some()) {
+        std::iter::once(GWBRIDGE.to_owned())
+            .chain(networks.iter().map(|n| n.bridge.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let ruleset = plan::plan_guarded(table, &networks, &vxlan_guard)?;
     let change = ruleset.change_from(committed);
     let committed_bridges = committed.map(Ruleset::bridges).unwrap_or_default();
     let bridges_changed = ruleset.bridges() != committed_bridges;
@@ -99,12 +111,13 @@ pub fn reconcile(
 
 /// Plans the overlay network `network` alone, for our table `table` in its namespace on
 /// this node, whose bridge `bridge` has the VXLAN port `remote_port` and the ports
-/// `ports` (as the kernel showed them there), against `committed` there.
+/// `ports` (as the kernel showed them there), `stateful` when br_netfilter hands its
+/// traffic to conntrack, against `committed` there.
 pub fn reconcile_overlay(
     table: &str,
     network: &docker::NetworkSnapshot,
     (bridge, remote_port): (&str, &str),
-    ports: &BridgePorts,
+    (ports, stateful): (&BridgePorts, bool),
     committed: Option<&Ruleset>,
 ) -> Result<Reconciled, PlanError> {
     let alone = Snapshot {
@@ -117,6 +130,7 @@ pub fn reconcile_overlay(
     let mut managed = docker::managed_networks(&alone);
     for net in &mut managed {
         net.remote_port = Some(remote_port.to_owned());
+        net.remote_stateful = stateful;
     }
     attach_ports(
         &mut managed,

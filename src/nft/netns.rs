@@ -89,17 +89,48 @@ pub fn mounted(path: &Path) -> bool {
         .is_ok_and(|fs| fs.filesystem_type() == NSFS_MAGIC)
 }
 
-/// The mount points of network namespaces named `name` (nsfs mounts, from the kernel's
-/// mount table): where Docker mounted an overlay network's namespace, on a host with one
-/// Docker (several Dockers on one host may each have one).
-pub fn mounts_named(name: &str) -> Vec<PathBuf> {
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
+/// The epoch of a Docker overlay namespace's name, `<epoch>-<network id prefix>`: Docker
+/// counts up each time it builds the namespace again while the network stays on the node.
+pub fn overlay_epoch(name: &str, id_prefix: &str) -> Option<u32> {
+    let (epoch, id) = name.split_once('-')?;
+    (id == id_prefix).then(|| epoch.parse().ok()).flatten()
+}
+
+/// Where Docker mounted the namespace of the overlay network whose id starts with
+/// `id_prefix` (its first 10 characters): in `sandboxes` (Docker's directory of sandbox
+/// namespaces) when known, else wherever the kernel's mount table shows one, provided
+/// all are in one directory (one Docker on the host). The highest epoch wins.
+pub fn overlay_namespace(sandboxes: Option<&Path>, id_prefix: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match sandboxes {
+        Some(dir) => std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| mounted(p))
+            .collect(),
+        None => {
+            let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            nsfs_mounts(&table)
+        }
     };
-    nsfs_mounts(&table)
+    let mut found: Vec<(u32, PathBuf)> = candidates
         .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n == name))
-        .collect()
+        .filter_map(|p| {
+            let epoch = overlay_epoch(&p.file_name()?.to_string_lossy(), id_prefix)?;
+            Some((epoch, p))
+        })
+        .collect();
+    let first_dir = found
+        .first()
+        .and_then(|(_, p)| p.parent().map(Path::to_owned));
+    if found
+        .iter()
+        .any(|(_, p)| p.parent() != first_dir.as_deref())
+    {
+        return None; // several Dockers: which one is ours is not the mount table's to say
+    }
+    found.sort();
+    found.pop().map(|(_, p)| p)
 }
 
 /// Every nsfs mount point of a mount table (`/proc/self/mountinfo`'s text).
@@ -137,6 +168,15 @@ fn nsfs_mount_point(line: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlay_namespace_names_carry_an_epoch_and_the_id() {
+        assert_eq!(overlay_epoch("1-b8ynlq5efr", "b8ynlq5efr"), Some(1));
+        assert_eq!(overlay_epoch("12-b8ynlq5efr", "b8ynlq5efr"), Some(12));
+        assert_eq!(overlay_epoch("1-k1jj8ai5bw", "b8ynlq5efr"), None);
+        assert_eq!(overlay_epoch("lb_b8ynlq5ef", "b8ynlq5efr"), None);
+        assert_eq!(overlay_epoch("x-b8ynlq5efr", "b8ynlq5efr"), None);
+    }
 
     #[test]
     fn nsfs_mount_points_are_read_and_unescaped() {
