@@ -35,3 +35,4 @@ install:
 	$(INSTALL) -D -m 0644 README.md $(DESTDIR)$(docdir)/README.md
 	$(INSTALL) -D -m 0644 NEWS.md $(DESTDIR)$(docdir)/NEWS.md
 	$(INSTALL) -D -m 0644 packaging/socket-proxy.conf $(DESTDIR)$(docdir)/examples/socket-proxy.conf
+	$(INSTALL) -D -m 0644 packaging/swarm.conf $(DESTDIR)$(docdir)/examples/swarm.conf

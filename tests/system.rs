@@ -564,6 +564,48 @@ fn deb_installed_and_run_under_a_booted_systemd() {
         Duration::from_secs(20),
     );
 
+    // The swarm drop-in: the daemon runs with CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH
+    // besides CAP_NET_ADMIN (and says so), and nothing else; without it, CAP_NET_ADMIN.
+    let effective = |pid: &str| -> u64 {
+        let status = machine.sh_ok(&format!("cat /proc/{pid}/status"));
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        u64::from_str_radix(&hex, 16).unwrap()
+    };
+    const NET_ADMIN: u64 = 1 << 12;
+    const SWARM: u64 = (1 << 21) | (1 << 2); // CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH
+    let pid = machine.sh_ok("systemctl show -p MainPID --value trafficjam");
+    assert_eq!(
+        effective(&pid),
+        NET_ADMIN,
+        "capabilities without the drop-in"
+    );
+    machine.sh_ok(
+        "mkdir -p /etc/systemd/system/trafficjam.service.d && \
+         cp /usr/share/doc/trafficjam/examples/swarm.conf /etc/systemd/system/trafficjam.service.d/ && \
+         systemctl daemon-reload && systemctl restart trafficjam",
+    );
+    let pid = machine.sh_ok("systemctl show -p MainPID --value trafficjam");
+    assert_eq!(
+        effective(&pid),
+        NET_ADMIN | SWARM,
+        "capabilities with the swarm drop-in"
+    );
+    machine.wait_for(
+        "the daemon says it may enter overlay namespaces",
+        "journalctl -u trafficjam --no-pager -o cat -n 30 | grep -q 'CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH'",
+        Duration::from_secs(10),
+    );
+    assert!(table_present(), "rules dropped under the swarm drop-in");
+    machine.sh_ok(
+        "rm -r /etc/systemd/system/trafficjam.service.d && systemctl daemon-reload && \
+         systemctl restart trafficjam",
+    );
+
     // An upgrade to the next version, built from the same tree with the version bumped,
     // under traffic: the table never disappears, the backends never meet, the
     // configuration (a changed conffile, a file of the user's) stays, the service runs.
