@@ -461,6 +461,9 @@ fn check(config_dir: &Path) -> ExitCode {
                 } else {
                     print!("{}", reconciled.ruleset);
                 }
+                for n in snapshot.networks.iter().filter(|n| n.overlay.is_some()) {
+                    print!("{}", overlay_check(&config.daemon.table, n));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -469,6 +472,64 @@ fn check(config_dir: &Path) -> ExitCode {
             }
         }
     })
+}
+
+/// What `check` shows of an overlay network: where it is on this node, and the tables of
+/// its namespace, as comments (they go there, not into the host's ruleset on stdout).
+fn overlay_check(table: &str, n: &crate::docker::NetworkSnapshot) -> String {
+    let Some(path) = n.overlay.as_ref().and_then(|o| o.netns.clone()) else {
+        return format!(
+            "# overlay network {}: {}\n",
+            n.name,
+            crate::daemon::unplaced_reason()
+        );
+    };
+    let found = (|| -> Result<_, crate::nft::NftError> {
+        let home = crate::nft::Home::here().map_err(crate::nft::NftError::Socket)?;
+        home.enter(&path)?;
+        let read = (|| {
+            let bridge = crate::nft::overlay_bridge()?
+                .ok_or_else(|| crate::nft::NetnsError::Gone(path.clone()))?;
+            let ports = crate::nft::bridge_ports(&[bridge.0.clone()].into())?
+                .remove(&bridge.0)
+                .unwrap_or_default();
+            Ok((bridge, ports))
+        })();
+        home.leave();
+        read
+    })();
+    let (bridge, ports) = match found {
+        Ok(found) => found,
+        Err(e) => {
+            return format!(
+                "# overlay network {}: namespace {}: {e}\n",
+                n.name,
+                path.display()
+            );
+        }
+    };
+    let mut out = format!(
+        "# overlay network {}: namespace {}, bridge {} (VXLAN port {}); its tables there:\n",
+        n.name,
+        path.display(),
+        bridge.0,
+        bridge.1
+    );
+    match crate::daemon::reconcile::reconcile_overlay(
+        table,
+        n,
+        (&bridge.0, &bridge.1),
+        (&ports, true),
+        None,
+    ) {
+        Ok(r) => {
+            for line in r.ruleset.to_string().lines() {
+                out.push_str(&format!("#   {line}\n"));
+            }
+        }
+        Err(e) => out.push_str(&format!("#   cannot plan: {e}\n")),
+    }
+    out
 }
 
 fn audit_warning(network: &str) -> String {

@@ -2298,6 +2298,85 @@ mod tests {
             .unwrap_or_else(|| panic!("no chain {name} in\n{rs}"))
     }
 
+    /// An overlay network alone in its namespace: the proxy and a backend on this node.
+    fn overlay(stateful: bool) -> ManagedNetwork {
+        let port = |name: &str, last: u8| Port {
+            name: name.into(),
+            mac: [2, 0x42, 10, 0, 1, last],
+            addrs: vec![format!("10.0.1.{last}").parse().unwrap()],
+        };
+        ManagedNetwork {
+            ports: vec![port("veth-proxy", 2), port("veth-b1", 3)],
+            remote_port: Some("vxlan0".into()),
+            remote_stateful: stateful,
+            ..net("ovl", "br0", &["10.0.1.0/24"], &["10.0.1.2"])
+        }
+    }
+
+    #[test]
+    fn an_overlay_judges_what_its_own_containers_send_and_leaves_the_rest_to_their_nodes() {
+        let rs = plan(DEFAULT_TABLE, &[overlay(true)]).unwrap();
+        let text = rs.to_string();
+        // Only this node's containers (by address: the inet hook cannot see the port)
+        // enter the isolation chain.
+        let fwd = chain(&rs, Family::Inet, "forward");
+        assert_eq!(
+            fwd.rules[0].to_string(),
+            r#"iifname "br0" oifname "br0" ip saddr @loc4_ovl jump fwd_ovl"#
+        );
+        assert_eq!(
+            fwd.rules[1].to_string(),
+            r#"iifname "br0" oifname "br0" ip6 saddr @loc6_ovl jump fwd_ovl"#
+        );
+        assert!(text.contains("10.0.1.2, 10.0.1.3"), "{text}");
+        // The backstop: what another node sent was judged there; what goes out to
+        // another node passes the SYN and ping drops first.
+        let iso = chain(&rs, Family::Bridge, "iso_ovl");
+        let rules: Vec<String> = iso.rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules[0], r#"iifname "vxlan0" return"#);
+        let syn = rules.iter().position(|r| r.contains("tcp flags")).unwrap();
+        let out = rules
+            .iter()
+            .position(|r| r == r#"oifname "vxlan0" return"#)
+            .unwrap();
+        assert!(syn < out, "{rules:#?}");
+        assert_eq!(rules.last().unwrap(), "goto deny_isolation_ovl");
+        // A port of no known container may not speak at all (it could pass for another
+        // node's container); the VXLAN port may.
+        let claims = chain(&rs, Family::Bridge, "claims_ovl");
+        assert_eq!(
+            claims.rules.last().unwrap().to_string(),
+            r#"iifname != "vxlan0" goto deny_spoofed_ovl"#
+        );
+    }
+
+    #[test]
+    fn without_conntrack_an_overlay_sends_nothing_unjudged_to_other_nodes() {
+        let rs = plan(DEFAULT_TABLE, &[overlay(false)]).unwrap();
+        let iso = chain(&rs, Family::Bridge, "iso_ovl");
+        assert!(
+            !iso.rules
+                .iter()
+                .any(|r| r.to_string().starts_with("oifname")),
+            "{rs}"
+        );
+    }
+
+    #[test]
+    fn the_vxlan_port_is_closed_to_the_guarded_bridges_even_with_no_network_here() {
+        let rs = plan_guarded(DEFAULT_TABLE, &[], &["docker_gwbridge".into()]).unwrap();
+        for base in ["forward", "input"] {
+            let c = chain(&rs, Family::Inet, base);
+            assert_eq!(
+                c.rules[0].to_string(),
+                r#"iifname "docker_gwbridge" udp dport 4789 counter drop"#
+            );
+        }
+        let rs = plan_guarded(DEFAULT_TABLE, &[public()], &["br-public".into()]).unwrap();
+        let fwd = chain(&rs, Family::Inet, "forward");
+        assert!(fwd.rules[0].to_string().contains("udp dport 4789"), "{rs}");
+    }
+
     #[test]
     fn nothing_managed_means_no_tables() {
         let rs = plan(DEFAULT_TABLE, &[]).unwrap();

@@ -476,6 +476,48 @@ network: later
     }
 
     #[test]
+    fn an_overlay_network_shows_its_namespace_and_bridge_or_why_not() {
+        let mut status = sample();
+        let web = status.networks[0].clone();
+        status.networks = vec![
+            NetworkStatus {
+                name: "ovl".into(),
+                bridge: "br0".into(),
+                namespace: Some("/run/docker/netns/1-b8ynlq5efr".into()),
+                stateful: Some(true),
+                ..web.clone()
+            },
+            NetworkStatus {
+                name: "far".into(),
+                bridge: String::new(),
+                namespace: Some(String::new()),
+                not_isolated: Some("no container of this node is on it".into()),
+                ..web
+            },
+        ];
+        let text = status.render();
+        assert!(
+            text.contains(
+                "network: ovl
+  driver: overlay (Docker Swarm)
+  namespace: /run/docker/netns/1-b8ynlq5efr
+  bridge: br0 in that namespace (stateful)
+"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "network: far
+  driver: overlay (Docker Swarm)
+  NOT ISOLATED on this node: no container of this node is on it
+"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn allow_rules_are_shown_with_the_containers_they_match_now() {
         use crate::config::{AllowRule, Filter, NetworkPolicy, PolicySource, Selector};
         use crate::docker::{AllowedEndpoints, Endpoint};

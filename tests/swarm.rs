@@ -545,6 +545,26 @@ fn overlay_networks_are_isolated_on_every_node() {
         (2, "b2", &proxy, false), // backend -> proxy, across
     ]);
 
+    // `check` on node 2 shows the overlay, its namespace and bridge there, and the tables
+    // it would hold there (as comments: stdout stays the host's ruleset).
+    let check = Command::new("nsenter")
+        .arg("--net=/run/netns/tjswarm-n2")
+        .arg(env!("CARGO_BIN_EXE_trafficjam"))
+        .args(["check", "--config-dir"])
+        .arg(lab.daemons[1].dir.join("config"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout);
+    let place = format!(
+        "# overlay network {NET}: namespace {}, bridge br0 (VXLAN port vxlan0)",
+        netns(2, &id).display()
+    );
+    assert!(
+        check.status.success() && shown.contains(&place) && shown.contains("#   table inet"),
+        "check on node 2: {}",
+        common::text(&check)
+    );
+
     // UDP across nodes (no SYN for the backstop to drop: conntrack judges, in `fwd_N`
     // of b1's node): b1's datagram to b2 is dropped, the proxy's arrives.
     let udp = udp_listener(2, "b2");

@@ -8,6 +8,7 @@
 
 mod inputs;
 mod overlay;
+pub use overlay::unplaced_reason;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1369,6 +1370,89 @@ mod tests {
             Err(ControlError::ConfigRejected(_))
         ));
         assert_eq!(d.build_status().state, State::Cleared);
+    }
+
+    #[tokio::test]
+    async fn an_overlay_network_is_isolated_in_its_namespace_again_at_once_and_cleared() {
+        use crate::docker::{NetworkSnapshot, Overlay};
+        use crate::firewall::FakeNamespace;
+        let fake = Fake::new();
+        let ns = PathBuf::from("/run/docker/netns/1-ovl0000000");
+        fake.kernel().stateful = true;
+        fake.kernel().namespaces.insert(
+            ns.clone(),
+            FakeNamespace {
+                bridge: ("br0".into(), "vxlan0".into()),
+                ..FakeNamespace::default()
+            },
+        );
+        let mut d = daemon(&fake);
+        let mut snap = snapshot(Some("10.1.0.2"));
+        snap.networks.push(NetworkSnapshot {
+            overlay: Some(Overlay {
+                netns: Some(ns.clone()),
+            }),
+            ..network("ovl", "", Some("10.1.0.9"))
+        });
+        pass(&mut d, snap, true).await;
+        let in_ns = |fake: &Fake| fake.kernel().namespaces[&ns].installed.clone();
+        let planned = in_ns(&fake).expect("our table in the overlay's namespace");
+        let text = planned.to_string();
+        assert!(text.contains("loc4_ovl") && text.contains(r#"iifname "vxlan0" return"#));
+        assert!(!text.contains("fwd_web"), "{text}");
+        // The host's tables: the bridge network, and the VXLAN port closed to containers.
+        let host = fake.kernel().installed.clone().unwrap().to_string();
+        assert!(
+            host.contains("fwd_web") && !host.contains("fwd_ovl"),
+            "{host}"
+        );
+        assert!(
+            host.contains(r#"iifname "docker_gwbridge" udp dport 4789 counter drop"#),
+            "{host}"
+        );
+        let status = d.build_status();
+        let ovl = status.networks.iter().find(|n| n.name == "ovl").unwrap();
+        assert_eq!(
+            ovl.namespace.as_deref(),
+            Some("/run/docker/netns/1-ovl0000000")
+        );
+        assert_eq!(
+            (ovl.bridge.as_str(), ovl.not_isolated.as_ref()),
+            ("br0", None)
+        );
+
+        // Docker builds the namespace again (its restart): the rules are back the moment it
+        // is mounted, Docker out of reach.
+        fake.kernel().namespaces.get_mut(&ns).unwrap().installed = None;
+        d.docker = None;
+        d.handle(Msg::NamespacesMounted(vec![ns.clone()])).await;
+        assert_eq!(in_ns(&fake), Some(planned));
+
+        // A namespace that is not there: said in the status, nothing else touched.
+        let gone = PathBuf::from("/run/docker/netns/2-ovl0000000");
+        let mut snap = snapshot(Some("10.1.0.2"));
+        snap.networks.push(NetworkSnapshot {
+            overlay: Some(Overlay {
+                netns: Some(gone.clone()),
+            }),
+            ..network("ovl", "", Some("10.1.0.9"))
+        });
+        pass(&mut d, snap, false).await;
+        let status = d.build_status();
+        let ovl = status.networks.iter().find(|n| n.name == "ovl").unwrap();
+        assert!(
+            ovl.not_isolated
+                .as_deref()
+                .is_some_and(|w| w.contains("2-ovl0000000")),
+            "{ovl:?}"
+        );
+
+        // Clear takes our tables out of every namespace, and the host's.
+        let (reply, answer) = oneshot::channel();
+        d.handle(Msg::Clear(Some(reply))).await;
+        assert!(answer.await.unwrap().is_ok());
+        assert!(fake.kernel().installed.is_none());
+        assert!(in_ns(&fake).is_none());
     }
 
     #[tokio::test]

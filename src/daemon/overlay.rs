@@ -30,12 +30,18 @@ pub(super) struct OverlayState {
     pub filtering: Option<BridgeFiltering>,
 }
 
-/// Why an overlay network is not isolated on this node (status, logged once).
+/// Why an overlay network with no namespace on this node is not isolated here.
+pub fn unplaced_reason() -> &'static str {
+    "no container of this node is on it: no namespace here, nothing to isolate"
+}
+
+/// Why an overlay network is not isolated on this node (status).
 pub(super) fn unplaced(net: &NetworkSnapshot) -> Option<String> {
     let overlay = net.overlay.as_ref()?;
-    overlay.netns.is_none().then(|| {
-        "no container of this node is on it: no namespace here, nothing to isolate".to_owned()
-    })
+    overlay
+        .netns
+        .is_none()
+        .then(|| unplaced_reason().to_owned())
 }
 
 impl Daemon {
@@ -268,24 +274,35 @@ impl Daemon {
         self.pass(false, None).await;
     }
 
-    /// Removes our table from every overlay network's namespace (clear).
+    /// Removes our table from every overlay namespace we put one in (clear).
     pub(super) async fn clear_overlays(&mut self) -> Result<(), NftError> {
-        self.overlay_memory.clear();
         let table = self.config.daemon.table.clone();
+        let mut places: BTreeSet<(PathBuf, String)> = self
+            .overlay_memory
+            .iter()
+            .map(|(path, (name, _))| (path.clone(), name.clone()))
+            .collect();
+        places.extend(
+            self.overlays
+                .iter()
+                .map(|(name, state)| (state.netns.clone(), name.clone())),
+        );
         let mut first_error = None;
-        for (name, state) in std::mem::take(&mut self.overlays) {
+        for (path, name) in places {
             let t = table.clone();
             match self
                 .firewall
-                .call_in(Some(state.netns.clone()), move |fw| fw.clear(&t))
+                .call_in(Some(path.clone()), move |fw| fw.clear(&t))
                 .await
             {
-                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {
+                    self.overlay_memory.remove(&path);
+                    self.overlays.retain(|_, s| s.netns != path);
+                }
                 Err(e) => {
-                    error!(network = %name, "cannot clear {}: {e}", state.netns.display());
-                    first_error.get_or_insert(e);
                     // Kept, so that a clear asked again tries it again.
-                    self.overlays.insert(name, state);
+                    error!(network = %name, "cannot clear {}: {e}", path.display());
+                    first_error.get_or_insert(e);
                 }
             }
         }
