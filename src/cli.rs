@@ -313,7 +313,7 @@ fn run(config_dir: &Path, state: StateDir) -> ExitCode {
         if swarm {
             ", CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH (overlay networks' namespaces)"
         } else {
-            " only (overlay networks cannot be isolated: see the swarm drop-in)"
+            " only (Swarm overlay networks need the swarm drop-in's two more)"
         }
     );
     tracing::info!(

@@ -241,6 +241,15 @@ pub struct DockerClient {
 static SANDBOXES: std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
+/// The directory of the sandbox namespaces of the Docker at `host`, once a pass learned it.
+pub fn known_sandbox_directory(host: &str) -> Option<PathBuf> {
+    SANDBOXES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(host)
+        .cloned()
+}
+
 impl DockerClient {
     /// Connects to `host` (`unix://…` or `tcp://…`) and negotiates the API version, so that
     /// both Debian 12's Docker 20.10 (API 1.41) and current engines answer.

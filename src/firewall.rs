@@ -151,6 +151,12 @@ impl Worker {
         Worker { jobs }
     }
 
+    /// Queues `call` on the worker without waiting for it (from a thread that is not the
+    /// loop's: the mount watch).
+    pub fn submit(&self, call: impl FnOnce(&mut dyn Firewall) + Send + 'static) {
+        let _ = self.jobs.send(Box::new(call));
+    }
+
     /// Runs `call` on the worker in the network namespace mounted at `netns` (the
     /// worker's own when `None`), and waits for its result.
     pub async fn call_in<T: Send + 'static>(

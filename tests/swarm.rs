@@ -383,9 +383,33 @@ fn first_packet_verdicts(n: u8, name: &str) -> (usize, usize) {
     }
 }
 
-/// Watches for the overlay namespace `path` to be mounted, then for our table in it:
-/// returns both instants (the window is the time between).
-fn watch_window(path: PathBuf) -> std::thread::JoinHandle<Option<(Instant, Instant)>> {
+/// When an overlay namespace got what: mounted, its bridge with the VXLAN port built by
+/// Docker (before which nothing can pass), our tables.
+struct Window {
+    mounted: Instant,
+    bridge: Instant,
+    rules: Instant,
+}
+
+impl Window {
+    fn report(&self, what: &str) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let after_bridge = if self.rules >= self.bridge {
+            format!("{:.1} ms after", ms(self.rules - self.bridge))
+        } else {
+            format!("{:.1} ms before", ms(self.bridge - self.rules))
+        };
+        eprintln!(
+            "WINDOW {what}: the bridge {:.1} ms after the namespace was mounted, our tables {:.1} ms after the mount, {after_bridge} the bridge",
+            ms(self.bridge - self.mounted),
+            ms(self.rules - self.mounted),
+        );
+    }
+}
+
+/// Watches for the overlay namespace `path` to be mounted, then in it for the bridge and
+/// our tables.
+fn watch_window(path: PathBuf) -> std::thread::JoinHandle<Option<Window>> {
     std::thread::spawn(move || {
         let limit = Instant::now() + Duration::from_secs(20);
         let mounted = loop {
@@ -399,9 +423,20 @@ fn watch_window(path: PathBuf) -> std::thread::JoinHandle<Option<(Instant, Insta
         };
         let file = std::fs::File::open(&path).ok()?;
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let (mut bridge, mut rules) = (None, None);
         loop {
-            if trafficjam::nft::table_owners(TABLE).is_ok_and(|t| t.len() == 2) {
-                return Some((mounted, Instant::now()));
+            if bridge.is_none() && trafficjam::nft::overlay_bridge().is_ok_and(|b| b.is_some()) {
+                bridge = Some(Instant::now());
+            }
+            if rules.is_none() && trafficjam::nft::table_owners(TABLE).is_ok_and(|t| t.len() == 2) {
+                rules = Some(Instant::now());
+            }
+            if let (Some(bridge), Some(rules)) = (bridge, rules) {
+                return Some(Window {
+                    mounted,
+                    bridge,
+                    rules,
+                });
             }
             if Instant::now() > limit {
                 return None;
@@ -498,7 +533,10 @@ fn overlay_networks_are_isolated_on_every_node() {
     let id = create_network();
     lab.daemons = vec![Daemon::start(1), Daemon::start(2)];
 
-    // Node 1: the proxy and two backends; node 2 gets its first backend later.
+    // Node 1: the proxy and two backends; node 2 gets its first backend later. Node 1 is
+    // the manager: it lists the network before its namespace exists.
+    lab.daemons[0].wait_for("ruleset applied", 1, Duration::from_secs(20));
+    let window1 = watch_window(netns(1, &id));
     listener(&lab, 1, "proxy");
     listener(&lab, 1, "b1");
     listener(&lab, 1, "b3");
@@ -508,6 +546,11 @@ fn overlay_networks_are_isolated_on_every_node() {
         Duration::from_secs(20),
     );
     let b1 = address(1, "b1");
+    window1
+        .join()
+        .unwrap()
+        .expect("node 1: namespace and tables")
+        .report("node 1 (a manager: the network known before), new namespace");
 
     // Node 2's first container on the network: the namespace appears with it, and its first
     // packet (to b1, on node 1) must meet our rules already.
@@ -519,18 +562,13 @@ fn overlay_networks_are_isolated_on_every_node() {
         (1, 0),
         "the first packet of node 2's first backend must be blocked"
     );
-    match window.join().unwrap() {
-        Some((mounted, rules)) => {
-            eprintln!(
-                "WINDOW node 2, new namespace: our tables {:.1} ms after the namespace was mounted ({:?} before now)",
-                (rules - mounted).as_secs_f64() * 1e3,
-                mounted.elapsed()
-            );
-            if std::env::var("TJ_SWARM_LOG").is_ok() {
-                eprintln!("{}", lab.daemons[1].log());
-            }
-        }
-        None => panic!("node 2: the namespace or our tables in it never appeared"),
+    window
+        .join()
+        .unwrap()
+        .expect("node 2: the namespace or our tables in it never appeared")
+        .report("node 2 (a worker: the network new to it), new namespace");
+    if std::env::var("TJ_SWARM_LOG").is_ok() {
+        eprintln!("{}", lab.daemons[1].log());
     }
     let (proxy, b2, b3) = (address(1, "proxy"), address(2, "b2"), address(1, "b3"));
     expect_all(&[
@@ -735,6 +773,7 @@ fn overlay_networks_are_isolated_on_every_node() {
     // Node 2's Docker restarts: its containers stop with it and come back (restart
     // policy), their namespace with them; the daemon follows again.
     let before = lab.daemons[1].isolations();
+    let log_before = lab.daemons[1].log().len();
     let out = self::lab(&["restart-docker", "2"]);
     assert!(
         out.status.success(),
@@ -744,10 +783,16 @@ fn overlay_networks_are_isolated_on_every_node() {
     lab.daemons[1].wait_for_any(&ISOLATED, before + 1, Duration::from_secs(60));
     eprintln!(
         "after Docker's restart, node 2's namespace got its rules {}",
-        if lab.daemons[1].log().contains(ISOLATED[1]) {
-            "from memory, the moment it was mounted"
-        } else {
-            "from a pass"
+        {
+            let log = lab.daemons[1].log();
+            let since = &log[log_before..];
+            if since.contains("at its mount") {
+                "the moment it was mounted (the mount watch)"
+            } else if since.contains(ISOLATED[1]) {
+                "from memory when the loop heard of the mount"
+            } else {
+                "from a pass"
+            }
         }
     );
     let start = Instant::now();
@@ -791,14 +836,11 @@ fn overlay_networks_are_isolated_on_every_node() {
         (0, 1),
         "recreated: node 2's first container, a proxy, must connect at once"
     );
-    let (mounted, rules) = window
+    window
         .join()
         .unwrap()
-        .expect("node 2: namespace and tables");
-    eprintln!(
-        "WINDOW node 2, recreated network: our tables {:.1} ms after the namespace was mounted",
-        (rules - mounted).as_secs_f64() * 1e3
-    );
+        .expect("node 2: namespace and tables")
+        .report("node 2, the network created again");
     first_packet_backend(&lab, 2, "b2", &b1);
     assert_eq!(
         first_packet_verdicts(2, "b2"),

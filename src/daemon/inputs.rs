@@ -123,9 +123,14 @@ pub fn forward_signals(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
 
 /// Watches the kernel's mount table (a thread of its own, woken by the kernel on every
 /// change) for network namespaces mounted under a name Docker gives overlay networks'
-/// (`<epoch>-<id>`): reports each newly mounted one, the moment it is mounted, before Docker
-/// says anything about the container that brought it.
-pub(crate) fn watch_namespaces(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
+/// (`<epoch>-<id>`): has the worker isolate each newly mounted one of a network it knows
+/// at once ([`super::overlay::isolate_at_mount`]), and reports it to the loop, before
+/// Docker says anything about the container that brought it.
+pub(crate) fn watch_namespaces(
+    tx: mpsc::UnboundedSender<Msg>,
+    worker: crate::firewall::Worker,
+    prepared: super::overlay::SharedPrepared,
+) -> std::io::Result<()> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::io::{Read, Seek};
     use std::os::fd::AsFd;
@@ -146,6 +151,9 @@ pub(crate) fn watch_namespaces(tx: mpsc::UnboundedSender<Msg>) -> std::io::Resul
                 };
                 let new: Vec<std::path::PathBuf> = now.difference(&known).cloned().collect();
                 known = now;
+                for path in &new {
+                    super::overlay::isolate_at_mount(&prepared, &worker, path);
+                }
                 if !new.is_empty() && tx.send(Msg::NamespacesMounted(new)).is_err() {
                     return;
                 }

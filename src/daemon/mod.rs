@@ -165,6 +165,8 @@ pub struct Daemon {
     /// The last rules of each overlay namespace (path), with its network: restored the
     /// moment Docker mounts that namespace again, before it reports anything.
     overlay_memory: BTreeMap<PathBuf, (String, Arc<Ruleset>)>,
+    /// The overlay networks of the last pass, for the mount watch.
+    prepared: overlay::SharedPrepared,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -216,6 +218,7 @@ impl Daemon {
             overlays: BTreeMap::new(),
             overlay_problems: BTreeMap::new(),
             overlay_memory: BTreeMap::new(),
+            prepared: overlay::SharedPrepared::default(),
         }
     }
 
@@ -666,7 +669,11 @@ impl Daemon {
         self.announce_ready();
         self.watch_ruleset().await;
         self.watch_drops().await;
-        if let Err(e) = watch_namespaces(self.tx.clone()) {
+        if let Err(e) = watch_namespaces(
+            self.tx.clone(),
+            self.firewall.clone(),
+            self.prepared.clone(),
+        ) {
             warn!(
                 "cannot watch the mount table for overlay networks' namespaces ({e}): they are isolated when Docker reports their containers"
             );

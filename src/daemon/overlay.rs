@@ -8,14 +8,98 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Daemon;
 use super::reconcile::reconcile_overlay;
 use crate::docker::{NetworkSnapshot, Snapshot};
-use crate::firewall::BridgeFiltering;
-use crate::nft::{NetnsError, NftError};
+use crate::firewall::{BridgeFiltering, Worker};
+use crate::nft::{BridgePorts, NetnsError, NftError};
 use crate::plan::{Change, Ruleset};
+
+/// What the mount watch needs to isolate an overlay namespace the moment Docker mounts
+/// it, without waiting for the loop (which may be in a pass, waiting for a Docker busy
+/// setting that very namespace up): the overlay networks the last pass saw, our table's
+/// name, and our Docker's directory of namespaces. Kept up to date by the loop.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub dir: Option<PathBuf>,
+    pub table: String,
+    /// Each with the names of its bridge and VXLAN port when seen before.
+    pub networks: Vec<(NetworkSnapshot, Option<(String, String)>)>,
+}
+
+/// The names Docker gives an overlay network's bridge and VXLAN device in its namespace
+/// (measured with Docker 20.10): used until the kernel shows them.
+const DOCKER_BRIDGE: (&str, &str) = ("br0", "vxlan0");
+
+pub type SharedPrepared = std::sync::Arc<std::sync::Mutex<Prepared>>;
+
+/// Called by the mount watch for a namespace just mounted at `path`: when it is the
+/// namespace of an overlay network the last pass saw, in our Docker's directory, the
+/// worker puts its rules in at once, before Docker has even built the bridge in it (about
+/// 0.2 s later), planned from that pass's view, with the bridge's names as last seen (or
+/// Docker's) and no port bound (silent until the next pass binds them), and what goes out
+/// to other nodes judged statelessly until conntrack is known to be on. Returns at once;
+/// the loop's pass follows and puts the exact rules in.
+pub fn isolate_at_mount(prepared: &SharedPrepared, worker: &Worker, path: &std::path::Path) {
+    let (net, names, table) =
+        {
+            let p = prepared.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                return;
+            };
+            // Only in our Docker's directory: another Docker on the host (a test's nodes) may
+            // have a namespace of the same network, and it is not ours to touch.
+            if p.dir.is_none() || path.parent() != p.dir.as_deref() {
+                return;
+            }
+            let Some((net, names)) = p.networks.iter().find(|(n, _)| {
+                crate::nft::overlay_epoch(&name, &n.id[..n.id.len().min(10)]).is_some()
+            }) else {
+                return;
+            };
+            let names = names
+                .clone()
+                .unwrap_or_else(|| (DOCKER_BRIDGE.0.to_owned(), DOCKER_BRIDGE.1.to_owned()));
+            (net.clone(), names, p.table.clone())
+        };
+    let path = path.to_owned();
+    worker.submit(move |fw| {
+        if let Err(e) = fw.enter(&path) {
+            debug!("namespace {}: {e}", path.display());
+            return;
+        }
+        let result = (|| -> Result<bool, NftError> {
+            if fw.present(&table)? {
+                return Ok(false);
+            }
+            let planned = reconcile_overlay(
+                &table,
+                &net,
+                (&names.0, &names.1),
+                (&BridgePorts::default(), false),
+                None,
+            )
+            .map_err(|e| NftError::Build {
+                what: format!("the ruleset of overlay network {}", net.name),
+                reason: e.to_string(),
+            })?;
+            fw.apply(None, &planned.ruleset)?;
+            Ok(true)
+        })();
+        fw.leave();
+        match result {
+            Ok(true) => info!(
+                network = %net.name,
+                "overlay network isolated in namespace {} at its mount, before Docker reported it",
+                path.display()
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(network = %net.name, "namespace {}: {e}", path.display()),
+        }
+    });
+}
 
 /// One overlay network's tables on this node.
 #[derive(Debug, Clone)]
@@ -117,6 +201,22 @@ impl Daemon {
         }
         self.overlay_problems
             .retain(|n, _| snapshot.networks.iter().any(|s| &s.name == n));
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        *prepared = Prepared {
+            dir: crate::docker::known_sandbox_directory(&self.config.daemon.docker_host()),
+            table,
+            networks: snapshot
+                .networks
+                .iter()
+                .filter(|n| n.overlay.is_some())
+                .map(|n| {
+                    (
+                        n.clone(),
+                        self.overlays.get(&n.name).map(|s| s.bridge.clone()),
+                    )
+                })
+                .collect(),
+        };
     }
 
     async fn apply_overlay(
@@ -243,6 +343,7 @@ impl Daemon {
         if self.condition == super::Condition::Cleared {
             return;
         }
+        debug!("overlay namespaces mounted: {paths:?}");
         let table = self.config.daemon.table.clone();
         for path in paths {
             let Some((name, ruleset)) = self.overlay_memory.get(&path).cloned() else {
@@ -276,6 +377,11 @@ impl Daemon {
 
     /// Removes our table from every overlay namespace we put one in (clear).
     pub(super) async fn clear_overlays(&mut self) -> Result<(), NftError> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .networks
+            .clear();
         let table = self.config.daemon.table.clone();
         let mut places: BTreeSet<(PathBuf, String)> = self
             .overlay_memory
