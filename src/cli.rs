@@ -478,10 +478,11 @@ fn check(config_dir: &Path) -> ExitCode {
 /// its namespace, as comments (they go there, not into the host's ruleset on stdout).
 fn overlay_check(table: &str, n: &crate::docker::NetworkSnapshot) -> String {
     let Some(path) = n.overlay.as_ref().and_then(|o| o.netns.clone()) else {
+        let why = n.overlay.as_ref().and_then(|o| o.problem.clone());
         return format!(
             "# overlay network {}: {}\n",
             n.name,
-            crate::daemon::unplaced_reason()
+            why.as_deref().unwrap_or(crate::daemon::unplaced_reason())
         );
     };
     let found = (|| -> Result<_, crate::nft::NftError> {

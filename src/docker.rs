@@ -100,6 +100,8 @@ pub struct Overlay {
     /// of a running container's sandbox (Docker's, not a guess), or in the kernel's mount
     /// table; None while it is not mounted (no local container on the network).
     pub netns: Option<PathBuf>,
+    /// Why its namespace cannot be looked for (not that it does not exist).
+    pub problem: Option<String>,
 }
 
 /// The containers an allow rule chooses on one network.
@@ -400,12 +402,24 @@ impl DockerClient {
                 if sandboxes.is_none() {
                     sandboxes = self.sandbox_directory().await;
                 }
-                Some(Overlay {
-                    netns: crate::nft::overlay_namespace(
-                        sandboxes.as_deref(),
-                        &id[..id.len().min(10)],
-                    ),
-                })
+                match crate::nft::overlay_namespace(sandboxes.as_deref(), &id) {
+                    Ok(netns) => Some(Overlay {
+                        netns,
+                        problem: None,
+                    }),
+                    Err(e) => Some(Overlay {
+                        netns: None,
+                        problem: Some(format!(
+                            "cannot read Docker's namespaces in {}: {e} (only root may search \
+                             Docker's exec-root: a Swarm node needs the swarm drop-in, see \
+                             trafficjam(8))",
+                            sandboxes.as_deref().map_or_else(
+                                || "/proc/self/mountinfo".into(),
+                                |d| d.display().to_string()
+                            )
+                        )),
+                    }),
+                }
             } else {
                 None
             };

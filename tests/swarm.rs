@@ -188,7 +188,9 @@ whitelist = [["name=^proxy"], ["label=com.docker.swarm.service.name=proxysvc"]]
 /// The overlay network's namespace on node `n` (`<epoch>-<id>`: the highest epoch there).
 fn netns(n: u8, id: &str) -> PathBuf {
     let dir = run_dir().join(format!("n{n}/exec/netns"));
-    trafficjam::nft::overlay_namespace(Some(&dir), &id[..10])
+    trafficjam::nft::overlay_namespace(Some(&dir), id)
+        .ok()
+        .flatten()
         .unwrap_or_else(|| dir.join(format!("1-{}", &id[..10])))
 }
 

@@ -149,7 +149,10 @@ pub(crate) fn watch_namespaces(
                 let Ok(now) = overlay_mounts(&mut table) else {
                     continue;
                 };
-                let new: Vec<std::path::PathBuf> = now.difference(&known).cloned().collect();
+                let new: Vec<std::path::PathBuf> = now
+                    .difference(&known)
+                    .map(|(_, path)| path.clone())
+                    .collect();
                 known = now;
                 for path in &new {
                     super::overlay::isolate_at_mount(&prepared, &worker, path);
@@ -160,20 +163,22 @@ pub(crate) fn watch_namespaces(
             }
         })?;
 
+    /// The overlay namespaces mounted now, each with its mount's id: a namespace unmounted
+    /// and mounted again at the same path between two reads is a new mount.
     fn overlay_mounts(
         table: &mut std::fs::File,
-    ) -> std::io::Result<std::collections::BTreeSet<std::path::PathBuf>> {
+    ) -> std::io::Result<std::collections::BTreeSet<(String, std::path::PathBuf)>> {
         table.rewind()?;
-        let mut text = String::new();
-        table.read_to_string(&mut text)?;
-        Ok(crate::nft::nsfs_mounts(&text)
-            .into_iter()
-            .filter(|p| {
-                p.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    n.split_once('-')
-                        .is_some_and(|(epoch, id)| epoch.parse::<u32>().is_ok() && id.len() == 10)
-                })
+        let mut bytes = Vec::new();
+        table.read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let path = crate::nft::nsfs_mounts(line).pop()?;
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                crate::nft::is_overlay_name(&name)
+                    .then(|| (line.split(' ').next().unwrap_or_default().to_owned(), path))
             })
             .collect())
     }

@@ -900,6 +900,8 @@ impl Daemon {
             self.retired_table = Some(old_table);
         }
         self.config = new;
+        // The mount watch acts on the next pass's view, not on the old configuration's.
+        self.forget_prepared();
         self.config_error = None;
         self.save_config();
         self.warned.clear();
@@ -1144,6 +1146,7 @@ impl Daemon {
                 Ok(()) => info!("removed the previous table {old}"),
                 Err(e) => warn!("could not remove the previous table {old}: {e}"),
             }
+            self.sweep_overlay_namespaces(&old).await;
         }
         if let Some(report) = report {
             self.log_apply(&report, &snapshot, started, event_time);
@@ -1398,6 +1401,7 @@ mod tests {
         snap.networks.push(NetworkSnapshot {
             overlay: Some(Overlay {
                 netns: Some(ns.clone()),
+                problem: None,
             }),
             ..network("ovl", "", Some("10.1.0.9"))
         });
@@ -1441,6 +1445,7 @@ mod tests {
         snap.networks.push(NetworkSnapshot {
             overlay: Some(Overlay {
                 netns: Some(gone.clone()),
+                problem: None,
             }),
             ..network("ovl", "", Some("10.1.0.9"))
         });

@@ -23,6 +23,8 @@ use crate::plan::{Change, Ruleset};
 /// name, and our Docker's directory of namespaces. Kept up to date by the loop.
 #[derive(Debug, Default)]
 pub struct Prepared {
+    /// Counts every change: a job queued under one view does nothing under another.
+    pub generation: u64,
     pub dir: Option<PathBuf>,
     pub table: String,
     /// Each with the names of its bridge and VXLAN port when seen before.
@@ -43,29 +45,40 @@ pub type SharedPrepared = std::sync::Arc<std::sync::Mutex<Prepared>>;
 /// to other nodes judged statelessly until conntrack is known to be on. Returns at once;
 /// the loop's pass follows and puts the exact rules in.
 pub fn isolate_at_mount(prepared: &SharedPrepared, worker: &Worker, path: &std::path::Path) {
-    let (net, names, table) =
-        {
-            let p = prepared.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-                return;
-            };
-            // Only in our Docker's directory: another Docker on the host (a test's nodes) may
-            // have a namespace of the same network, and it is not ours to touch.
-            if p.dir.is_none() || path.parent() != p.dir.as_deref() {
-                return;
-            }
-            let Some((net, names)) = p.networks.iter().find(|(n, _)| {
-                crate::nft::overlay_epoch(&name, &n.id[..n.id.len().min(10)]).is_some()
-            }) else {
-                return;
-            };
-            let names = names
-                .clone()
-                .unwrap_or_else(|| (DOCKER_BRIDGE.0.to_owned(), DOCKER_BRIDGE.1.to_owned()));
-            (net.clone(), names, p.table.clone())
+    let (net, names, table, generation) = {
+        let p = prepared.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return;
         };
+        // Only in our Docker's directory: another Docker on the host (a test's nodes) may
+        // have a namespace of the same network, and it is not ours to touch.
+        if p.dir.is_none() || path.parent() != p.dir.as_deref() {
+            return;
+        }
+        let Some((net, names)) = p
+            .networks
+            .iter()
+            .find(|(n, _)| crate::nft::overlay_epoch(&name, &n.id).is_some())
+        else {
+            return;
+        };
+        let names = names
+            .clone()
+            .unwrap_or_else(|| (DOCKER_BRIDGE.0.to_owned(), DOCKER_BRIDGE.1.to_owned()));
+        (net.clone(), names, p.table.clone(), p.generation)
+    };
     let path = path.to_owned();
+    let prepared = prepared.clone();
     worker.submit(move |fw| {
+        // A clear or a reload came between: this view is no longer the daemon's.
+        if prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+            != generation
+        {
+            return;
+        }
         if let Err(e) = fw.enter(&path) {
             debug!("namespace {}: {e}", path.display());
             return;
@@ -122,6 +135,9 @@ pub fn unplaced_reason() -> &'static str {
 /// Why an overlay network is not isolated on this node (status).
 pub(super) fn unplaced(net: &NetworkSnapshot) -> Option<String> {
     let overlay = net.overlay.as_ref()?;
+    if let Some(problem) = &overlay.problem {
+        return Some(problem.clone());
+    }
     overlay
         .netns
         .is_none()
@@ -203,6 +219,7 @@ impl Daemon {
             .retain(|n, _| snapshot.networks.iter().any(|s| &s.name == n));
         let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
         *prepared = Prepared {
+            generation: prepared.generation + 1,
             dir: crate::docker::known_sandbox_directory(&self.config.daemon.docker_host()),
             table,
             networks: snapshot
@@ -284,6 +301,12 @@ impl Daemon {
             what: format!("the ruleset of overlay network {}", net.name),
             reason: e.to_string(),
         })?;
+        if let Some(e) = reconciled.rejected.first() {
+            return Err(NftError::Build {
+                what: format!("the ruleset of overlay network {}", net.name),
+                reason: e.to_string(),
+            });
+        }
         let first = committed.is_none();
         let desired = Arc::new(reconciled.ruleset);
         if reconciled.change != Change::None {
@@ -345,6 +368,13 @@ impl Daemon {
         }
         debug!("overlay namespaces mounted: {paths:?}");
         let table = self.config.daemon.table.clone();
+        for state in self.overlays.values_mut() {
+            if paths.contains(&state.netns) {
+                // A new namespace: whatever is in it (the mount watch's rules, or nothing)
+                // is not what was committed to the old one.
+                state.committed = None;
+            }
+        }
         for path in paths {
             let Some((name, ruleset)) = self.overlay_memory.get(&path).cloned() else {
                 continue;
@@ -362,9 +392,6 @@ impl Daemon {
             match restored {
                 Ok(true) => {
                     info!(network = %name, "namespace {} mounted again: our last rules for it restored before Docker reported anything", path.display());
-                    if let Some(state) = self.overlays.get_mut(&name).filter(|s| s.netns == path) {
-                        state.committed = state.enforced.clone();
-                    }
                 }
                 Ok(false) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
                 Err(e) => {
@@ -376,13 +403,15 @@ impl Daemon {
     }
 
     /// Removes our table from every overlay namespace we put one in (clear).
-    pub(super) async fn clear_overlays(&mut self) -> Result<(), NftError> {
-        self.prepared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .networks
-            .clear();
-        let table = self.config.daemon.table.clone();
+    /// The mount watch does nothing until the next pass gives it a view again.
+    pub(super) fn forget_prepared(&self) {
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        prepared.generation += 1;
+        prepared.networks.clear();
+    }
+
+    /// Every overlay namespace of our Docker's directory now, with those we know of.
+    fn overlay_places(&self) -> BTreeSet<(PathBuf, String)> {
         let mut places: BTreeSet<(PathBuf, String)> = self
             .overlay_memory
             .iter()
@@ -393,6 +422,43 @@ impl Daemon {
                 .iter()
                 .map(|(name, state)| (state.netns.clone(), name.clone())),
         );
+        // Also those the mount watch may have filled behind the loop's back.
+        let dir = crate::docker::known_sandbox_directory(&self.config.daemon.docker_host());
+        if let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) {
+            for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+                let overlay = path
+                    .file_name()
+                    .is_some_and(|n| crate::nft::is_overlay_name(&n.to_string_lossy()));
+                if overlay && crate::nft::mounted(&path) && !places.iter().any(|(p, _)| *p == path)
+                {
+                    places.insert((path, String::new()));
+                }
+            }
+        }
+        places
+    }
+
+    /// Removes our table `table` (a name a reload retired) from every overlay namespace.
+    pub(super) async fn sweep_overlay_namespaces(&mut self, table: &str) {
+        for (path, name) in self.overlay_places() {
+            let t = table.to_owned();
+            match self
+                .firewall
+                .call_in(Some(path.clone()), move |fw| fw.clear(&t))
+                .await
+            {
+                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Err(e) => {
+                    warn!(network = %name, "cannot remove table {table} from {}: {e}", path.display())
+                }
+            }
+        }
+    }
+
+    pub(super) async fn clear_overlays(&mut self) -> Result<(), NftError> {
+        self.forget_prepared();
+        let table = self.config.daemon.table.clone();
+        let places = self.overlay_places();
         let mut first_error = None;
         for (path, name) in places {
             let t = table.clone();

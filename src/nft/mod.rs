@@ -38,7 +38,9 @@ pub use bridge::{BridgeNetfilter, bridge_filtering, set_nf_call};
 pub use dump::{
     InstalledRuleset, InstalledTable, OWNER_MARK, read_counters, read_installed, table_owners,
 };
-pub use netns::{Home, NetnsError, mounted, nsfs_mounts, overlay_epoch, overlay_namespace};
+pub use netns::{
+    Home, NetnsError, is_overlay_name, mounted, nsfs_mounts, overlay_epoch, overlay_namespace,
+};
 pub use nflog::{
     ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, LogEvent, LoggedPacket, PacketHeaders,
 };
