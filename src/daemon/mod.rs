@@ -713,6 +713,7 @@ impl Daemon {
             }
             Msg::NamespacesMounted(paths) => {
                 self.namespaces_mounted(paths).await;
+                self.publish();
             }
             Msg::DockerLost(reason) => {
                 self.docker = None;
