@@ -96,7 +96,17 @@ pub fn reconcile(
     } else {
         Vec::new()
     };
-    let ruleset = plan::plan_guarded(table, &networks, &vxlan_guard)?;
+    planned(table, (networks, rejected), &vxlan_guard, committed)
+}
+
+/// The plan of the networks kept, and how the kernel must change from `committed`.
+fn planned(
+    table: &str,
+    (networks, rejected): (Vec<ManagedNetwork>, Vec<PlanError>),
+    vxlan_guard: &[String],
+    committed: Option<&Ruleset>,
+) -> Result<Reconciled, PlanError> {
+    let ruleset = plan::plan_guarded(table, &networks, vxlan_guard)?;
     let change = ruleset.change_from(committed);
     let committed_bridges = committed.map(Ruleset::bridges).unwrap_or_default();
     let bridges_changed = ruleset.bridges() != committed_bridges;
@@ -137,17 +147,7 @@ pub fn reconcile_overlay(
         &alone,
         &BTreeMap::from([(bridge.to_owned(), ports.clone())]),
     );
-    let (networks, rejected) = plan::retain_plannable(managed);
-    let ruleset = plan::plan(table, &networks)?;
-    let change = ruleset.change_from(committed);
-    let bridges_changed = committed.map(Ruleset::bridges) != Some(ruleset.bridges());
-    Ok(Reconciled {
-        ruleset,
-        networks,
-        rejected,
-        change,
-        bridges_changed,
-    })
+    planned(table, plan::retain_plannable(managed), &[], committed)
 }
 
 /// The bridges whose br_netfilter attributes a reconcile must set: all of them on a resync
