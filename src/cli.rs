@@ -485,20 +485,22 @@ fn overlay_check(table: &str, n: &crate::docker::NetworkSnapshot) -> String {
             why.as_deref().unwrap_or(crate::daemon::unplaced_reason())
         );
     };
-    let found = (|| -> Result<_, crate::nft::NftError> {
-        let home = crate::nft::Home::here().map_err(crate::nft::NftError::Socket)?;
-        home.enter(&path)?;
+    // Read only: no bridge attribute is set, nothing is applied.
+    let mut fw = Netlink::default();
+    let found = fw.enter(&path).and_then(|()| {
         let read = (|| {
-            let bridge = crate::nft::overlay_bridge()?
+            let bridge = fw
+                .overlay_bridge()?
                 .ok_or_else(|| crate::nft::NetnsError::Gone(path.clone()))?;
-            let ports = crate::nft::bridge_ports(&[bridge.0.clone()].into())?
+            let ports = fw
+                .bridge_ports(&[bridge.0.clone()].into())?
                 .remove(&bridge.0)
                 .unwrap_or_default();
             Ok((bridge, ports))
         })();
-        home.leave();
+        fw.leave();
         read
-    })();
+    });
     let (bridge, ports) = match found {
         Ok(found) => found,
         Err(e) => {

@@ -1226,44 +1226,37 @@ fn validate_network(net: &ManagedNetwork) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// An overlay network's containers on this node, by address (their ports' identities).
-fn local_sets(net: &ManagedNetwork) -> Vec<Set> {
+/// An IPv4 and an IPv6 set of addresses, named by `name` per family.
+fn address_sets(name: impl Fn(IpVersion) -> String, addrs: &BTreeSet<IpAddr>) -> Vec<Set> {
     [IpVersion::V4, IpVersion::V6]
         .into_iter()
         .map(|version| Set {
-            name: names::local_set(&net.name, version),
+            name: name(version),
             key: match version {
                 IpVersion::V4 => SetKey::Ipv4,
                 IpVersion::V6 => SetKey::Ipv6,
             },
-            elements: net
-                .ports
-                .iter()
-                .flat_map(|p| p.addrs.iter().copied().chain([link_local(&p.mac)]))
-                .filter(|a| IpVersion::of(a) == version)
-                .map(Element::Ip)
-                .collect(),
-        })
-        .collect()
-}
-
-fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
-    [IpVersion::V4, IpVersion::V6]
-        .into_iter()
-        .map(|version| Set {
-            name: names::whitelist_set(&net.name, version),
-            key: match version {
-                IpVersion::V4 => SetKey::Ipv4,
-                IpVersion::V6 => SetKey::Ipv6,
-            },
-            elements: net
-                .whitelist
+            elements: addrs
                 .iter()
                 .filter(|a| IpVersion::of(a) == version)
                 .map(|a| Element::Ip(*a))
                 .collect(),
         })
         .collect()
+}
+
+/// An overlay network's containers on this node, by address (their ports' identities).
+fn local_sets(net: &ManagedNetwork) -> Vec<Set> {
+    let local = net
+        .ports
+        .iter()
+        .flat_map(|p| p.addrs.iter().copied().chain([link_local(&p.mac)]))
+        .collect();
+    address_sets(|v| names::local_set(&net.name, v), &local)
+}
+
+fn whitelist_sets(net: &ManagedNetwork) -> Vec<Set> {
+    address_sets(|v| names::whitelist_set(&net.name, v), &net.whitelist)
 }
 
 /// The allow rules' sets of one network: pairs allowed everything, and pairs allowed a

@@ -1398,15 +1398,19 @@ mod tests {
             },
         );
         let mut d = daemon(&fake);
-        let mut snap = snapshot(Some("10.1.0.2"));
-        snap.networks.push(NetworkSnapshot {
-            overlay: Some(Overlay {
-                netns: Some(ns.clone()),
-                problem: None,
-            }),
-            ..network("ovl", "", Some("10.1.0.9"))
-        });
-        pass(&mut d, snap, true).await;
+        // The bridge network web, and the overlay network ovl in the namespace at `netns`.
+        let with_overlay = |netns: &PathBuf| {
+            let mut snap = snapshot(Some("10.1.0.2"));
+            snap.networks.push(NetworkSnapshot {
+                overlay: Some(Overlay {
+                    netns: Some(netns.clone()),
+                    problem: None,
+                }),
+                ..network("ovl", "", Some("10.1.0.9"))
+            });
+            snap
+        };
+        pass(&mut d, with_overlay(&ns), true).await;
         let in_ns = |fake: &Fake| fake.kernel().namespaces[&ns].installed.clone();
         let planned = in_ns(&fake).expect("our table in the overlay's namespace");
         let text = planned.to_string();
@@ -1442,15 +1446,7 @@ mod tests {
 
         // A namespace that is not there: said in the status, nothing else touched.
         let gone = PathBuf::from("/run/docker/netns/2-ovl0000000");
-        let mut snap = snapshot(Some("10.1.0.2"));
-        snap.networks.push(NetworkSnapshot {
-            overlay: Some(Overlay {
-                netns: Some(gone.clone()),
-                problem: None,
-            }),
-            ..network("ovl", "", Some("10.1.0.9"))
-        });
-        pass(&mut d, snap, false).await;
+        pass(&mut d, with_overlay(&gone), false).await;
         let status = d.build_status();
         let ovl = status.networks.iter().find(|n| n.name == "ovl").unwrap();
         assert!(
