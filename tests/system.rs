@@ -4,9 +4,9 @@
 //! and the .rpm built and linted.
 //!
 //! The README's set-up commands are the ones used here: `packaging/build-deb` builds the
-//! package and `apt install ./trafficjam_*.deb` installs it. Needs root, Docker, network
-//! access to Debian's mirror from the host's namespace (debootstrap, first run only), and a
-//! few minutes.
+//! package and `apt install ./trafficjam_*.deb` installs it. Needs root, Docker, the rootfs
+//! caches of tests/cache (tests/run-all builds them first; else the first test to need one
+//! builds it, from the host's apt mirror in the host's namespace), and a few minutes.
 
 mod common;
 
@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::docker::*;
 use common::text;
-
-const MIRROR: &str = "http://deb.debian.org/debian";
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
@@ -34,37 +32,25 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// What the rootfs holds besides minbase: everything the .deb depends on (debian/control:
-/// dbus, systemd; libc6 and libgcc-s1 come with minbase), so that `apt install ./….deb`
-/// needs no download (the machine may have no route to a mirror: see `rootfs`).
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,libpam-systemd,iproute2,procps";
+/// A copy of cache `name` (tests/cache: built once per machine under a lock, from the
+/// host's apt mirror) at `dest`. The script runs in the host's network namespace
+/// ($TRAFFICJAM_HOST_NETNS, set by tests/run-all; else PID 1's): the tier itself runs in
+/// the namespace of a private Docker engine, which has no route out. Under run-all every
+/// cache is built before the tiers start, and this only copies.
+fn cached(name: &str, dest: &Path) -> PathBuf {
+    let host = std::env::var("TRAFFICJAM_HOST_NETNS").unwrap_or_else(|_| "/proc/1/ns/net".into());
+    ok(Command::new("nsenter")
+        .arg(format!("--net={host}"))
+        .arg(repo().join("tests/cache"))
+        .args(["copy", name])
+        .arg(dest));
+    dest.to_owned()
+}
 
-/// A Debian 12 rootfs, made once per machine (again when INCLUDE changes) and copied for
-/// each run. debootstrap runs in the host's network namespace ($TRAFFICJAM_HOST_NETNS, set
-/// by tests/run-all; else PID 1's): the tier itself runs in the namespace of a private
-/// Docker engine, which has no route out.
+/// A Debian 12 rootfs holding everything the .deb depends on, so that `apt install ./….deb`
+/// needs no download.
 fn rootfs(work: &Path) -> PathBuf {
-    let base = Path::new("/var/tmp/trafficjam-system-base");
-    let marker = base.join(".complete");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(INCLUDE) {
-        let _ = std::fs::remove_dir_all(base);
-        let host =
-            std::env::var("TRAFFICJAM_HOST_NETNS").unwrap_or_else(|_| "/proc/1/ns/net".into());
-        ok(Command::new("nsenter")
-            .arg(format!("--net={host}"))
-            .args([
-                "debootstrap",
-                "--variant=minbase",
-                &format!("--include={INCLUDE}"),
-                "bookworm",
-            ])
-            .arg(base)
-            .arg(MIRROR));
-        std::fs::write(&marker, INCLUDE).unwrap();
-    }
-    let root = work.join("rootfs");
-    ok(Command::new("cp").arg("-a").arg(base).arg(&root));
-    root
+    cached("rootfs", &work.join("rootfs"))
 }
 
 /// A booted container; its init's PID is the door in (`nsenter -t PID -a`).
@@ -282,27 +268,33 @@ fn next_deb(work: &Path) -> PathBuf {
     PathBuf::from(deb.lines().last().unwrap())
 }
 
-/// The system tier's tools, or why it cannot run.
+/// The system tier's tools, or why it cannot run (naming the packages to install).
 fn system_tier_available() -> bool {
-    let missing: Vec<&str> = [
-        "debootstrap",
-        "systemd-nspawn",
-        "dpkg-buildpackage",
-        "lintian",
-        "rpmbuild",
-        "rpmlint",
+    let missing: Vec<String> = [
+        ("debootstrap", "debootstrap"),
+        ("systemd-nspawn", "systemd-container"),
+        ("dpkg-buildpackage", "dpkg-dev"),
+        ("dh", "debhelper"),
+        ("lintian", "lintian"),
+        ("rpmbuild", "rpm"),
+        ("rpmlint", "rpmlint"),
+        ("debugedit", "debugedit"),
+        ("eu-strip", "elfutils"),
     ]
     .into_iter()
-    .filter(|tool| {
+    .filter(|(tool, _)| {
         !run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
             .status
             .success()
     })
+    .map(|(tool, package)| format!("{tool} (package {package})"))
     .collect();
-    common::tier_runs(
-        (!missing.is_empty())
-            .then(|| format!("the system tier needs {missing:?} (tests/run-all installs them)")),
-    )
+    common::tier_runs((!missing.is_empty()).then(|| {
+        format!(
+            "the system tier needs {} (tests/run-all installs tests/packages)",
+            missing.join(", ")
+        )
+    }))
 }
 
 fn table_present() -> bool {
@@ -369,7 +361,8 @@ fn deb_installed_and_run_under_a_booted_systemd() {
     // apt install ./trafficjam_*.deb before Docker's group exists: the package creates no
     // docker group of its own, and the service cannot start (216/GROUP) rather than run
     // without the socket. Without the Recommends (docker.io): the machine uses the engine
-    // bound in, and it has no route to a mirror; the Depends are all in INCLUDE.
+    // bound in, and it has no route to a mirror; the Depends are all in the
+    // rootfs (tests/cache's INCLUDE).
     let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
     machine.sh_ok(&format!(
         "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./{deb_name}"
@@ -688,36 +681,7 @@ fn deb_installed_and_run_under_a_booted_systemd() {
 /// busybox binary for a test image, and what the engine needs to run under nspawn:
 /// nspawn mounts the cgroup v1 hierarchies read-only, and the engine writes them.
 fn rootfs_with_docker(work: &Path) -> PathBuf {
-    let cached = Path::new("/var/tmp/trafficjam-system-docker");
-    let marker = cached.join(".complete");
-    let wanted = format!("{INCLUDE},docker.io");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-        let _ = std::fs::remove_dir_all(cached);
-        let base = rootfs(work);
-        ok(Command::new("mv").arg(&base).arg(cached));
-        let host =
-            std::env::var("TRAFFICJAM_HOST_NETNS").unwrap_or_else(|_| "/proc/1/ns/net".into());
-        ok(Command::new("nsenter")
-            .arg(format!("--net={host}"))
-            .args([
-                "systemd-nspawn",
-                "--quiet",
-                "--register=no",
-                "--keep-unit",
-                "--pipe",
-            ])
-            .arg("-D")
-            .arg(cached)
-            .args([
-                "/bin/sh",
-                "-c",
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                 --no-install-recommends docker.io >/dev/null && apt-get clean",
-            ]));
-        std::fs::write(&marker, &wanted).unwrap();
-    }
-    let root = work.join("rootfs-docker");
-    ok(Command::new("cp").arg("-a").arg(cached).arg(&root));
+    let root = cached("rootfs-docker", &work.join("rootfs-docker"));
     let dropin = root.join("etc/systemd/system/docker.service.d");
     std::fs::create_dir_all(&dropin).unwrap();
     std::fs::write(
