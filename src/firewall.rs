@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use std::collections::BTreeMap;
 
 use crate::nft::{BridgePorts, NftError};
-use crate::plan::{Change, Counters, Ruleset};
+use crate::plan::{Change, Counters, Mac, Ruleset};
 
 /// How an apply reached the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +101,12 @@ pub trait Firewall: Send + 'static {
         &mut self,
         bridges: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, BridgePorts>, NftError>;
+
+    /// Programs `bridge`'s forwarding database for its bound `ports` (a port's name and
+    /// its container's MAC): each MAC static on its port, the ports learning nothing and
+    /// getting no unknown unicast, the bridge learning nothing from link-local frames. A
+    /// port that no longer exists is skipped.
+    fn bind_ports(&mut self, bridge: &str, ports: &[(String, Mac)]) -> Result<(), NftError>;
 
     /// Starts watching the links: `report` hears of every port added to, changed on or
     /// removed from any bridge (the moment a container's interface appears, before Docker
@@ -205,6 +211,10 @@ pub struct FakeKernel {
     pub applies: Vec<BatchKind>,
     /// Every `bridge_filtering` call, in order.
     pub bridge_calls: Vec<BTreeSet<String>>,
+    /// The ports bound on each bridge by `bind_ports` (its MAC static, learning off).
+    pub bound: BTreeMap<String, BTreeMap<String, Mac>>,
+    /// Every `bind_ports` call, in order: the bridge and how many ports it named.
+    pub bind_calls: Vec<(String, usize)>,
     /// Every table cleared, in order.
     pub cleared: Vec<String>,
     /// Counters `counters` answers with.
@@ -369,6 +379,14 @@ impl Firewall for Fake {
             .filter(|(b, _)| bridges.contains(*b))
             .map(|(b, p)| (b.clone(), p.clone()))
             .collect())
+    }
+
+    fn bind_ports(&mut self, bridge: &str, ports: &[(String, Mac)]) -> Result<(), NftError> {
+        let mut kernel = self.kernel();
+        kernel.bind_calls.push((bridge.to_owned(), ports.len()));
+        let on_bridge = kernel.bound.entry(bridge.to_owned()).or_default();
+        on_bridge.extend(ports.iter().cloned());
+        Ok(())
     }
 
     fn watch_ports(&mut self, report: PortsReport) -> Result<(), NftError> {

@@ -618,8 +618,11 @@ pub enum Match {
     Ipv4Fragment,
     /// `exthdr frag exists`: an IPv6 fragment (the same, for IPv6).
     Ipv6Fragment,
-    /// `meta protocol ip`: the frame's ethertype (bridge family).
-    Protocol(EtherType),
+    /// `ether type ip` (bridge family): the ethertype in the frame's own header, at offset
+    /// 12. A VLAN-tagged frame reads 0x8100 (0x88a8) there even once the kernel has moved
+    /// its tag out of the packet, where `meta protocol` would read the inner type: so only
+    /// an untagged frame of that type matches.
+    EtherType(EtherType),
     /// `udp sport 67`
     UdpSourcePort(u16),
     /// `ip6 saddr ::`: duplicate address detection speaks from the unspecified address.
@@ -1727,18 +1730,20 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             base: None,
             rules: vec![
                 Rule::new(
-                    vec![Match::Protocol(EtherType::Ipv4)],
+                    vec![Match::EtherType(EtherType::Ipv4)],
                     Verdict::Goto(chain(C::Ipv4)),
                 ),
                 Rule::new(
-                    vec![Match::Protocol(EtherType::Ipv6)],
+                    vec![Match::EtherType(EtherType::Ipv6)],
                     Verdict::Goto(chain(C::Ipv6)),
                 ),
                 Rule::new(
-                    vec![Match::Protocol(EtherType::Arp)],
+                    vec![Match::EtherType(EtherType::Arp)],
                     Verdict::Goto(chain(C::Arp)),
                 ),
-                // Anything else (VLAN tags, other protocols): no container needs it.
+                // Anything else (a VLAN tag, QinQ, any other protocol): no container needs
+                // it, and a tagged frame would pass `meta protocol` checks by its inner type
+                // and skip br_netfilter.
                 drop(),
             ],
         },
@@ -2156,9 +2161,9 @@ impl fmt::Display for Match {
             Match::EchoRequest(IpVersion::V6) => f.write_str("icmpv6 type echo-request"),
             Match::Ipv4Fragment => f.write_str("ip frag-off & 0x3fff != 0"),
             Match::Ipv6Fragment => f.write_str("exthdr frag exists"),
-            Match::Protocol(EtherType::Ipv4) => f.write_str("meta protocol ip"),
-            Match::Protocol(EtherType::Ipv6) => f.write_str("meta protocol ip6"),
-            Match::Protocol(EtherType::Arp) => f.write_str("meta protocol arp"),
+            Match::EtherType(EtherType::Ipv4) => f.write_str("ether type ip"),
+            Match::EtherType(EtherType::Ipv6) => f.write_str("ether type ip6"),
+            Match::EtherType(EtherType::Arp) => f.write_str("ether type arp"),
             Match::UdpSourcePort(port) => write!(f, "udp sport {port}"),
             Match::Ipv6Unspecified => f.write_str("ip6 saddr ::"),
             Match::ArpProbe => f.write_str("arp saddr ip 0.0.0.0"),

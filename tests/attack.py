@@ -55,9 +55,16 @@ by their form. Payload arguments take Python escapes (``'GET / HTTP/1.0\\r\\n\\r
       source is not link-local).
       -> {"sent": count}
   udp --src-mac M --src-ip A --dst-ip B --dport P [--dst-mac D] [--sport N]
-      [--count 5] [--payload x]
+      [--count 5] [--payload x] [--vlan VID | --vlan OUTER,INNER]
       Forged-source UDP datagrams; B is resolved as in handshake unless --dst-mac.
+      --vlan tags the frames: one 802.1Q tag, or an 802.1ad outer and 802.1Q inner tag.
       -> {"sent": count}   or {"sent": 0, "resolved": false}
+  frames --dst-mac D (--src-mac M | --random-src) [--ethertype 0x88b5] [--count 5]
+         [--payload x]
+      Raw Ethernet frames, D <- M (or a random locally administered unicast source for
+      each frame), the payload padded to 46 bytes: the frames a bridge learns from, to
+      any destination, group addresses such as 01:80:c2:00:00:0e (LLDP) included.
+      -> {"sent": count}
   vxlan-inject --to NODE --vni N --src-mac M --src-ip A --dst-mac D --dst-ip B --dport P
             [--port 4789] [--count 5] [--payload x]
       A Swarm overlay's unauthenticated VXLAN: a UDP datagram (A -> B:P) in an Ethernet
@@ -175,7 +182,7 @@ def load_scapy():
     conf.verb = 0
     for name in ("scapy", "scapy.runtime", "scapy.loading", "scapy.interactive"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    from scapy.layers.l2 import Ether, ARP
+    from scapy.layers.l2 import Ether, ARP, Dot1Q, Dot1AD
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import (
         IPv6,
@@ -290,6 +297,16 @@ def port_arg(text):
     if not 0 <= p <= 65535:
         raise argparse.ArgumentTypeError("port out of range: %r" % text)
     return p
+
+
+def vlan_arg(text):
+    try:
+        vids = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("VLAN ids: VID or OUTER,INNER")
+    if not 1 <= len(vids) <= 2 or any(not 0 <= v <= 4095 for v in vids):
+        raise argparse.ArgumentTypeError("VLAN ids: VID or OUTER,INNER, each 0-4095")
+    return vids
 
 
 def count_arg(text):
@@ -692,8 +709,37 @@ def cmd_udp(a):
             return {"sent": 0, "resolved": False}
     sport = a.sport if a.sport is not None else random.randint(32768, 60999)
     frame = me.l3(a.dst_ip, dst_mac) / s.UDP(sport=sport, dport=a.dport) / s.Raw(load=a.payload)
+    if a.vlan:
+        frame = tagged(s, frame, a.vlan)
     for _ in range(a.count):
         link.send(frame)
+    return {"sent": a.count}
+
+
+def tagged(s, frame, vids):
+    """`frame` with VLAN tags after its Ethernet header: one VID, an 802.1Q tag; two, an
+    802.1ad outer tag and an 802.1Q inner one (QinQ)."""
+    eth, inner = frame, frame.payload
+    tags = [s.Dot1Q(vlan=vids[-1])]
+    if len(vids) == 2:
+        tags.insert(0, s.Dot1AD(vlan=vids[0]))
+    out = s.Ether(src=eth.src, dst=eth.dst)
+    for tag in tags:
+        out = out / tag
+    return out / inner
+
+
+def cmd_frames(a):
+    """Raw Ethernet frames, built by hand (no scapy): what the bridge learns from."""
+    link = Link(a.iface, promisc=False)
+    payload = a.payload.ljust(46, b"\0")
+    for _ in range(a.count):
+        if a.random_src:
+            # Locally administered unicast: bit 1 of the first byte set, bit 0 clear.
+            src = bytes([0x02 | (random.randrange(256) & 0xFC)]) + os.urandom(5)
+        else:
+            src = mac_bytes(a.src_mac)
+        link.send(mac_bytes(a.dst_mac) + src + struct.pack("!H", a.ethertype) + payload)
     return {"sent": a.count}
 
 
@@ -1435,7 +1481,18 @@ def build_parser():
     u.add_argument("--sport", type=port_arg)
     u.add_argument("--count", type=count_arg, default=5)
     u.add_argument("--payload", type=payload_arg, default=b"x")
+    u.add_argument("--vlan", type=vlan_arg)
     u.set_defaults(func=cmd_udp)
+
+    f = sub.add_parser("frames", parents=[common], help="raw Ethernet frames")
+    f.add_argument("--dst-mac", type=mac_arg, required=True)
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--src-mac", type=mac_arg)
+    src.add_argument("--random-src", action="store_true")
+    f.add_argument("--ethertype", type=lambda t: int(t, 0), default=0x88B5)
+    f.add_argument("--count", type=count_arg, default=5)
+    f.add_argument("--payload", type=payload_arg, default=b"x")
+    f.set_defaults(func=cmd_frames)
 
     v = sub.add_parser("vxlan-inject", parents=[common], help="a frame through a node's VXLAN port")
     v.add_argument("--to", type=ip4_arg, required=True)

@@ -567,6 +567,247 @@ fn forged_source_datagrams_are_not_delivered() {
     );
 }
 
+/// A bound backend sends VLAN-tagged frames (802.1Q VID 0, VID 5, QinQ) from its own MAC
+/// and addresses: UDP to the proxy, to the IPv4 broadcast and, from its link-local
+/// address, to ff02::1. The kernel moves the tag out before the bridge, so `meta protocol`
+/// reads the inner type and br_netfilter skips the frame: under isolation alone (the
+/// control) they reach the proxy and b1, whatever br_netfilter says. A bound port sends
+/// only untagged frames: none arrives.
+#[test]
+fn vlan_tagged_frames_from_a_bound_port_are_dropped_whatever_their_destination() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let attacker_mac = mac_text(&n.mac("attacker"));
+    let link_local = trafficjam::plan::link_local(&n.mac("attacker"));
+    // (source, destination, destination MAC)
+    let targets = [
+        (
+            n.addr("attacker", false),
+            n.addr("proxy", false),
+            mac_text(&n.mac("proxy")),
+        ),
+        (
+            n.addr("attacker", true),
+            n.addr("proxy", true),
+            mac_text(&n.mac("proxy")),
+        ),
+        (
+            n.addr("attacker", false),
+            "255.255.255.255".parse().unwrap(),
+            "ff:ff:ff:ff:ff:ff".into(),
+        ),
+        (
+            link_local,
+            "ff02::1".parse().unwrap(),
+            "33:33:00:00:00:01".into(),
+        ),
+    ];
+    let send = |vlan: &str| {
+        for (src, dst, dst_mac) in &targets {
+            let got = n.attack(
+                "attacker",
+                &[
+                    "udp",
+                    "--src-mac",
+                    &attacker_mac,
+                    "--src-ip",
+                    &src.to_string(),
+                    "--dst-ip",
+                    &dst.to_string(),
+                    "--dst-mac",
+                    dst_mac,
+                    "--dport",
+                    &UDP_PORT.to_string(),
+                    "--count",
+                    "3",
+                    "--vlan",
+                    vlan,
+                ],
+            );
+            assert_eq!(got["sent"], 3, "{got}");
+        }
+    };
+    // What the proxy and b1 received from the attacker's addresses.
+    let received = |n: &Network| -> Vec<usize> {
+        ["proxy", "b1"]
+            .iter()
+            .flat_map(|to| {
+                [
+                    n.addr("attacker", false),
+                    n.addr("attacker", true),
+                    link_local,
+                ]
+                .map(|from| n.listeners[*to].udp_count_from(from))
+            })
+            .collect()
+    };
+    let arrived = |before: &[usize], after: &[usize]| -> Vec<usize> {
+        after.iter().zip(before).map(|(a, b)| a - b).collect()
+    };
+
+    // Control: isolation alone. Each kind of target is reached with a VID 0 tag.
+    n.apply(n.managed(false, &[]));
+    let before = received(&n);
+    send("0");
+    assert!(
+        wait_until(
+            || {
+                let got = arrived(&before, &received(&n));
+                // proxy: v4 unicast and broadcast, v6 unicast, ff02::1; b1: the groups.
+                got[0] >= 6 && got[1] >= 3 && got[2] >= 3 && got[3] >= 3 && got[5] >= 3
+            },
+            Duration::from_secs(3)
+        ),
+        "control: tagged datagrams did not all arrive: {:?}",
+        arrived(&before, &received(&n))
+    );
+
+    let rs = n.apply(n.managed(true, &[]));
+    let before = received(&n);
+    for vlan in ["0", "5", "0,0", "7,0"] {
+        send(vlan);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        arrived(&before, &received(&n)),
+        vec![0; 6],
+        "tagged datagrams delivered (proxy v4, v6, link-local; b1 the same)\n{rs}"
+    );
+    let counters = n
+        .lab
+        .host
+        .enter(|| trafficjam::nft::read_counters(TABLE).expect("counters"));
+    assert!(
+        rs.spoofed("ps", &counters) >= 16,
+        "the tagged frames were not counted as spoofed: {counters:?}"
+    );
+    assert_honest_paths(&n, "after the tagged frames");
+}
+
+/// The bridge's forwarding database as the kernel lists it: each MAC learnt or added on a
+/// port (not the bridge's own entries, nor the ports' own multicast ones), with its port
+/// and whether it is static.
+fn fdb(n: &Network) -> BTreeMap<String, (String, bool)> {
+    let out = n.lab.host.exec_ok("bridge", &["fdb", "show", "br", BRIDGE]);
+    out.lines()
+        .filter(|l| l.contains(&format!("master {BRIDGE}")) && !l.contains("permanent"))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let dev = words.iter().position(|w| *w == "dev")?;
+            Some((
+                words[0].to_owned(),
+                (words.get(dev + 1)?.to_string(), l.contains("static")),
+            ))
+        })
+        .collect()
+}
+
+/// The host-side port of container `name`.
+fn port_of(n: &Network, name: &str) -> String {
+    let mac = n.mac(name);
+    n.managed(true, &[])
+        .ports
+        .into_iter()
+        .find(|p| p.mac == mac)
+        .map(|p| p.name)
+        .unwrap_or_else(|| panic!("no port for {name}"))
+}
+
+/// The issue's MAC hijack: a backend sends frames with b1's MAC to the IEEE link-local
+/// groups (`:0e` passes no netfilter hook, the others only the bridge's input hook), and
+/// the bridge, learning before port security can judge, moves b1's MAC to the backend's
+/// port: it then receives what the proxy sends b1. That works with port security alone
+/// (the control). With the database programmed (b1's MAC static on its port, learning
+/// off on bound ports, no link-local learning), no frame moves it, and random sources
+/// teach the bridge nothing: it holds one entry per bound container.
+#[test]
+fn no_frame_from_a_container_moves_another_containers_mac() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let b1_mac = mac_text(&n.mac("b1"));
+    let (b1_port, attacker_port) = (port_of(&n, "b1"), port_of(&n, "attacker"));
+    let groups = [
+        "01:80:c2:00:00:0e",
+        "01:80:c2:00:00:02",
+        "01:80:c2:00:00:03",
+        "01:80:c2:00:00:0f",
+    ];
+    let hijack = |n: &Network| {
+        for group in groups {
+            let got = n.attack(
+                "attacker",
+                &[
+                    "frames",
+                    "--src-mac",
+                    &b1_mac,
+                    "--dst-mac",
+                    group,
+                    "--count",
+                    "3",
+                ],
+            );
+            assert_eq!(got["sent"], 3, "{got}");
+        }
+    };
+    let where_is_b1 = |n: &Network| fdb(n).get(&b1_mac).map(|(port, _)| port.clone());
+
+    // Control: port security alone. b1 speaks (its MAC is learnt on its port), then the
+    // frames to each group move it.
+    n.apply(n.managed(true, &[]));
+    assert!(n.probe("proxy", "b1", Proto::Tcp, true), "proxy -> b1");
+    assert_eq!(where_is_b1(&n).as_deref(), Some(b1_port.as_str()));
+    hijack(&n);
+    assert_eq!(
+        where_is_b1(&n).as_deref(),
+        Some(attacker_port.as_str()),
+        "control: the bridge did not move b1's MAC: {:?}",
+        fdb(&n)
+    );
+
+    // Programmed: every port bound, as the daemon binds them.
+    let net = n.managed(true, &[]);
+    let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
+    n.apply(net);
+    let bound = ports.clone();
+    n.lab
+        .host
+        .enter(move || trafficjam::nft::bind_ports(BRIDGE, &bound).expect("bind ports"));
+    assert_eq!(
+        fdb(&n).get(&b1_mac),
+        Some(&(b1_port.clone(), true)),
+        "b1's MAC is static on its port"
+    );
+    hijack(&n);
+    assert_eq!(where_is_b1(&n).as_deref(), Some(b1_port.as_str()));
+    // Nor does any other frame the attacker sends: random sources to the groups, to the
+    // broadcast and to another container teach the bridge nothing.
+    for dst in groups
+        .iter()
+        .copied()
+        .chain(["ff:ff:ff:ff:ff:ff", b1_mac.as_str()])
+    {
+        n.attack(
+            "attacker",
+            &["frames", "--random-src", "--dst-mac", dst, "--count", "50"],
+        );
+    }
+    let entries = fdb(&n);
+    let bound: BTreeMap<String, (String, bool)> = ports
+        .iter()
+        .map(|(port, mac)| (mac_text(mac), (port.clone(), true)))
+        .collect();
+    assert_eq!(
+        entries, bound,
+        "the database holds exactly the bound containers"
+    );
+    assert_eq!(where_is_b1(&n).as_deref(), Some(b1_port.as_str()));
+    assert_honest_paths(&n, "with the database programmed");
+}
+
 /// What `nft -f` makes of our rendered text (every set kind, bound ports) is what our
 /// netlink batch installs, and a read-back finds no drift.
 #[test]

@@ -33,7 +33,7 @@ use crate::nft::{BridgePorts, NftError};
 use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
 use crate::plan::HostAccess;
-use crate::plan::{self, Change, Counters, Ruleset};
+use crate::plan::{self, Change, Counters, Mac, Ruleset};
 use crate::status::{
     AllowStatus, ApplyStatus, ContainerStatus, DropLogStatus, NetworkStatus, State, Status,
 };
@@ -144,6 +144,9 @@ pub struct Daemon {
     last_snapshot: Option<Snapshot>,
     /// The managed bridges' ports, as last read from the kernel.
     ports: BTreeMap<String, BridgePorts>,
+    /// The bridges whose forwarding database is programmed, with the ports bound there
+    /// (their container's MAC static, learning off): see `bind_ports`.
+    bound: BTreeMap<String, BTreeSet<(String, Mac)>>,
     last_apply: Option<ApplyStatus>,
     last_error: Option<String>,
     /// Where the isolated networks and the last good configuration are kept (none in
@@ -208,6 +211,7 @@ impl Daemon {
             ready_sent: false,
             last_snapshot: None,
             ports: BTreeMap::new(),
+            bound: BTreeMap::new(),
             last_apply: None,
             last_error: None,
             state: None,
@@ -1137,6 +1141,8 @@ impl Daemon {
         };
         self.settle();
         self.save_networks(&reconciled.networks);
+        self.bind_ports(&reconciled.networks, resync || recreated)
+            .await;
         if let Some(bridges) = bridges {
             self.set_bridge_filtering(bridges).await;
         }
@@ -1170,6 +1176,57 @@ impl Daemon {
         {
             Ok(ports) => self.ports = ports,
             Err(e) => warn!("cannot read the bridges' ports ({e}); keeping those read before"),
+        }
+    }
+
+    /// Programs each managed bridge's forwarding database for its bound ports, so that no
+    /// container can teach the bridge another's MAC (nft/fdb.rs says how): the bridges and
+    /// ports new since the last pass, or all of them when `all` (a resync, which also
+    /// repairs a port another program set learning on again). What fails is tried again
+    /// at the next pass.
+    async fn bind_ports(&mut self, networks: &[plan::ManagedNetwork], all: bool) {
+        if all {
+            self.bound.clear();
+        }
+        let desired: BTreeMap<String, BTreeSet<(String, Mac)>> = networks
+            .iter()
+            .map(|n| {
+                let ports = n.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
+                (n.bridge.clone(), ports)
+            })
+            .collect();
+        self.bound.retain(|bridge, _| desired.contains_key(bridge));
+        for (bridge, ports) in desired {
+            let done = self.bound.get(&bridge);
+            let new: Vec<(String, Mac)> = ports
+                .iter()
+                .filter(|p| done.is_none_or(|d| !d.contains(*p)))
+                .cloned()
+                .collect();
+            if done.is_some() && new.is_empty() {
+                // Only ports gone (their entries went with them).
+                self.bound.insert(bridge, ports);
+                continue;
+            }
+            let name = bridge.clone();
+            match self
+                .firewall
+                .call(move |fw| fw.bind_ports(&name, &new))
+                .await
+            {
+                Ok(()) => {
+                    self.bound.insert(bridge, ports);
+                }
+                Err(e) => {
+                    let detail = format!(
+                        "cannot program the bridge's forwarding database ({e}): a container \
+                         could teach it another container's MAC"
+                    );
+                    if self.warned.insert((bridge.clone(), detail.clone())) {
+                        warn!(bridge = %bridge, "{detail}");
+                    }
+                }
+            }
         }
     }
 
@@ -1293,6 +1350,62 @@ mod tests {
         assert_eq!(k.applies, [BatchKind::Full, BatchKind::Elements]);
         // The bridges did not change: their attributes were set once.
         assert_eq!(k.bridge_calls.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bound_ports_are_programmed_once_new_ones_as_they_come_and_all_on_a_resync() {
+        use crate::nft::PortLink;
+        let fake = Fake::new();
+        let mut d = daemon(&fake);
+        let mut s = snapshot(Some("10.1.0.2"));
+        s.networks[0].endpoints = s.networks[0].whitelisted.clone();
+        let link = |name: &str, last| PortLink {
+            name: name.into(),
+            peer_mac: [2, 0, 0, 0, 0, last],
+        };
+        fake.kernel().ports = BTreeMap::from([(
+            "br-web".to_owned(),
+            BridgePorts {
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                // A port of no known endpoint is not bound (nor programmed).
+                ports: vec![link("veth-proxy", 2), link("veth-stray", 9)],
+            },
+        )]);
+        pass(&mut d, s.clone(), true).await;
+        pass(&mut d, s.clone(), false).await;
+        assert_eq!(fake.kernel().bind_calls, [("br-web".to_owned(), 1)]);
+        // A backend's port appears: only it is programmed.
+        s.networks[0].endpoints.push(crate::docker::Endpoint {
+            container_id: "b1".into(),
+            container_name: "backend".into(),
+            addrs: vec!["10.1.0.3".parse().unwrap()],
+            mac: Some([2, 0, 0, 0, 0, 3]),
+        });
+        fake.kernel()
+            .ports
+            .get_mut("br-web")
+            .unwrap()
+            .ports
+            .push(link("veth-b1", 3));
+        pass(&mut d, s.clone(), false).await;
+        // A resync programs everything again (another program may have undone it).
+        pass(&mut d, s.clone(), true).await;
+        let k = fake.kernel();
+        assert_eq!(
+            k.bind_calls,
+            [
+                ("br-web".to_owned(), 1),
+                ("br-web".to_owned(), 1),
+                ("br-web".to_owned(), 2)
+            ]
+        );
+        assert_eq!(
+            k.bound["br-web"],
+            BTreeMap::from([
+                ("veth-b1".to_owned(), [2, 0, 0, 0, 0, 3]),
+                ("veth-proxy".to_owned(), [2, 0, 0, 0, 0, 2]),
+            ])
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 
 mod bridge;
 mod dump;
+mod fdb;
 mod monitor;
 mod netlink;
 mod netns;
@@ -38,6 +39,7 @@ pub use bridge::{BridgeNetfilter, bridge_filtering, set_nf_call};
 pub use dump::{
     InstalledRuleset, InstalledTable, OWNER_MARK, read_counters, read_installed, table_owners,
 };
+pub use fdb::bind_ports;
 pub use netns::{
     Home, NetnsError, is_overlay_name, mounted, nsfs_mounts, overlay_epoch, overlay_namespace,
 };
@@ -212,6 +214,14 @@ impl Firewall for Netlink {
         bridges: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, BridgePorts>, NftError> {
         bridge_ports(bridges)
+    }
+
+    fn bind_ports(
+        &mut self,
+        bridge: &str,
+        ports: &[(String, crate::plan::Mac)],
+    ) -> Result<(), NftError> {
+        bind_ports(bridge, ports)
     }
 
     fn watch_ports(&mut self, mut report: PortsReport) -> Result<(), NftError> {
@@ -731,14 +741,19 @@ fn add_match(
             rule.add_expr(Bitwise::new([0x3fu8, 0xff], [0u8, 0]).map_err(|e| e.to_string())?);
             rule.add_expr(Cmp::new(CmpOp::Neq, [0u8, 0]));
         }
-        Match::Protocol(ethertype) => {
+        Match::EtherType(ethertype) => {
             let value: u16 = match ethertype {
                 EtherType::Ipv4 => libc::ETH_P_IP as u16,
                 EtherType::Ipv6 => libc::ETH_P_IPV6 as u16,
                 EtherType::Arp => libc::ETH_P_ARP as u16,
             };
-            rule.add_expr(Meta::new(MetaType::Protocol));
+            // The link-layer header as the frame carries it: the kernel rebuilds a moved-out
+            // VLAN tag for this read (nft_payload_copy_vlan), so a tagged frame reads 0x8100.
+            rule.add_expr(payload(NFT_PAYLOAD_LL_HEADER, 12, 2));
             rule.add_expr(Cmp::new(CmpOp::Eq, value.to_be_bytes()));
+            if *ethertype == EtherType::Arp {
+                loaded.arp = true;
+            }
         }
         Match::UdpSourcePort(port) => {
             add_l4proto(rule, libc::IPPROTO_UDP);
