@@ -134,6 +134,7 @@ pub mod names {
             PortCheck::Arp => "port_arp",
             PortCheck::Claims => "claims",
             PortCheck::Dispatch => "portsec",
+            PortCheck::Forward => "port_fwd",
         };
         format!("{prefix}_{network}")
     }
@@ -170,6 +171,8 @@ pub mod names {
         Claims,
         /// An audited network's dispatch (see `bridge_table`).
         Dispatch,
+        /// The backstop's judgement of what a bound port sends on to other ports.
+        Forward,
     }
 
     impl PortCheck {
@@ -1751,8 +1754,14 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             name: chain(C::Ipv4),
             base: None,
             rules: vec![
-                // A DHCP server answering other containers.
+                // A DHCP server answering other containers: from the server port, or to
+                // the client port whatever it is sent from.
                 drop_if(vec![Match::UdpSourcePort(67)]),
+                drop_if(vec![Match::DestPort(PortRange {
+                    protocol: Protocol::Udp,
+                    first: 68,
+                    last: 68,
+                })]),
                 Rule::new(
                     vec![lookup(
                         &[Field::IifName, Field::IpSource(IpVersion::V4)],
@@ -1770,8 +1779,14 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                 // Router advertisements and redirects: only the host routes.
                 drop_if(vec![Match::Icmpv6Types(134, 134)]),
                 drop_if(vec![Match::Icmpv6Types(137, 137)]),
-                // A DHCPv6 server or relay answering other containers.
+                // A DHCPv6 server or relay answering other containers (from the server
+                // port, or to the client port).
                 drop_if(vec![Match::UdpSourcePort(547)]),
+                drop_if(vec![Match::DestPort(PortRange {
+                    protocol: Protocol::Udp,
+                    first: 546,
+                    last: 546,
+                })]),
                 Rule::new(
                     vec![Match::Icmpv6Types(136, 136)],
                     Verdict::Goto(chain(C::Advert)),
@@ -1924,6 +1939,27 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     prerouting.rules.extend(claims);
     for net in networks {
         let iso_name = names::isolation_chain(&net.name);
+        // Every IP frame a bound port sends on to other ports, whatever its addresses
+        // (broadcast, multicast, link-local, other subnets: the bridge forwards them all),
+        // not only those between two addresses of the network; its source is the port's
+        // own (port security). Its chain ends in our base chain's policy: the subnet
+        // rules below do not judge it twice.
+        let from_port = names::port_chain(names::PortCheck::Forward, &net.name);
+        forward.rules.push(Rule::new(
+            vec![Match::Lookup(
+                vec![Field::IifName],
+                names::port_set(names::PortSet::Ports, &net.name),
+            )],
+            Verdict::Goto(from_port.clone()),
+        ));
+        chains.push(Chain {
+            name: from_port,
+            base: None,
+            rules: [EtherType::Ipv4, EtherType::Ipv6]
+                .into_iter()
+                .map(|t| Rule::new(vec![Match::EtherType(t)], Verdict::Jump(iso_name.clone())))
+                .collect(),
+        });
         // Both ends inside the network's subnets (any pair: --ip-range slices and several
         // subnets of one family are all one network).
         for src in &net.subnets {
@@ -1945,6 +1981,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             ));
         }
         rules.extend(whitelisted(net, Dir::Src));
+        rules.extend(listener_reports());
         rules.extend([
             neighbour_discovery(),
             // Without conntrack, a non-whitelisted source may still answer a whitelisted
@@ -2480,11 +2517,30 @@ mod tests {
         assert_eq!(
             rules,
             [
+                // A bound port's frames, whatever their addresses; then the subnets'.
+                "iifname @ports_multi goto port_fwd_multi",
                 "ip saddr 10.1.0.0/24 ip daddr 10.1.0.0/24 jump iso_multi",
                 "ip saddr 10.1.0.0/24 ip daddr 10.2.0.0/24 jump iso_multi",
                 "ip saddr 10.2.0.0/24 ip daddr 10.1.0.0/24 jump iso_multi",
                 "ip saddr 10.2.0.0/24 ip daddr 10.2.0.0/24 jump iso_multi",
                 "ip6 saddr fd00:1::/64 ip6 daddr fd00:1::/64 jump iso_multi",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bound_ports_ip_frames_are_judged_whatever_their_addresses() {
+        let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
+        let rules: Vec<String> = chain(&rs, Family::Bridge, "port_fwd_public")
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "ether type ip jump iso_public",
+                "ether type ip6 jump iso_public"
             ]
         );
     }
@@ -2502,6 +2558,8 @@ mod tests {
             [
                 "ip saddr @wl4_public return",
                 "ip6 saddr @wl6_public return",
+                "icmpv6 type 131-132 return",
+                "icmpv6 type 143 return",
                 "icmpv6 type 133-136 return",
                 "ip frag-off & 0x3fff != 0 goto deny_isolation_public",
                 "exthdr frag exists goto deny_isolation_public",
@@ -2520,7 +2578,7 @@ mod tests {
         let n = net("x", "br-x", &["10.9.0.7/24"], &[]);
         let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
         assert_eq!(
-            chain(&rs, Family::Bridge, "forward").rules[0].to_string(),
+            chain(&rs, Family::Bridge, "forward").rules[1].to_string(),
             "ip saddr 10.9.0.0/24 ip daddr 10.9.0.0/24 jump iso_x"
         );
     }

