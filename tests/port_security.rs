@@ -152,6 +152,37 @@ impl Network {
         })
     }
 
+    /// Datagrams from the attacker's own MAC, as `src` to `dst` (in frames to `dst_mac`),
+    /// to the listeners' UDP port; `extra` adds options of attack.py's `udp` (`--vlan`).
+    fn attacker_udp(
+        &self,
+        src: &str,
+        dst: &str,
+        dst_mac: &str,
+        count: u32,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let mac = mac_text(&self.mac("attacker"));
+        let (port, count) = (UDP_PORT.to_string(), count.to_string());
+        let mut args = vec![
+            "udp",
+            "--src-mac",
+            &mac,
+            "--src-ip",
+            src,
+            "--dst-ip",
+            dst,
+            "--dst-mac",
+            dst_mac,
+            "--dport",
+            &port,
+            "--count",
+            &count,
+        ];
+        args.extend_from_slice(extra);
+        self.attack("attacker", &args)
+    }
+
     /// A user-space TCP handshake from the attacker, as `claim` (MAC and address of
     /// another container), to b1's echo port: what b1 answered.
     fn impersonate(&self, claim: &str, v6: bool) -> serde_json::Value {
@@ -310,23 +341,12 @@ fn an_unresolved_port_cannot_claim_a_known_identity_but_may_speak_as_itself() {
         .map(|v6| n.listeners["b1"].udp_count_from(n.addr("proxy", v6)))
         .to_vec();
     for v6 in [false, true] {
-        n.attack(
-            "attacker",
-            &[
-                "udp",
-                "--src-mac",
-                &mac_text(&n.mac("attacker")),
-                "--src-ip",
-                &n.addr("proxy", v6).to_string(),
-                "--dst-ip",
-                &n.addr("b1", v6).to_string(),
-                "--dst-mac",
-                &mac_text(&n.mac("b1")),
-                "--dport",
-                &UDP_PORT.to_string(),
-                "--count",
-                "5",
-            ],
+        n.attacker_udp(
+            &n.addr("proxy", v6).to_string(),
+            &n.addr("b1", v6).to_string(),
+            &mac_text(&n.mac("b1")),
+            5,
+            &[],
         );
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -526,23 +546,12 @@ fn forged_source_datagrams_are_not_delivered() {
     }
     let n = Network::new(true);
     let forge = |v6: bool| {
-        n.attack(
-            "attacker",
-            &[
-                "udp",
-                "--src-mac",
-                &mac_text(&n.mac("attacker")),
-                "--src-ip",
-                &n.addr("proxy", v6).to_string(),
-                "--dst-ip",
-                &n.addr("b1", v6).to_string(),
-                "--dst-mac",
-                &mac_text(&n.mac("b1")),
-                "--dport",
-                &UDP_PORT.to_string(),
-                "--count",
-                "5",
-            ],
+        n.attacker_udp(
+            &n.addr("proxy", v6).to_string(),
+            &n.addr("b1", v6).to_string(),
+            &mac_text(&n.mac("b1")),
+            5,
+            &[],
         );
     };
     let delivered = |v6| n.listeners["b1"].udp_count_from(n.addr("proxy", v6));
@@ -579,7 +588,6 @@ fn vlan_tagged_frames_from_a_bound_port_are_dropped_whatever_their_destination()
         return;
     }
     let n = Network::new(true);
-    let attacker_mac = mac_text(&n.mac("attacker"));
     let link_local = trafficjam::plan::link_local(&n.mac("attacker"));
     // (source, destination, destination MAC)
     let targets = [
@@ -606,25 +614,12 @@ fn vlan_tagged_frames_from_a_bound_port_are_dropped_whatever_their_destination()
     ];
     let send = |vlan: &str| {
         for (src, dst, dst_mac) in &targets {
-            let got = n.attack(
-                "attacker",
-                &[
-                    "udp",
-                    "--src-mac",
-                    &attacker_mac,
-                    "--src-ip",
-                    &src.to_string(),
-                    "--dst-ip",
-                    &dst.to_string(),
-                    "--dst-mac",
-                    dst_mac,
-                    "--dport",
-                    &UDP_PORT.to_string(),
-                    "--count",
-                    "3",
-                    "--vlan",
-                    vlan,
-                ],
+            let got = n.attacker_udp(
+                &src.to_string(),
+                &dst.to_string(),
+                dst_mac,
+                3,
+                &["--vlan", vlan],
             );
             assert_eq!(got["sent"], 3, "{got}");
         }
@@ -781,6 +776,18 @@ fn no_frame_from_a_container_moves_another_containers_mac() {
         Some(&(b1_port.clone(), true)),
         "b1's MAC is static on its port"
     );
+    for (port, _) in &ports {
+        let details = n
+            .lab
+            .host
+            .exec_ok("bridge", &["-d", "link", "show", "dev", port]);
+        assert!(
+            details.contains("learning off") && details.contains(" flood off"),
+            "{port}: {details}"
+        );
+    }
+    let bridge = n.lab.host.ip(&["-d", "link", "show", BRIDGE]);
+    assert!(bridge.contains("no_linklocal_learn 1"), "{bridge}");
     hijack(&n);
     assert_eq!(where_is_b1(&n).as_deref(), Some(b1_port.as_str()));
     // Nor does any other frame the attacker sends: random sources to the groups, to the
@@ -853,24 +860,7 @@ fn a_bound_port_is_isolated_whatever_its_destination_address() {
             ),
             (link_local.to_string(), "ff02::1", "33:33:00:00:00:01"),
         ] {
-            n.attack(
-                "attacker",
-                &[
-                    "udp",
-                    "--src-mac",
-                    &attacker_mac,
-                    "--src-ip",
-                    &src,
-                    "--dst-ip",
-                    dst,
-                    "--dst-mac",
-                    dst_mac,
-                    "--dport",
-                    &UDP_PORT.to_string(),
-                    "--count",
-                    "3",
-                ],
-            );
+            n.attacker_udp(&src, dst, dst_mac, 3, &[]);
         }
     };
     let received = |n: &Network| -> [usize; 2] {
@@ -925,8 +915,8 @@ fn port_security_text_and_batch_install_the_same_ruleset() {
     assert_text_installs_the_same(&n.lab.host, &rs.to_string());
 }
 
-/// A backend answering as a DHCP or DHCPv6 server, from the server port or any other:
-/// what reaches another backend's interface, counted there. With br_netfilter on, the
+/// A container answering as a DHCP or DHCPv6 server, from the server port or any other:
+/// what reaches a backend's interface, counted there. With br_netfilter on, the
 /// stateful chain already drops a backend's broadcasts; without it, isolation alone (the
 /// control) lets them through.
 #[test]
@@ -935,10 +925,10 @@ fn dhcp_server_messages_do_not_leave_the_port() {
         return;
     }
     let n = Network::new(false);
-    let attacker_mac = mac_text(&n.mac("attacker"));
     // Server messages from the server ports (67, 547) or, as a server may send them,
     // from any other: what identifies them is the client port they go to.
-    let received = |n: &Network, sport4: &str, sport6: &str| -> (u64, u64) {
+    let received = |n: &Network, server: &str, sport4: &str, sport6: &str| -> (u64, u64) {
+        let server_mac = mac_text(&n.mac(server));
         let ready = std::env::temp_dir().join(format!("{}-sniff", n.ns("b1").name));
         std::fs::remove_file(&ready).ok();
         let ns = n.ns("b1").handle();
@@ -969,28 +959,28 @@ fn dhcp_server_messages_do_not_leave_the_port() {
             wait_until(|| ready.exists(), Duration::from_secs(3)),
             "the sniffer did not start"
         );
-        let attacker4 = n.addr("attacker", false).to_string();
+        let server4 = n.addr(server, false).to_string();
         let sent4 = n.attack(
-            "attacker",
+            server,
             &[
                 "dhcp-offer",
                 "--src-mac",
-                &attacker_mac,
+                &server_mac,
                 "--src-ip",
-                &attacker4,
+                &server4,
                 "--sport",
                 sport4,
             ],
         );
-        let attacker6 = n.addr("attacker", true).to_string();
+        let server6 = n.addr(server, true).to_string();
         let sent6 = n.attack(
-            "attacker",
+            server,
             &[
                 "dhcp6-advertise",
                 "--src-mac",
-                &attacker_mac,
+                &server_mac,
                 "--src-ip",
-                &attacker6,
+                &server6,
                 "--sport",
                 sport6,
             ],
@@ -1004,19 +994,27 @@ fn dhcp_server_messages_do_not_leave_the_port() {
         (total, 2)
     };
     n.apply(n.managed(false, &[]));
-    for (sport4, sport6) in [("67", "547"), ("12345", "12346")] {
-        let (got, sent) = received(&n, sport4, sport6);
+    // The attacker, and the proxy: the isolation chains let the proxy's broadcasts
+    // through, so for it only port security's own rules stop them.
+    let cases = [
+        ("attacker", "67", "547"),
+        ("attacker", "12345", "12346"),
+        ("proxy", "67", "547"),
+        ("proxy", "12345", "12346"),
+    ];
+    for (server, sport4, sport6) in cases {
+        let (got, sent) = received(&n, server, sport4, sport6);
         assert_eq!(
             got, sent,
-            "control (from {sport4}, {sport6}): both server messages reach b1"
+            "control ({server}, from {sport4}, {sport6}): both server messages reach b1"
         );
     }
     n.apply(n.managed(true, &[]));
-    for (sport4, sport6) in [("67", "547"), ("12345", "12346")] {
-        let (got, _) = received(&n, sport4, sport6);
+    for (server, sport4, sport6) in cases {
+        let (got, _) = received(&n, server, sport4, sport6);
         assert_eq!(
             got, 0,
-            "a DHCP server message (from {sport4}, {sport6}) reached b1"
+            "a DHCP server message ({server}, from {sport4}, {sport6}) reached b1"
         );
     }
 }
@@ -1062,24 +1060,7 @@ fn an_audited_network_cannot_forge_an_enforced_networks_identity() {
         });
     }
     let send_as = |src: &str| {
-        n.attack(
-            "attacker",
-            &[
-                "udp",
-                "--src-mac",
-                &mac_text(&n.mac("attacker")),
-                "--src-ip",
-                src,
-                "--dst-ip",
-                "10.21.0.4",
-                "--dst-mac",
-                &mac_text(&n.gateway_mac()),
-                "--dport",
-                &UDP_PORT.to_string(),
-                "--count",
-                "5",
-            ],
-        );
+        n.attacker_udp(src, "10.21.0.4", &mac_text(&n.gateway_mac()), 5, &[]);
         std::thread::sleep(Duration::from_millis(500));
     };
     let from = |ip: &str| v2.udp_count_from(ip.parse().unwrap());

@@ -1179,17 +1179,19 @@ impl Daemon {
         }
     }
 
-    /// Programs each managed bridge's forwarding database for its bound ports, so that no
+    /// Programs each enforced bridge's forwarding database for its bound ports, so that no
     /// container can teach the bridge another's MAC (nft/fdb.rs says how): the bridges and
     /// ports new since the last pass, or all of them when `all` (a resync, which also
     /// repairs a port another program set learning on again). What fails is tried again
-    /// at the next pass.
+    /// at the next pass. An audited network's bridge is left learning: audit mode changes
+    /// nothing a container sees.
     async fn bind_ports(&mut self, networks: &[plan::ManagedNetwork], all: bool) {
         if all {
             self.bound.clear();
         }
         let desired: BTreeMap<String, BTreeSet<(String, Mac)>> = networks
             .iter()
+            .filter(|n| n.mode == plan::Mode::Enforce)
             .map(|n| {
                 let ports = n.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
                 (n.bridge.clone(), ports)

@@ -104,47 +104,87 @@ fn port_flags_message(port: u32, seq: u32) -> Vec<u8> {
 
 /// Programs `bridge` (in the calling thread's network namespace): no learning from
 /// link-local frames; each of `ports` (a port's name and its container's MAC) with its
-/// MAC static on it, learning and unknown-unicast flooding off, its learnt entries
-/// flushed. The entry comes before the flags, so the container's MAC is never unknown
-/// meanwhile. A port that no longer exists is skipped (its container went away).
+/// MAC static on it, then learning and unknown-unicast flooding off and its learnt
+/// entries flushed. The flags go only to ports whose entry the kernel took: a port
+/// without it would reach its container by unicast no more. A port that no longer exists
+/// is skipped (its container went away).
 pub fn bind_ports(bridge: &str, ports: &[(String, Mac)]) -> Result<(), NftError> {
     let index = nix::net::if_::if_nametoindex(bridge)
         .map_err(|_| NftError::NoSuchBridge(bridge.to_owned()))?;
-    let mut what = vec![format!("no_linklocal_learn on bridge {bridge}")];
-    let mut bytes = no_linklocal_learn_message(index, 1);
-    for (name, mac) in ports {
-        let Ok(port) = nix::net::if_::if_nametoindex(name.as_str()) else {
-            continue;
-        };
-        let seq = what.len() as u32 + 1;
-        bytes.extend(static_entry_message(port, mac, seq));
-        bytes.extend(port_flags_message(port, seq + 1));
-        what.push(format!(
-            "a static entry for {} on port {name}",
-            mac_text(mac)
+    let present: Vec<(u32, &str, &Mac)> = ports
+        .iter()
+        .filter_map(|(name, mac)| {
+            let port = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
+            Some((port, name.as_str(), mac))
+        })
+        .collect();
+    // First the bridge's option and the entries, then the flags of the ports that got one.
+    let mut first = vec![(
+        no_linklocal_learn_message(index, 1),
+        format!("no_linklocal_learn on bridge {bridge}"),
+    )];
+    for (seq, (port, name, mac)) in (2..).zip(&present) {
+        first.push((
+            static_entry_message(*port, mac, seq),
+            format!("a static entry for {} on port {name}", mac_text(mac)),
         ));
-        what.push(format!("learning and flooding off on port {name}"));
     }
+    let refused = exchange(&first)?;
+    let entered: Vec<&(u32, &str, &Mac)> = present
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !refused.iter().any(|(seq, _)| *seq == *i + 2))
+        .map(|(_, p)| p)
+        .collect();
+    let second: Vec<(Vec<u8>, String)> = (1..)
+        .zip(&entered)
+        .map(|(seq, (port, name, _))| {
+            (
+                port_flags_message(*port, seq),
+                format!("learning and flooding off on port {name}"),
+            )
+        })
+        .collect();
+    let refused_flags = if second.is_empty() {
+        Vec::new()
+    } else {
+        exchange(&second)?
+    };
+    match refused.into_iter().chain(refused_flags).next() {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Sends `messages` (each with sequence number its place + 1, and what it does) in one
+/// datagram and reads every acknowledgement: the refused ones, by sequence number.
+fn exchange(messages: &[(Vec<u8>, String)]) -> Result<Vec<(usize, NftError)>, NftError> {
     let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
     set_receive_timeout(&sock)?;
+    let bytes: Vec<u8> = messages
+        .iter()
+        .flat_map(|(m, _)| m.iter().copied())
+        .collect();
     send_all(&sock, &bytes)?;
     let mut answered = 0;
-    let mut result = Ok(());
+    let mut refused = Vec::new();
     read_acks(&sock, |seq, errno| {
         answered += 1;
-        if errno != 0 && result.is_ok() {
-            let what = what
-                .get(seq as usize - 1)
-                .cloned()
-                .unwrap_or_else(|| format!("bridge {bridge}"));
-            result = Err(NftError::Refused {
-                what,
-                source: io::Error::from_raw_os_error(errno),
-            });
+        if errno != 0 {
+            let what = messages
+                .get((seq as usize).wrapping_sub(1))
+                .map_or_else(|| format!("message {seq}"), |(_, what)| what.clone());
+            refused.push((
+                seq as usize,
+                NftError::Refused {
+                    what,
+                    source: io::Error::from_raw_os_error(errno),
+                },
+            ));
         }
-        answered == what.len()
+        answered == messages.len()
     })?;
-    result
+    Ok(refused)
 }
 
 #[cfg(test)]
