@@ -2451,11 +2451,7 @@ mod tests {
     #[test]
     fn per_network_forward_chain_is_stateful_and_ends_in_a_counted_drop() {
         let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
-        let rules: Vec<String> = chain(&rs, Family::Inet, "fwd_public")
-            .rules
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+        let rules = rule_texts(chain(&rs, Family::Inet, "fwd_public"));
         assert_eq!(
             rules,
             [
@@ -2509,11 +2505,7 @@ mod tests {
             &[],
         );
         let rs = plan(DEFAULT_TABLE, &[n]).unwrap();
-        let rules: Vec<String> = chain(&rs, Family::Bridge, "forward")
-            .rules
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+        let rules = rule_texts(chain(&rs, Family::Bridge, "forward"));
         assert_eq!(
             rules,
             [
@@ -2531,11 +2523,7 @@ mod tests {
     #[test]
     fn a_bound_ports_ip_frames_are_judged_whatever_their_addresses() {
         let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
-        let rules: Vec<String> = chain(&rs, Family::Bridge, "port_fwd_public")
-            .rules
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+        let rules = rule_texts(chain(&rs, Family::Bridge, "port_fwd_public"));
         assert_eq!(
             rules,
             [
@@ -2548,11 +2536,7 @@ mod tests {
     #[test]
     fn backstop_lets_whitelisted_sources_and_replies_to_them_through() {
         let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
-        let rules: Vec<String> = chain(&rs, Family::Bridge, "iso_public")
-            .rules
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+        let rules = rule_texts(chain(&rs, Family::Bridge, "iso_public"));
         assert_eq!(
             rules,
             [
@@ -2781,11 +2765,7 @@ mod tests {
         );
         assert_eq!(set(&rs, "idip6_public").elements.len(), 3);
         assert_eq!(rs.bound_ports("public"), 1);
-        let prerouting: Vec<String> = chain(&rs, Family::Bridge, "prerouting")
-            .rules
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+        let prerouting: Vec<String> = rule_texts(chain(&rs, Family::Bridge, "prerouting"));
         assert_eq!(
             prerouting,
             [
