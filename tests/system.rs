@@ -125,7 +125,17 @@ impl Machine {
 
     fn sh_ok(&self, script: &str) -> String {
         let out = self.sh(script);
-        assert!(out.status.success(), "{script}: {}", text(&out));
+        // The daemon's own account is what explains a failed systemctl.
+        assert!(
+            out.status.success(),
+            "{script}: {}\njournal of trafficjam (last lines):\n{}",
+            text(&out),
+            String::from_utf8_lossy(
+                &self
+                    .sh("journalctl -u trafficjam --no-pager -o short-monotonic -n 60")
+                    .stdout
+            )
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
