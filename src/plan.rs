@@ -131,6 +131,8 @@ pub mod names {
             PortCheck::Ipv4 => "port_ip4",
             PortCheck::Ipv6 => "port_ip6",
             PortCheck::Advert => "port_na",
+            PortCheck::Solicit => "port_ns",
+            PortCheck::RouterSolicit => "port_rs",
             PortCheck::Arp => "port_arp",
             PortCheck::Claims => "claims",
             PortCheck::Dispatch => "portsec",
@@ -147,6 +149,8 @@ pub mod names {
             PortSet::PortIpv4 => "pip4",
             PortSet::PortIpv6 => "pip6",
             PortSet::PortAdvert => "pna",
+            PortSet::PortNdMac => "pndmac",
+            PortSet::PortRsMac => "prsmac",
             PortSet::Mac => "idmac",
             PortSet::Ipv4 => "idip4",
             PortSet::Ipv6 => "idip6",
@@ -166,6 +170,10 @@ pub mod names {
         Ipv6,
         /// IPv6 neighbour advertisements: the target must be the port's own.
         Advert,
+        /// Neighbour solicitations.
+        Solicit,
+        /// Router solicitations.
+        RouterSolicit,
         Arp,
         /// Frames from every other port: no claim on a known identity.
         Claims,
@@ -198,6 +206,11 @@ pub mod names {
         PortIpv6,
         /// The same elements as `PortIpv6`, typed for a raw neighbour-advertisement target.
         PortAdvert,
+        /// The same elements as `PortMac`, typed for the raw link-layer option of a
+        /// neighbour solicitation or advertisement.
+        PortNdMac,
+        /// The same, for the link-layer option of a router solicitation.
+        PortRsMac,
         Mac,
         Ipv4,
         Ipv6,
@@ -632,6 +645,21 @@ pub enum Match {
     Ipv6Unspecified,
     /// `arp saddr ip 0.0.0.0`: an ARP probe.
     ArpProbe,
+    /// `@th,192,16 0x0101`: the option at this offset of a neighbour discovery message
+    /// (ICMPv6) is a link-layer address option (source 1, target 2) of one unit (a MAC).
+    NdLinkLayerOption {
+        offset: u8,
+        kind: u8,
+    },
+    /// `ip6 length 24`: the payload length (a neighbour discovery message with no option
+    /// at all, when no extension header comes first).
+    Ipv6Length(u16),
+    /// `ip6 nexthdr 58`: the header after IPv6's own.
+    Ipv6NextHeader(u8),
+    /// `ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00`: a frame to one of the IEEE
+    /// link-local groups, which the bridge does not forward but hands to the port's own
+    /// stack, past its prerouting hook (and port security).
+    LinkLocalGroup,
     /// `iifname . ether saddr @set`: the concatenation of fields, looked up in a set.
     Lookup(Vec<Field>, String),
 }
@@ -655,6 +683,9 @@ pub enum Field {
     /// The target address of an IPv6 neighbour advertisement (`@th,64,128`: nft 1.0.6
     /// has no name for it).
     AdvertTarget,
+    /// The MAC of the link-layer address option at this offset of a neighbour discovery
+    /// message (`@th,208,48` for offset 24).
+    NdOptionMac(u8),
     IpDest(IpVersion),
     /// `meta l4proto`
     L4Proto,
@@ -747,6 +778,10 @@ pub enum SetKey {
     Raw128,
     /// `typeof iifname . @th,64,128`
     IfnameRaw128,
+    /// `typeof iifname . @th,208,48`: MACs, looked up as the raw link-layer option at this
+    /// offset of a neighbour discovery message (24: a neighbour solicitation or
+    /// advertisement, 8: a router solicitation; no other).
+    IfnameNdMac(u8),
     /// `type ipv4_addr . ipv4_addr` (and IPv6): a source and a destination.
     Pair(IpVersion),
     /// `type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval` (and
@@ -759,6 +794,8 @@ pub enum SetKey {
 /// `typeof` keys carry the expression they were declared with.
 const HOST_BYTE_ORDER: &[u8] = b"\x00\x04\x01\x00\x00\x00";
 const TYPEOF_RAW128: &[u8] = b"\x00\x04\x02\x00\x00\x00\x03\x26\x00\x04\x07\x00\x00\x00\x01\x1e\x00\x04\x00\x00\x00\x00\x01\x04\x00\x00\x00\x00\x02\x04\x03\x00\x00\x00\x03\x04\x40\x00\x00\x00\x04\x04\x80\x00\x00\x00";
+const TYPEOF_IFNAME_ND_MAC_24: &[u8] = b"\x00\x04\x00\x00\x00\x00\x03\x40\x00\x04\x0d\x00\x00\x00\x01\x38\x00\x0e\x00\x04\x09\x00\x00\x00\x01\x06\x00\x04\x06\x00\x00\x00\x01\x26\x00\x04\x07\x00\x00\x00\x01\x1e\x00\x04\x00\x00\x00\x00\x01\x04\x00\x00\x00\x00\x02\x04\x03\x00\x00\x00\x03\x04\xd0\x00\x00\x00\x04\x04\x30\x00\x00\x00";
+const TYPEOF_IFNAME_ND_MAC_8: &[u8] = b"\x00\x04\x00\x00\x00\x00\x03\x40\x00\x04\x0d\x00\x00\x00\x01\x38\x00\x0e\x00\x04\x09\x00\x00\x00\x01\x06\x00\x04\x06\x00\x00\x00\x01\x26\x00\x04\x07\x00\x00\x00\x01\x1e\x00\x04\x00\x00\x00\x00\x01\x04\x00\x00\x00\x00\x02\x04\x03\x00\x00\x00\x03\x04\x50\x00\x00\x00\x04\x04\x30\x00\x00\x00";
 const TYPEOF_IFNAME_RAW128: &[u8] = b"\x00\x04\x00\x00\x00\x00\x03\x40\x00\x04\x0d\x00\x00\x00\x01\x38\x00\x0e\x00\x04\x09\x00\x00\x00\x01\x06\x00\x04\x06\x00\x00\x00\x01\x26\x00\x04\x07\x00\x00\x00\x01\x1e\x00\x04\x00\x00\x00\x00\x01\x04\x00\x00\x00\x00\x02\x04\x03\x00\x00\x00\x03\x04\x40\x00\x00\x00\x04\x04\x80\x00\x00\x00";
 
 /// nft's data type numbers, and how it numbers a concatenation of two.
@@ -787,7 +824,7 @@ impl SetKey {
             SetKey::IfnameIpv4 => concat(TYPE_IFNAME, TYPE_IPV4),
             SetKey::IfnameIpv6 => concat(TYPE_IFNAME, TYPE_IPV6),
             SetKey::Raw128 => TYPE_INTEGER,
-            SetKey::IfnameRaw128 => concat(TYPE_IFNAME, TYPE_INTEGER),
+            SetKey::IfnameRaw128 | SetKey::IfnameNdMac(_) => concat(TYPE_IFNAME, TYPE_INTEGER),
             SetKey::Pair(v) => concat(v.type_id(), v.type_id()),
             SetKey::Service(v) => concat(
                 concat(concat(v.type_id(), v.type_id()), TYPE_INET_PROTOCOL),
@@ -811,7 +848,7 @@ impl SetKey {
             SetKey::Ipv4 => 4,
             SetKey::Ipv6 | SetKey::Ifname | SetKey::Raw128 => 16,
             SetKey::Ether => 6,
-            SetKey::IfnameEther => 24,
+            SetKey::IfnameEther | SetKey::IfnameNdMac(_) => 24,
             SetKey::IfnameIpv4 => 20,
             SetKey::IfnameIpv6 | SetKey::IfnameRaw128 => 32,
             SetKey::Pair(v) => 2 * v.addr_len(),
@@ -825,6 +862,8 @@ impl SetKey {
             SetKey::Ifname => Some(HOST_BYTE_ORDER),
             SetKey::Raw128 => Some(TYPEOF_RAW128),
             SetKey::IfnameRaw128 => Some(TYPEOF_IFNAME_RAW128),
+            SetKey::IfnameNdMac(8) => Some(TYPEOF_IFNAME_ND_MAC_8),
+            SetKey::IfnameNdMac(_) => Some(TYPEOF_IFNAME_ND_MAC_24),
             _ => None,
         }
     }
@@ -840,6 +879,8 @@ impl SetKey {
             SetKey::IfnameIpv6 => "type ifname . ipv6_addr",
             SetKey::Raw128 => "typeof @th,64,128",
             SetKey::IfnameRaw128 => "typeof iifname . @th,64,128",
+            SetKey::IfnameNdMac(8) => "typeof iifname . @th,80,48",
+            SetKey::IfnameNdMac(_) => "typeof iifname . @th,208,48",
             SetKey::Pair(IpVersion::V4) => "type ipv4_addr . ipv4_addr",
             SetKey::Pair(IpVersion::V6) => "type ipv6_addr . ipv6_addr",
             SetKey::Service(IpVersion::V4) => {
@@ -953,6 +994,10 @@ impl Element {
             Element::Ip(a) => addr(a),
             Element::Mac(m) => mac_text(m),
             Element::Port(p) => format!("\"{p}\""),
+            Element::PortMac(p, m) if matches!(key, SetKey::IfnameNdMac(_)) => {
+                let raw = m.iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
+                format!("\"{p}\" . 0x{raw:012x}")
+            }
             Element::PortMac(p, m) => format!("\"{p}\" . {}", mac_text(m)),
             Element::PortIp(p, a) => format!("\"{p}\" . {}", addr(a)),
             Element::Pair(from, to) => format!("{from} . {to}"),
@@ -1681,6 +1726,22 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                 .collect(),
         },
         Set {
+            name: set(S::PortNdMac),
+            key: SetKey::IfnameNdMac(24),
+            elements: ports
+                .iter()
+                .map(|p| Element::PortMac(p.name.clone(), p.mac))
+                .collect(),
+        },
+        Set {
+            name: set(S::PortRsMac),
+            key: SetKey::IfnameNdMac(8),
+            elements: ports
+                .iter()
+                .map(|p| Element::PortMac(p.name.clone(), p.mac))
+                .collect(),
+        },
+        Set {
             name: set(S::PortIpv4),
             key: SetKey::IfnameIpv4,
             elements: port_ips(IpVersion::V4),
@@ -1721,6 +1782,35 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
     let drop = || Rule::new(vec![], deny(net, Reason::Spoofed));
     let drop_if = |matches| Rule::new(matches, deny(net, Reason::Spoofed));
     let port_and = |field| lookup(&[Field::IifName, field], S::PortMac);
+    let own_ipv6 = || {
+        lookup(
+            &[Field::IifName, Field::IpSource(IpVersion::V6)],
+            S::PortIpv6,
+        )
+    };
+    // A neighbour discovery message from the port's own address (and for its own target,
+    // `also`) with no option, or whose options begin with a link-layer address option
+    // (of `kind`, at `offset`) holding the port's own MAC: its receivers believe the first
+    // such option they find, and would send what is for this port's address to any MAC
+    // written there.
+    let neighbour_discovery_checks = |offset: u8, kind: u8, macs: S, also: Option<Match>| {
+        let with = |mut matches: Vec<Match>| {
+            matches.push(own_ipv6());
+            matches.extend(also.clone());
+            Rule::new(matches, Verdict::Accept)
+        };
+        vec![
+            with(vec![
+                Match::Ipv6Length(u16::from(offset)),
+                Match::Ipv6NextHeader(58),
+            ]),
+            with(vec![
+                Match::NdLinkLayerOption { offset, kind },
+                lookup(&[Field::IifName, Field::NdOptionMac(offset)], macs),
+            ]),
+            drop(),
+        ]
+    };
     let chains = vec![
         Chain {
             // A bound port's frame with a MAC not its own.
@@ -1787,18 +1877,9 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                     first: 546,
                     last: 546,
                 })]),
-                Rule::new(
-                    vec![Match::Icmpv6Types(136, 136)],
-                    Verdict::Goto(chain(C::Advert)),
-                ),
-                Rule::new(
-                    vec![lookup(
-                        &[Field::IifName, Field::IpSource(IpVersion::V6)],
-                        S::PortIpv6,
-                    )],
-                    Verdict::Accept,
-                ),
-                // Duplicate address detection: a solicitation and an MLD report from `::`.
+                // Duplicate address detection: a solicitation and an MLD report from `::`
+                // (a solicitation from `::` with a link-layer option is invalid, and
+                // dropped by its receivers).
                 Rule::new(
                     vec![Match::Ipv6Unspecified, Match::Icmpv6Types(135, 135)],
                     Verdict::Accept,
@@ -1807,25 +1888,47 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                     vec![Match::Ipv6Unspecified, Match::Icmpv6Types(143, 143)],
                     Verdict::Accept,
                 ),
+                // Neighbour discovery carries a MAC of its own, which its receivers
+                // believe: judged apart.
+                Rule::new(
+                    vec![Match::Icmpv6Types(136, 136)],
+                    Verdict::Goto(chain(C::Advert)),
+                ),
+                Rule::new(
+                    vec![Match::Icmpv6Types(135, 135)],
+                    Verdict::Goto(chain(C::Solicit)),
+                ),
+                Rule::new(
+                    vec![Match::Icmpv6Types(133, 133)],
+                    Verdict::Goto(chain(C::RouterSolicit)),
+                ),
+                Rule::new(vec![own_ipv6()], Verdict::Accept),
                 drop(),
             ],
         },
         Chain {
             name: chain(C::Advert),
             base: None,
-            rules: vec![
-                Rule::new(
-                    vec![
-                        lookup(
-                            &[Field::IifName, Field::IpSource(IpVersion::V6)],
-                            S::PortIpv6,
-                        ),
-                        lookup(&[Field::IifName, Field::AdvertTarget], S::PortAdvert),
-                    ],
-                    Verdict::Accept,
-                ),
-                drop(),
-            ],
+            rules: neighbour_discovery_checks(
+                24,
+                2,
+                S::PortNdMac,
+                Some(lookup(
+                    &[Field::IifName, Field::AdvertTarget],
+                    S::PortAdvert,
+                )),
+            ),
+        },
+        Chain {
+            name: chain(C::Solicit),
+            base: None,
+            rules: neighbour_discovery_checks(24, 1, S::PortNdMac, None),
+        },
+        Chain {
+            name: chain(C::RouterSolicit),
+            base: None,
+            // Routers (the host) believe a router solicitation's option too.
+            rules: neighbour_discovery_checks(8, 1, S::PortRsMac, None),
         },
         Chain {
             name: chain(C::Arp),
@@ -1906,10 +2009,32 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
         }),
         rules: Vec::new(),
     };
+    // Frames to the IEEE link-local groups that the bridge does not forward (those it
+    // may not, :00 with STP on and :02; the others it forwards, see nft/fdb.rs) pass its
+    // input hook only, then the port's own stack: a bound port's would reach the host's
+    // addresses as if from no bridge at all, past port security and host access.
+    let mut input = Chain {
+        name: names::INPUT.into(),
+        base: Some(BaseChain {
+            hook: Hook::Input,
+            priority: PORT_PRIORITY,
+        }),
+        rules: Vec::new(),
+    };
     let mut claims = Vec::new();
     let mut sets = Vec::new();
     let mut chains = Vec::new();
     for net in networks {
+        input.rules.push(Rule::new(
+            vec![
+                Match::Lookup(
+                    vec![Field::IifName],
+                    names::port_set(names::PortSet::Ports, &net.name),
+                ),
+                Match::LinkLocalGroup,
+            ],
+            deny(net, Reason::Spoofed),
+        ));
         let ps = port_security(net);
         match net.mode {
             // The dispatch `goto`s a port's chains: nothing is on the jump stack, and a
@@ -2038,7 +2163,7 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
             sets.extend(grant_sets(net));
         }
     }
-    let mut all_chains = vec![prerouting, forward];
+    let mut all_chains = vec![prerouting, input, forward];
     all_chains.extend(chains);
     Table {
         family: Family::Bridge,
@@ -2204,22 +2329,36 @@ impl fmt::Display for Match {
             Match::UdpSourcePort(port) => write!(f, "udp sport {port}"),
             Match::Ipv6Unspecified => f.write_str("ip6 saddr ::"),
             Match::ArpProbe => f.write_str("arp saddr ip 0.0.0.0"),
+            Match::LinkLocalGroup => {
+                f.write_str("ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00")
+            }
+            Match::NdLinkLayerOption { offset, kind } => write!(
+                f,
+                "@th,{},16 {:#06x}",
+                u32::from(*offset) * 8,
+                u16::from_be_bytes([*kind, 1])
+            ),
+            Match::Ipv6Length(length) => write!(f, "ip6 length {length}"),
+            Match::Ipv6NextHeader(next) => write!(f, "ip6 nexthdr {next}"),
             Match::Lookup(fields, set) => {
-                let fields: Vec<&str> = fields
+                let fields: Vec<String> = fields
                     .iter()
                     .map(|field| match field {
-                        Field::IifName => "iifname",
-                        Field::EtherSource => "ether saddr",
-                        Field::IpSource(IpVersion::V4) => "ip saddr",
-                        Field::IpSource(IpVersion::V6) => "ip6 saddr",
-                        Field::ArpSenderMac => "arp saddr ether",
-                        Field::ArpSenderIp => "arp saddr ip",
-                        Field::AdvertTarget => "@th,64,128",
-                        Field::IpDest(IpVersion::V4) => "ip daddr",
-                        Field::IpDest(IpVersion::V6) => "ip6 daddr",
-                        Field::L4Proto => "meta l4proto",
-                        Field::DestPort => "th dport",
-                        Field::SourcePort => "th sport",
+                        Field::NdOptionMac(offset) => {
+                            format!("@th,{},48", (u32::from(*offset) + 2) * 8)
+                        }
+                        Field::IifName => "iifname".into(),
+                        Field::EtherSource => "ether saddr".into(),
+                        Field::IpSource(IpVersion::V4) => "ip saddr".into(),
+                        Field::IpSource(IpVersion::V6) => "ip6 saddr".into(),
+                        Field::ArpSenderMac => "arp saddr ether".into(),
+                        Field::ArpSenderIp => "arp saddr ip".into(),
+                        Field::AdvertTarget => "@th,64,128".into(),
+                        Field::IpDest(IpVersion::V4) => "ip daddr".into(),
+                        Field::IpDest(IpVersion::V6) => "ip6 daddr".into(),
+                        Field::L4Proto => "meta l4proto".into(),
+                        Field::DestPort => "th dport".into(),
+                        Field::SourcePort => "th sport".into(),
                     })
                     .collect();
                 write!(f, "{} @{set}", fields.join(" . "))

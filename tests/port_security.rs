@@ -5,6 +5,8 @@
 //! ports bound (it must fail). Honest traffic is checked beside every attack.
 
 mod common;
+#[path = "port_security/fuzz.rs"]
+mod fuzz;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -725,11 +727,13 @@ fn no_frame_from_a_container_moves_another_containers_mac() {
     let n = Network::new(true);
     let b1_mac = mac_text(&n.mac("b1"));
     let (b1_port, attacker_port) = (port_of(&n, "b1"), port_of(&n, "attacker"));
+    // :0e last: port security's input rule stops the others before the bridge learns
+    // from them, so in the control :0e (which passes no hook) has the last word.
     let groups = [
-        "01:80:c2:00:00:0e",
         "01:80:c2:00:00:02",
         "01:80:c2:00:00:03",
         "01:80:c2:00:00:0f",
+        "01:80:c2:00:00:0e",
     ];
     let hijack = |n: &Network| {
         for group in groups {
@@ -787,7 +791,10 @@ fn no_frame_from_a_container_moves_another_containers_mac() {
         );
     }
     let bridge = n.lab.host.ip(&["-d", "link", "show", BRIDGE]);
-    assert!(bridge.contains("no_linklocal_learn 1"), "{bridge}");
+    assert!(
+        bridge.contains("no_linklocal_learn 1") && bridge.contains("group_fwd_mask 0xfff8"),
+        "{bridge}"
+    );
     hijack(&n);
     assert_eq!(where_is_b1(&n).as_deref(), Some(b1_port.as_str()));
     // Nor does any other frame the attacker sends: random sources to the groups, to the
@@ -1088,4 +1095,396 @@ fn an_audited_network_cannot_forge_an_enforced_networks_identity() {
             "{mode:?}: a datagram forged as the other network's v1 was delivered\n{rs}"
         );
     }
+}
+
+/// What the random-frame fuzzer found: an IP packet sent to an IEEE link-local group is
+/// not forwarded by the bridge but handed to the port's own stack (`:0e` past every bridge
+/// hook, `:02` past its input hook alone), where the host takes it as addressed to it:
+/// from any source, past port security, and past host access (whose rules match the
+/// bridge, not its ports). The control (isolation alone) shows it: the host receives
+/// datagrams as b1 from the attacker. Bound, such frames are forwarded (and so judged) or
+/// dropped at the bridge's input hook: none arrives.
+#[test]
+fn ip_to_a_link_local_group_does_not_reach_the_host_past_port_security() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let host = Listeners::start(&n.lab.host);
+    let spoofed = [
+        (n.addr("b1", false), GATEWAY4.parse::<IpAddr>().unwrap()),
+        (n.addr("b1", true), GATEWAY6.parse::<IpAddr>().unwrap()),
+    ];
+    let send = |n: &Network| {
+        for group in ["01:80:c2:00:00:0e", "01:80:c2:00:00:02"] {
+            for (src, dst) in &spoofed {
+                let got = n.attacker_udp(&src.to_string(), &dst.to_string(), group, 3, &[]);
+                assert_eq!(got["sent"], 3, "{got}");
+            }
+        }
+    };
+    let received = || -> usize {
+        spoofed
+            .iter()
+            .map(|(src, _)| host.udp_count_from(*src))
+            .sum()
+    };
+
+    n.apply(n.managed(false, &[]));
+    send(&n);
+    assert!(
+        wait_until(|| received() > 0, Duration::from_secs(3)),
+        "control: the host received nothing as b1 through a link-local group"
+    );
+
+    let net = n.managed(true, &[]);
+    let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
+    let rs = n.apply(net);
+    n.lab
+        .host
+        .enter(move || trafficjam::nft::bind_ports(BRIDGE, &ports).expect("bind ports"));
+    let before = received();
+    send(&n);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        received(),
+        before,
+        "the host received datagrams as b1 through a link-local group\n{rs}"
+    );
+    assert_honest_paths(&n, "after the link-local groups");
+}
+
+/// The fuzzer's other find: a neighbour advertisement from the attacker's own MAC and
+/// address, for its own address, but with b1's MAC in its link-layer option. The host
+/// believes the option, not the frame: what it sends the attacker's address then goes to
+/// b1 (the control, isolation alone). Bound, a port's neighbour discovery carries no
+/// option or its own MAC first: the host's entry stays true.
+#[test]
+fn a_link_layer_option_not_its_own_is_not_believed() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    let own = n.addr("attacker", true).to_string();
+    let (attacker_mac, b1_mac) = (mac_text(&n.mac("attacker")), mac_text(&n.mac("b1")));
+    let gateway_mac = mac_text(&n.gateway_mac());
+    let host_entry = |n: &Network| -> Option<String> {
+        // The host resolves the attacker first: an advertisement updates an entry.
+        n.lab.host.exec("ping", &["-6", "-c", "1", "-W", "1", &own]);
+        let out = n.lab.host.ip(&["neigh", "show", &own, "dev", BRIDGE]);
+        let mut words = out.split_whitespace().skip_while(|w| *w != "lladdr");
+        words.nth(1).map(str::to_owned)
+    };
+    let lie = |n: &Network| {
+        let got = n.attack(
+            "attacker",
+            &[
+                "na",
+                "--eth-src",
+                &attacker_mac,
+                "--src-mac",
+                &b1_mac,
+                "--src-ip",
+                &own,
+                "--target-ip",
+                &own,
+                "--dst-ip",
+                GATEWAY6,
+                "--dst-mac",
+                &gateway_mac,
+            ],
+        );
+        assert_eq!(got["sent"], 3, "{got}");
+    };
+
+    n.apply(n.managed(false, &[]));
+    assert_eq!(host_entry(&n).as_deref(), Some(attacker_mac.as_str()));
+    lie(&n);
+    assert!(
+        wait_until(
+            || {
+                let out = n.lab.host.ip(&["neigh", "show", &own, "dev", BRIDGE]);
+                out.contains(&b1_mac)
+            },
+            Duration::from_secs(3)
+        ),
+        "control: the host did not believe the option"
+    );
+
+    let rs = n.apply(n.managed(true, &[]));
+    n.lab.host.ip(&["neigh", "flush", "dev", BRIDGE]);
+    assert_eq!(host_entry(&n).as_deref(), Some(attacker_mac.as_str()));
+    lie(&n);
+    std::thread::sleep(Duration::from_millis(500));
+    let entry = n.lab.host.ip(&["neigh", "show", &own, "dev", BRIDGE]);
+    assert!(
+        entry.contains(&attacker_mac) && !entry.contains(&b1_mac),
+        "the host believed another's MAC in the option: {entry}\n{rs}"
+    );
+    assert_honest_paths(&n, "after the lying option");
+}
+
+/// Who `name` is on the network, for the fuzzer.
+fn identity(n: &Network, name: &str) -> fuzz::Identity {
+    let mac = n.mac(name);
+    identity_of(mac, n.addr(name, false), n.addr(name, true))
+}
+
+fn identity_of(mac: Mac, v4: IpAddr, v6: IpAddr) -> fuzz::Identity {
+    let (IpAddr::V4(v4), IpAddr::V6(v6), IpAddr::V6(link_local)) =
+        (v4, v6, trafficjam::plan::link_local(&mac))
+    else {
+        panic!("not an IPv4 and two IPv6 addresses");
+    };
+    fuzz::Identity {
+        mac,
+        v4,
+        v6,
+        link_local,
+    }
+}
+
+/// What the fuzzer found: frames sent, marked frames seen where, and what should not
+/// have been.
+#[derive(Debug, Default)]
+struct FuzzReport {
+    sent: usize,
+    seen: BTreeMap<String, usize>,
+    violations: Vec<String>,
+}
+
+/// Sends `frames` random frames from the attacker (seeded), in rounds, while packet
+/// sockets watch the bridge, the proxy and the two other backends; judges every frame of
+/// the attacker's that arrived.
+fn fuzz_frames(n: &Network, seed: u64, frames: u32) -> FuzzReport {
+    use fuzz::Place;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const ROUND: u32 = 5_000;
+    let me = identity(n, "attacker");
+    let gateway = identity_of(
+        n.gateway_mac(),
+        GATEWAY4.parse().unwrap(),
+        GATEWAY6.parse().unwrap(),
+    );
+    let others = vec![
+        identity(n, "proxy"),
+        identity(n, "b1"),
+        identity(n, "b2"),
+        gateway,
+    ];
+    eprintln!(
+        "fuzz cast: attacker {}, proxy b1 b2 gateway {:?}",
+        mac_text(&me.mac),
+        others.iter().map(|o| mac_text(&o.mac)).collect::<Vec<_>>()
+    );
+    let mut fuzzer = fuzz::Fuzzer::new(seed, me, others);
+    let mut report = FuzzReport::default();
+    for first in (0..frames).step_by(ROUND as usize) {
+        let batch: Vec<Vec<u8>> = (first..frames.min(first + ROUND))
+            .map(|i| fuzzer.frame(i))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let watch = |name: &str, ns: &Netns, device: &'static str, place: Place| {
+            let (stop, ready) = (stop.clone(), ready_tx.clone());
+            let seen = ns.spawn(move || {
+                let socket = fuzz::PacketSocket::open(device).expect("packet socket");
+                ready.send(()).unwrap();
+                fuzz::collect(&socket, &stop)
+            });
+            (name.to_owned(), place, seen)
+        };
+        let watchers = [
+            watch("the bridge", &n.lab.host, BRIDGE, Place::Bridge),
+            watch("proxy", n.ns("proxy"), "eth0", Place::Proxy),
+            watch("b1", n.ns("b1"), "eth0", Place::Isolated),
+            watch("b2", n.ns("b2"), "eth0", Place::Isolated),
+        ];
+        for _ in &watchers {
+            ready.recv().expect("a watcher is ready");
+        }
+        let sender = n.ns("attacker").spawn(move || {
+            let socket = fuzz::PacketSocket::open("eth0").expect("packet socket");
+            for (i, frame) in batch.iter().enumerate() {
+                socket.send(frame).expect("send a frame");
+                if i % 200 == 199 {
+                    std::thread::sleep(fuzz::PACE);
+                }
+            }
+            batch
+        });
+        let batch = sender.join().expect("sender");
+        report.sent += batch.len();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        for (name, place, seen) in watchers {
+            for frame in seen.join().expect("watcher") {
+                let (at, index) = fuzz::marker(&frame).unwrap();
+                let Some(sent) = index.checked_sub(first).and_then(|i| batch.get(i as usize))
+                else {
+                    continue;
+                };
+                *report.seen.entry(name.clone()).or_default() += 1;
+                let why = if fuzz::same_frame(&frame, sent, at) {
+                    fuzz::judge(sent, &me, place)
+                } else if frame[6..12] == me.mac {
+                    // The attacker's frame as the kernel rebuilt it (br_netfilter
+                    // reassembles fragments): judged as it arrived.
+                    fuzz::judge(&frame, &me, place).map(|why| format!("{why}, as {}", hex(&frame)))
+                } else if place == Place::Isolated {
+                    // Its payload in another's frame: a packet the host routed (which
+                    // isolation judges like a bridged one), or worse.
+                    fuzz::judge_packet(&frame, &me, place)
+                        .map(|why| format!("{why}, by another path, as {}", hex(&frame)))
+                } else {
+                    // An answer quoting it (an echo, an ICMP error).
+                    None
+                };
+                if let Some(why) = why {
+                    report.violations.push(format!(
+                        "frame {index} reached {name}: {why}\n  {}",
+                        hex(sent)
+                    ));
+                }
+            }
+        }
+    }
+    report
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Neighbour entries (the host's on the bridge, each container's) that map an address of
+/// the network to a MAC that is not its owner's.
+fn neighbour_lies(n: &Network) -> Vec<String> {
+    let mut truth: BTreeMap<IpAddr, Mac> = BTreeMap::new();
+    for name in ["proxy", "b1", "b2", "attacker"] {
+        let mac = n.mac(name);
+        truth.insert(n.addr(name, false), mac);
+        truth.insert(n.addr(name, true), mac);
+        truth.insert(trafficjam::plan::link_local(&mac), mac);
+    }
+    let gateway = n.gateway_mac();
+    truth.insert(GATEWAY4.parse().unwrap(), gateway);
+    truth.insert(GATEWAY6.parse().unwrap(), gateway);
+    truth.insert(trafficjam::plan::link_local(&gateway), gateway);
+    let mut lies = Vec::new();
+    let tables = [
+        ("the host", &n.lab.host, BRIDGE),
+        ("proxy", n.ns("proxy"), "eth0"),
+        ("b1", n.ns("b1"), "eth0"),
+        ("b2", n.ns("b2"), "eth0"),
+    ];
+    for (name, ns, device) in tables {
+        for line in ns.ip(&["neigh", "show", "dev", device]).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (Some(addr), Some(mac)) = (
+                words.first().and_then(|a| a.parse::<IpAddr>().ok()),
+                words
+                    .iter()
+                    .position(|w| *w == "lladdr")
+                    .and_then(|i| words.get(i + 1))
+                    .and_then(|m| trafficjam::docker::parse_mac(m)),
+            ) else {
+                continue;
+            };
+            if truth.get(&addr).is_some_and(|owner| *owner != mac) {
+                lies.push(format!("{name}: {line}"));
+            }
+        }
+    }
+    lies
+}
+
+/// Port security as an allowlist, proven with frames nobody chose: random frames from a
+/// bound port (seeded; `TRAFFICJAM_FUZZ_SEED` replays one, `TRAFFICJAM_FUZZ_FRAMES` runs
+/// longer) reach the bridge only as what the port is (its MAC, untagged, ARP or IP from
+/// its addresses, no router or DHCP server messages), reach another backend only as
+/// neighbour discovery, teach the bridge nothing and leave every neighbour table true.
+/// The control, isolation alone with nothing bound, shows that the same frames break
+/// each of those.
+#[test]
+fn random_frames_from_a_bound_port_pass_only_as_what_it_is() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let seed = std::env::var("TRAFFICJAM_FUZZ_SEED")
+        .ok()
+        .map(|s| s.parse().expect("TRAFFICJAM_FUZZ_SEED: a number"))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let frames: u32 = std::env::var("TRAFFICJAM_FUZZ_FRAMES")
+        .ok()
+        .map(|s| s.parse().expect("TRAFFICJAM_FUZZ_FRAMES: a number"))
+        .unwrap_or(20_000);
+    eprintln!("fuzz: seed {seed}, {frames} frames (TRAFFICJAM_FUZZ_SEED={seed} replays them)");
+
+    // Control: isolation alone, no port bound, the bridge learning.
+    let control = Network::new(true);
+    control.apply(control.managed(false, &[]));
+    let learnt = fdb(&control);
+    let report = fuzz_frames(&control, seed, frames.min(10_000));
+    eprintln!(
+        "fuzz control: {} sent, seen {:?}, {} violations",
+        report.sent,
+        report.seen,
+        report.violations.len()
+    );
+    for place in ["the bridge", "b1", "b2"] {
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| v.contains(&format!("reached {place}:"))),
+            "control: no forbidden frame reached {place}: the fuzzer or its judge is blind"
+        );
+    }
+    assert_ne!(fdb(&control), learnt, "control: the bridge learnt nothing");
+    assert!(
+        !neighbour_lies(&control).is_empty(),
+        "control: every neighbour table stayed true"
+    );
+    drop(control);
+
+    // Every port bound, the database programmed, as the daemon does.
+    let n = Network::new(true);
+    let net = n.managed(true, &[]);
+    let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
+    let rs = n.apply(net);
+    n.lab
+        .host
+        .enter(move || trafficjam::nft::bind_ports(BRIDGE, &ports).expect("bind ports"));
+    let database = fdb(&n);
+    let report = fuzz_frames(&n, seed, frames);
+    eprintln!(
+        "fuzz: {} sent, seen {:?}, {} violations",
+        report.sent,
+        report.seen,
+        report.violations.len()
+    );
+    assert!(
+        report.violations.is_empty(),
+        "seed {seed}: {} frames passed that should not have; the first:\n{}\n{rs}",
+        report.violations.len(),
+        report.violations[..report.violations.len().min(10)].join("\n")
+    );
+    assert!(
+        report.seen.get("the bridge").copied().unwrap_or(0) > 0,
+        "no frame of the attacker's passed at all: {:?}",
+        report.seen
+    );
+    assert_eq!(fdb(&n), database, "the fuzzer's frames taught the bridge");
+    let lies = neighbour_lies(&n);
+    assert!(
+        lies.is_empty(),
+        "seed {seed}: neighbour tables lie: {lies:#?}"
+    );
+    assert_honest_paths(&n, "after the fuzzer");
 }

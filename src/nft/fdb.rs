@@ -9,7 +9,8 @@
 //! learning is off and what the port learnt before it was bound is flushed. The port also
 //! gets no unknown unicast (flooding off): a frame for another container never reaches it.
 //! The bridge itself learns nothing from link-local frames (`no_linklocal_learn`), which
-//! covers ports not bound yet. The database stays bounded: one entry per bound container,
+//! covers ports not bound yet, and forwards the link-local groups it may
+//! ([`GROUP_FWD_MASK`]) rather than hand them to the port's own stack. The database stays bounded: one entry per bound container,
 //! plus what unbound ports (containers Docker has not told us of yet) learn until bound.
 
 use std::io;
@@ -43,19 +44,26 @@ fn serialize(message: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
     bytes
 }
 
-/// `ip link set BRIDGE type bridge no_linklocal_learn 1`.
-fn no_linklocal_learn_message(bridge: u32, seq: u32) -> Vec<u8> {
+/// Frames to every IEEE link-local group the kernel lets a bridge forward (all but :00 to
+/// :02): forwarded, they pass the bridge's prerouting hook and port security. Else the
+/// bridge hands them to the port's own stack, `:0e` past every bridge hook: an IP packet
+/// to such a group reached the host's addresses unjudged.
+pub const GROUP_FWD_MASK: u16 = 0xfff8;
+
+/// `ip link set BRIDGE type bridge no_linklocal_learn 1 group_fwd_mask 0xfff8`.
+fn bridge_options_message(bridge: u32, seq: u32) -> Vec<u8> {
     let mut link = LinkMessage::default();
     link.header.index = bridge;
     let flag = BridgeBooleanOptionFlags::NoLinkLocalLearn;
     link.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Bridge),
-        LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MultiBoolOpt(
-            BridgeBooleanOptions {
+        LinkInfo::Data(InfoData::Bridge(vec![
+            InfoBridge::MultiBoolOpt(BridgeBooleanOptions {
                 value: flag,
                 mask: flag,
-            },
-        )])),
+            }),
+            InfoBridge::GroupFwdMask(GROUP_FWD_MASK),
+        ])),
     ]));
     serialize(
         RouteNetlinkMessage::NewLink(link),
@@ -120,8 +128,8 @@ pub fn bind_ports(bridge: &str, ports: &[(String, Mac)]) -> Result<(), NftError>
         .collect();
     // First the bridge's option and the entries, then the flags of the ports that got one.
     let mut first = vec![(
-        no_linklocal_learn_message(index, 1),
-        format!("no_linklocal_learn on bridge {bridge}"),
+        bridge_options_message(index, 1),
+        format!("no_linklocal_learn and group_fwd_mask on bridge {bridge}"),
     )];
     for (seq, (port, name, mac)) in (2..).zip(&present) {
         first.push((
@@ -226,10 +234,16 @@ mod tests {
     }
 
     #[test]
-    fn no_linklocal_learn_sets_only_its_bit() {
-        let built = no_linklocal_learn_message(7, 1);
-        // ... IFLA_INFO_DATA { IFLA_BR_MULTI_BOOLOPT: optval 1, optmask 1 }
-        let tail = &built[built.len() - 12..];
-        assert_eq!(tail, &[12, 0, 46, 0, 1, 0, 0, 0, 1, 0, 0, 0]);
+    fn bridge_options_set_no_linklocal_learn_alone_and_the_forward_mask() {
+        let built = bridge_options_message(7, 1);
+        // ... IFLA_INFO_DATA { IFLA_BR_MULTI_BOOLOPT: optval 1, optmask 1;
+        // IFLA_BR_GROUP_FWD_MASK: 0xfff8 (a u16, padded) }
+        let tail = &built[built.len() - 20..];
+        assert_eq!(
+            tail,
+            &[
+                12, 0, 46, 0, 1, 0, 0, 0, 1, 0, 0, 0, 6, 0, 9, 0, 0xf8, 0xff, 0, 0
+            ]
+        );
     }
 }

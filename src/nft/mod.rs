@@ -644,6 +644,7 @@ fn field_payload(field: Field, dreg: Register) -> Payload {
         Field::ArpSenderMac => (NFT_PAYLOAD_NETWORK_HEADER, 8, 6),
         Field::ArpSenderIp => (NFT_PAYLOAD_NETWORK_HEADER, 14, 4),
         Field::AdvertTarget => (NFT_PAYLOAD_TRANSPORT_HEADER, 8, 16),
+        Field::NdOptionMac(offset) => (NFT_PAYLOAD_TRANSPORT_HEADER, u32::from(offset) + 2, 6),
         flow => unreachable!("{flow:?} is looked up by raw::new_rule"),
     };
     payload(base, offset, len).with_dreg(dreg)
@@ -765,6 +766,34 @@ fn add_match(
             loaded.network = Some(IpVersion::V6);
             rule.add_expr(address_payload(Dir::Src, IpVersion::V6));
             rule.add_expr(Cmp::new(CmpOp::Eq, [0u8; 16]));
+        }
+        Match::NdLinkLayerOption { offset, kind } => {
+            rule.add_expr(payload(NFT_PAYLOAD_TRANSPORT_HEADER, u32::from(*offset), 2));
+            rule.add_expr(Cmp::new(CmpOp::Eq, [*kind, 1]));
+        }
+        Match::Ipv6Length(length) => {
+            if loaded.network != Some(IpVersion::V6) {
+                add_l3_dependency(rule, family, IpVersion::V6);
+                loaded.network = Some(IpVersion::V6);
+            }
+            rule.add_expr(payload(NFT_PAYLOAD_NETWORK_HEADER, 4, 2));
+            rule.add_expr(Cmp::new(CmpOp::Eq, length.to_be_bytes()));
+        }
+        Match::Ipv6NextHeader(next) => {
+            if loaded.network != Some(IpVersion::V6) {
+                add_l3_dependency(rule, family, IpVersion::V6);
+                loaded.network = Some(IpVersion::V6);
+            }
+            rule.add_expr(payload(NFT_PAYLOAD_NETWORK_HEADER, 6, 1));
+            rule.add_expr(Cmp::new(CmpOp::Eq, [*next]));
+        }
+        Match::LinkLocalGroup => {
+            rule.add_expr(payload(NFT_PAYLOAD_LL_HEADER, 0, 6));
+            rule.add_expr(
+                Bitwise::new([0xffu8, 0xff, 0xff, 0xff, 0xff, 0xf0], [0u8; 6])
+                    .map_err(|e| e.to_string())?,
+            );
+            rule.add_expr(Cmp::new(CmpOp::Eq, [0x01u8, 0x80, 0xc2, 0, 0, 0]));
         }
         Match::ArpProbe => {
             add_arp_dependency(rule, loaded);

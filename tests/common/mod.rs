@@ -407,6 +407,14 @@ impl Lab {
     /// A bridge in the host with gateway addresses (`10.1.0.1/24`, `fd00:1::1/64`, …).
     pub fn bridge(&self, name: &str, gateways: &[&str]) {
         self.host.ip(&["link", "add", name, "type", "bridge"]);
+        if let Some(v4) = gateways
+            .iter()
+            .find_map(|g| g.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
+        {
+            let [a, b, c, d] = v4.octets();
+            let mac = format!("02:43:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+            self.host.ip(&["link", "set", name, "address", &mac]);
+        }
         for gw in gateways {
             let mut args = vec!["addr", "add", gw, "dev", name];
             if gw.contains(':') {
@@ -439,6 +447,16 @@ impl Lab {
                 args.push("nodad");
             }
             ns.ip(&args);
+        }
+        // A MAC of its IPv4 address (as Docker's): the same network gets the same MACs
+        // every run, so that a seeded frame fuzzer replays exactly.
+        if let Some(v4) = addrs
+            .iter()
+            .find_map(|a| a.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
+        {
+            let [a, b, c, d] = v4.octets();
+            let mac = format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+            ns.ip(&["link", "set", "eth0", "address", &mac]);
         }
         ns.ip(&["link", "set", "eth0", "up"]);
         for gw in gateways {
