@@ -250,6 +250,132 @@ fn whitelist_follows_containers_and_not_addresses() {
 /// TCP handshake with another backend, as the proxy (its MAC and address). Without
 /// trafficjam it gets the answer; with it, the backend's port is bound to the backend's own
 /// identity and the frames are dropped, also after a restart gives it a new port.
+/// The layer-2 attacks the kernel tier found, against Docker's own bridge and veths, with
+/// a default container's powers (CAP_NET_RAW): frames with a's MAC to the IEEE link-local
+/// groups move a's MAC to the attacker's port, and a datagram as a in a frame to a
+/// link-local group reaches the host's gateway address. Docker alone lets both happen
+/// (the control); once trafficjam binds the ports, a's MAC stays static on its own port
+/// and the host receives nothing.
+#[test]
+fn a_backend_can_neither_move_a_mac_nor_reach_the_host_through_link_local_groups() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio { net, proxy, a, b } = lab.trio();
+    let id = docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
+    let bridge = format!("br-{}", &id[..12]);
+    let (a_mac, b_mac) = (lab.mac(&a, &net), lab.mac(&b, &net));
+    let (ip_a, gateway) = (lab.ip4(&a, &net), lab.gateway4(&net));
+    // The port a MAC is on in the bridge's database, and whether the entry is static.
+    let entry = |mac: &str| -> Option<(String, bool)> {
+        let out = std::process::Command::new("bridge")
+            .args(["fdb", "show", "br", &bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
+            .find_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let dev = words.iter().position(|w| *w == "dev")?;
+                Some((words.get(dev + 1)?.to_string(), l.contains("static")))
+            })
+    };
+    let hijack = |lab: &DockerLab| {
+        for group in ["01:80:c2:00:00:0e", "01:80:c2:00:00:03"] {
+            let got = lab.attack_from(
+                &b,
+                &[
+                    "frames",
+                    "--src-mac",
+                    &a_mac,
+                    "--dst-mac",
+                    group,
+                    "--count",
+                    "3",
+                ],
+            );
+            assert_eq!(got["sent"], 3, "{got}");
+        }
+    };
+    // The host's side: a socket on the gateway address, counting datagrams from a.
+    let host = std::net::UdpSocket::bind((gateway.as_str(), 0)).expect("bind on the gateway");
+    host.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let port = host.local_addr().unwrap().port().to_string();
+    let as_a_to_the_host = |lab: &DockerLab| -> usize {
+        let got = lab.attack_from(
+            &b,
+            &[
+                "udp",
+                "--src-mac",
+                &b_mac,
+                "--src-ip",
+                &ip_a,
+                "--dst-ip",
+                &gateway,
+                "--dst-mac",
+                "01:80:c2:00:00:0e",
+                "--dport",
+                &port,
+                "--count",
+                "3",
+            ],
+        );
+        assert_eq!(got["sent"], 3, "{got}");
+        let mut buf = [0u8; 2048];
+        let mut from_a = 0;
+        while let Ok((_, from)) = host.recv_from(&mut buf) {
+            from_a += usize::from(from.ip().to_string() == ip_a);
+        }
+        from_a
+    };
+
+    // Control: Docker alone. a speaks (its MAC is learnt on its port), then moves.
+    assert_probes("control", &[Probe::ping(&proxy, &ip_a, true)], &lab);
+    let a_port = entry(&a_mac).expect("a's MAC learnt").0;
+    hijack(&lab);
+    let moved = entry(&a_mac);
+    assert!(
+        moved.as_ref().is_some_and(|(port, _)| *port != a_port),
+        "control: a's MAC stayed on {a_port}: {moved:?}"
+    );
+    assert!(
+        as_a_to_the_host(&lab) > 0,
+        "control: the host received nothing as a through a link-local group"
+    );
+
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while entry(&a_mac) != Some((a_port.clone(), true)) {
+        assert!(
+            Instant::now() < deadline,
+            "a's MAC is not static on its port: {:?}\n{}",
+            entry(&a_mac),
+            lab.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hijack(&lab);
+    assert_eq!(entry(&a_mac), Some((a_port.clone(), true)), "a's MAC moved");
+    assert_eq!(
+        as_a_to_the_host(&lab),
+        0,
+        "the host received datagrams as a through a link-local group"
+    );
+    assert_probes(
+        "after the attacks",
+        &[
+            Probe::tcp(&proxy, &ip_a, true),
+            Probe::tcp(&b, &ip_a, false),
+        ],
+        &lab,
+    );
+}
+
 #[test]
 fn a_backend_cannot_impersonate_the_proxy_and_ports_follow_restarts() {
     if !docker_tier_available() {
