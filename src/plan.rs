@@ -137,6 +137,7 @@ pub mod names {
             PortCheck::Claims => "claims",
             PortCheck::Dispatch => "portsec",
             PortCheck::Forward => "port_fwd",
+            PortCheck::Unbound => "unbound",
         };
         format!("{prefix}_{network}")
     }
@@ -145,6 +146,7 @@ pub mod names {
     pub fn port_set(content: PortSet, network: &str) -> String {
         let prefix = match content {
             PortSet::Ports => "ports",
+            PortSet::Unbound => "unbound",
             PortSet::PortMac => "pmac",
             PortSet::PortIpv4 => "pip4",
             PortSet::PortIpv6 => "pip6",
@@ -181,6 +183,8 @@ pub mod names {
         Dispatch,
         /// The backstop's judgement of what a bound port sends on to other ports.
         Forward,
+        /// What a port of no known container may not send, whoever it claims to be.
+        Unbound,
     }
 
     impl PortCheck {
@@ -201,6 +205,8 @@ pub mod names {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum PortSet {
         Ports,
+        /// The bridge's ports of no known container.
+        Unbound,
         PortMac,
         PortIpv4,
         PortIpv6,
@@ -351,6 +357,10 @@ pub struct ManagedNetwork {
     pub grants: BTreeSet<Grant>,
     /// The containers' resolved ports (port security binds each to its own identity).
     pub ports: Vec<Port>,
+    /// The bridge's other ports, of no known container yet (a container Docker has not
+    /// reported, a veth that is not Docker's): they may claim no known identity, and send
+    /// no router's or DHCP server's message and no tagged frame.
+    pub unbound_ports: Vec<String>,
     /// The bridge's own MAC (the gateway's), when known.
     pub gateway_mac: Option<Mac>,
     /// The gateway addresses of the network's subnets.
@@ -1718,6 +1728,16 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                 .collect(),
         },
         Set {
+            name: set(S::Unbound),
+            key: SetKey::Ifname,
+            elements: net
+                .unbound_ports
+                .iter()
+                .filter(|p| valid_interface_name(p))
+                .map(|p| Element::Port(p.clone()))
+                .collect(),
+        },
+        Set {
             name: set(S::PortMac),
             key: SetKey::IfnameEther,
             elements: ports
@@ -1811,7 +1831,7 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             drop(),
         ]
     };
-    let chains = vec![
+    let mut chains = vec![
         Chain {
             // A bound port's frame with a MAC not its own.
             name: chain(C::Mac),
@@ -1974,6 +1994,31 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             .collect(),
         },
     ];
+    // A port of no known container yet: the claims judge its identities (after this
+    // chain returns); here, what no container may send whoever it is.
+    let udp_to = |port| {
+        Match::DestPort(PortRange {
+            protocol: Protocol::Udp,
+            first: port,
+            last: port,
+        })
+    };
+    chains.push(Chain {
+        name: chain(C::Unbound),
+        base: None,
+        rules: vec![
+            drop_if(vec![Match::Icmpv6Types(134, 134)]),
+            drop_if(vec![Match::Icmpv6Types(137, 137)]),
+            drop_if(vec![Match::UdpSourcePort(67)]),
+            drop_if(vec![udp_to(68)]),
+            drop_if(vec![Match::UdpSourcePort(547)]),
+            drop_if(vec![udp_to(546)]),
+            Rule::new(vec![Match::EtherType(EtherType::Ipv4)], Verdict::Return),
+            Rule::new(vec![Match::EtherType(EtherType::Ipv6)], Verdict::Return),
+            Rule::new(vec![Match::EtherType(EtherType::Arp)], Verdict::Return),
+            drop(),
+        ],
+    });
     PortSecurity {
         sets,
         chains,
@@ -1986,6 +2031,10 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             Rule::new(
                 vec![lookup(&[Field::IifName], S::Ports)],
                 Verdict::Goto(chain(C::Mac)),
+            ),
+            Rule::new(
+                vec![lookup(&[Field::IifName], S::Unbound)],
+                Verdict::Jump(chain(C::Unbound)),
             ),
         ],
         claims: Rule::new(vec![], Verdict::Jump(chain(C::Claims))),
@@ -2910,6 +2959,7 @@ mod tests {
             [
                 "iifname . ether saddr @pmac_public goto port_src_public",
                 "iifname @ports_public goto port_public",
+                "iifname @unbound_public jump unbound_public",
                 "jump claims_public"
             ]
         );

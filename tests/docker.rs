@@ -336,12 +336,12 @@ fn a_backend_can_neither_move_a_mac_nor_reach_the_host_through_link_local_groups
     // Control: Docker alone. a speaks (its MAC is learnt on its port), then moves.
     assert_probes("control", &[Probe::ping(&proxy, &ip_a, true)], &lab);
     let a_port = entry(&a_mac).expect("a's MAC learnt").0;
-    hijack(&lab);
-    let moved = entry(&a_mac);
-    assert!(
-        moved.as_ref().is_some_and(|(port, _)| *port != a_port),
-        "control: a's MAC stayed on {a_port}: {moved:?}"
-    );
+    // (a may speak again right after, moving it back: the attacker tries a few times)
+    let moved = (0..10).any(|_| {
+        hijack(&lab);
+        entry(&a_mac).is_some_and(|(port, _)| port != a_port)
+    });
+    assert!(moved, "control: a's MAC stayed on {a_port}");
     assert!(
         as_a_to_the_host(&lab) > 0,
         "control: the host received nothing as a through a link-local group"

@@ -99,15 +99,14 @@ impl Network {
         net.gateway_mac = bridge.mac;
         net.gateways = vec![GATEWAY4.parse().unwrap(), GATEWAY6.parse().unwrap()];
         for c in &self.lab.containers {
+            let mac = self.mac(&c.name);
+            let link = bridge.ports.iter().find(|p| p.peer_mac == mac);
             if unbound.contains(&c.name.as_str()) {
+                // (a container of the lab's other bridge has no port on this one)
+                net.unbound_ports.extend(link.map(|l| l.name.clone()));
                 continue;
             }
-            let mac = self.mac(&c.name);
-            let link = bridge
-                .ports
-                .iter()
-                .find(|p| p.peer_mac == mac)
-                .unwrap_or_else(|| panic!("no port with the MAC of {}", c.name));
+            let link = link.unwrap_or_else(|| panic!("no port with the MAC of {}", c.name));
             net.ports.push(Port {
                 name: link.name.clone(),
                 mac,
@@ -759,10 +758,13 @@ fn no_frame_from_a_container_moves_another_containers_mac() {
     n.apply(n.managed(true, &[]));
     assert!(n.probe("proxy", "b1", Proto::Tcp, true), "proxy -> b1");
     assert_eq!(where_is_b1(&n).as_deref(), Some(b1_port.as_str()));
-    hijack(&n);
-    assert_eq!(
-        where_is_b1(&n).as_deref(),
-        Some(attacker_port.as_str()),
+    // (b1 may speak again right after, moving it back: the attacker tries a few times)
+    let moved = (0..10).any(|_| {
+        hijack(&n);
+        where_is_b1(&n).as_deref() == Some(attacker_port.as_str())
+    });
+    assert!(
+        moved,
         "control: the bridge did not move b1's MAC: {:?}",
         fdb(&n)
     );
@@ -1022,6 +1024,16 @@ fn dhcp_server_messages_do_not_leave_the_port() {
         assert_eq!(
             got, 0,
             "a DHCP server message ({server}, from {sport4}, {sport6}) reached b1"
+        );
+    }
+    // From a port of no known container yet (its own identity is nobody's known one):
+    // no server message either.
+    n.apply(n.managed(true, &["attacker"]));
+    for (server, sport4, sport6) in &cases[..2] {
+        let (got, _) = received(&n, server, sport4, sport6);
+        assert_eq!(
+            got, 0,
+            "a DHCP server message from an unbound port (from {sport4}, {sport6}) reached b1"
         );
     }
 }

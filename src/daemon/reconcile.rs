@@ -44,6 +44,18 @@ fn attach_ports(
             continue;
         };
         net.gateway_mac = found.mac;
+        net.unbound_ports = found
+            .ports
+            .iter()
+            .filter(|link| {
+                Some(&link.name) != net.remote_port.as_ref()
+                    && !docker
+                        .endpoints
+                        .iter()
+                        .any(|e| e.mac == Some(link.peer_mac))
+            })
+            .map(|link| link.name.clone())
+            .collect();
         net.ports = found
             .ports
             .iter()
