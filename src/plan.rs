@@ -1842,6 +1842,9 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             name: chain(C::Source),
             base: None,
             rules: vec![
+                // The IEEE link-local groups (bridge protocols, LLDP, 802.1X): no
+                // container needs them, and the bridge treats them apart.
+                drop_if(vec![Match::LinkLocalGroup]),
                 Rule::new(
                     vec![Match::EtherType(EtherType::Ipv4)],
                     Verdict::Goto(chain(C::Ipv4)),
@@ -2007,6 +2010,7 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
         name: chain(C::Unbound),
         base: None,
         rules: vec![
+            drop_if(vec![Match::LinkLocalGroup]),
             drop_if(vec![Match::Icmpv6Types(134, 134)]),
             drop_if(vec![Match::Icmpv6Types(137, 137)]),
             drop_if(vec![Match::UdpSourcePort(67)]),

@@ -376,6 +376,109 @@ fn a_backend_can_neither_move_a_mac_nor_reach_the_host_through_link_local_groups
     );
 }
 
+/// Datagrams `from` sends to `port` in `container`'s namespace during `action`: a UDP
+/// socket there, on a thread of the test's that enters it, counts them by source.
+fn datagrams_to(container: &str, port: u16, from: &str, action: impl FnOnce()) -> usize {
+    let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the container's netns");
+    let from: std::net::IpAddr = from.parse().expect("an address");
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let counter = std::thread::spawn(move || {
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        // [::] is dual-stack: IPv4 senders arrive as mapped addresses.
+        let socket = std::net::UdpSocket::bind(("::", port)).expect("bind");
+        socket.set_broadcast(true).ok();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut count, mut quiet) = (0, 0);
+        let mut buf = [0u8; 2048];
+        // Until 1 s without a datagram (the action has ended by then).
+        while quiet < 5 {
+            match socket.recv_from(&mut buf) {
+                Ok((_, peer)) => {
+                    quiet = 0;
+                    count += usize::from(common::canonical(peer.ip()) == from);
+                }
+                Err(_) => quiet += 1,
+            }
+        }
+        count
+    });
+    ready.recv().expect("the counter is ready");
+    action();
+    counter.join().expect("the counter")
+}
+
+/// The issue's tagged frames against Docker's bridge: datagrams with an 802.1Q tag (VID
+/// 0, the kernel takes it for no tag) from b's own MAC and address, to the proxy and to
+/// the broadcast, reach the proxy under Docker alone (the kernel moves the tag out, and
+/// br_netfilter skips tagged frames); once trafficjam runs, no tagged frame leaves b's
+/// port, and the same datagrams untagged are dropped by isolation.
+#[test]
+fn tagged_frames_from_a_backend_reach_nobody() {
+    if !docker_tier_available() {
+        return;
+    }
+    let _engine = engine_shared();
+    let mut lab = DockerLab::new();
+    let Trio {
+        net,
+        proxy,
+        a: _,
+        b,
+    } = lab.trio();
+    let (ip_b, b_mac) = (lab.ip4(&b, &net), lab.mac(&b, &net));
+    let (ip_proxy, proxy_mac) = (lab.ip4(&proxy, &net), lab.mac(&proxy, &net));
+    let send = |lab: &DockerLab, vlan: Option<&str>| {
+        for (dst, dst_mac) in [
+            (ip_proxy.as_str(), proxy_mac.as_str()),
+            ("255.255.255.255", "ff:ff:ff:ff:ff:ff"),
+        ] {
+            let mut args = vec![
+                "udp",
+                "--src-mac",
+                &b_mac,
+                "--src-ip",
+                &ip_b,
+                "--dst-ip",
+                dst,
+                "--dst-mac",
+                dst_mac,
+                "--dport",
+                "9999",
+                "--count",
+                "3",
+            ];
+            if let Some(vlan) = vlan {
+                args.extend(["--vlan", vlan]);
+            }
+            let got = lab.attack_from(&b, &args);
+            assert_eq!(got["sent"], 3, "{got}");
+        }
+    };
+
+    let got = datagrams_to(&proxy, 9999, &ip_b, || send(&lab, Some("0")));
+    assert!(
+        got >= 6,
+        "control: {got} of 6 tagged datagrams reached the proxy"
+    );
+
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ports_set = format!("ports_{net}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.set_listing(&ports_set).matches("\"veth").count() < 3 {
+        assert!(Instant::now() < deadline, "the trio's ports were not bound");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for vlan in [Some("0"), Some("5"), Some("0,0"), None] {
+        let got = datagrams_to(&proxy, 9999, &ip_b, || send(&lab, vlan));
+        assert_eq!(got, 0, "datagrams (tag {vlan:?}) from b reached the proxy");
+    }
+}
+
 #[test]
 fn a_backend_cannot_impersonate_the_proxy_and_ports_follow_restarts() {
     if !docker_tier_available() {
@@ -1650,6 +1753,117 @@ impl Drop for BridgeNetfilterOff {
             ])
             .status();
     }
+}
+
+/// The backstop's blind spot against Docker's bridge, with br_netfilter off (the stateless
+/// backstop alone judges): from b's own MAC and addresses, a datagram to the broadcast,
+/// one from its link-local address to `ff02::1`, and a TCP handshake from its link-local
+/// address to a's ULA. Docker alone delivers them all (the control); with trafficjam,
+/// what a bound port sends is judged whatever its addresses, and none arrives.
+#[test]
+fn without_br_netfilter_a_backend_is_isolated_whatever_its_destination() {
+    if !docker_tier_available() {
+        return;
+    }
+    // The switches are the engine namespace's: no other test may run meanwhile.
+    let _engine = engine_exclusive();
+    let mut lab = DockerLab::new();
+    let subnet = format!("fd00:7b:{:x}::/64", std::process::id() & 0xffff);
+    let Trio {
+        net,
+        proxy: _,
+        a,
+        b,
+    } = lab.trio_on(&["--ipv6", "--subnet", &subnet]);
+    lab.write_config(&format!(
+        "{}[daemon]\nresync_interval = \"1h\"\n",
+        whitelist_section(&net, "name=^nobody$")
+    ));
+    let bridge = format!(
+        "br-{}",
+        &docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net])[..12]
+    );
+    let (ip_b, b_mac) = (lab.ip4(&b, &net), lab.mac(&b, &net));
+    let (a_ula, a_mac) = (lab.ip6(&a, &net), lab.mac(&a, &net));
+    let b_link_local =
+        trafficjam::plan::link_local(&trafficjam::docker::parse_mac(&b_mac).expect("b's MAC"))
+            .to_string();
+    // (datagrams a received from b, whether a answered the handshake)
+    let attack = |lab: &DockerLab| -> (usize, bool) {
+        let udp = |src: &str, dst: &str, dst_mac: &str| {
+            let got = lab.attack_from(
+                &b,
+                &[
+                    "udp",
+                    "--src-mac",
+                    &b_mac,
+                    "--src-ip",
+                    src,
+                    "--dst-ip",
+                    dst,
+                    "--dst-mac",
+                    dst_mac,
+                    "--dport",
+                    "9999",
+                    "--count",
+                    "3",
+                ],
+            );
+            assert_eq!(got["sent"], 3, "{got}");
+        };
+        let datagrams = datagrams_to(&a, 9999, &ip_b, || {
+            udp(&ip_b, "255.255.255.255", "ff:ff:ff:ff:ff:ff")
+        }) + datagrams_to(&a, 9999, &b_link_local, || {
+            udp(&b_link_local, "ff02::1", "33:33:00:00:00:01")
+        });
+        let handshake = lab.attack_from(
+            &b,
+            &[
+                "handshake",
+                "--src-mac",
+                &b_mac,
+                "--src-ip",
+                &b_link_local,
+                "--dst-ip",
+                &a_ula,
+                "--dst-mac",
+                &a_mac,
+                "--dport",
+                "8080",
+                "--payload",
+                "hi",
+                "--timeout",
+                "2",
+            ],
+        );
+        (datagrams, handshake["synack"] == true)
+    };
+
+    let _off = BridgeNetfilterOff::new(&bridge);
+    let (datagrams, answered) = attack(&lab);
+    assert!(
+        datagrams >= 6 && answered,
+        "control: {datagrams} of 6 datagrams arrived, handshake answered: {answered}"
+    );
+
+    lab.start_daemon();
+    lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
+    let ports_set = format!("ports_{net}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.set_listing(&ports_set).matches("\"veth").count() < 3 {
+        assert!(Instant::now() < deadline, "the trio's ports were not bound");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The daemon switches br_netfilter on for the bridge: off again, as a host may have it.
+    let _off_again = BridgeNetfilterOff::new(&bridge);
+    let details = common::run("ip", &["-d", "link", "show", &bridge]);
+    assert!(details.contains("nf_call_iptables 0"), "{details}");
+    let (datagrams, answered) = attack(&lab);
+    assert_eq!(
+        (datagrams, answered),
+        (0, false),
+        "(datagrams that reached a, handshake answered)"
+    );
 }
 
 /// The same allow rule with br_netfilter off (the stateless backstop alone): the allowed

@@ -741,6 +741,9 @@ pub fn judge(f: &[u8], me: &Identity, place: Place) -> Option<String> {
     if f[6..12] != me.mac {
         return Some("a source MAC not its own".into());
     }
+    if f[..5] == [0x01, 0x80, 0xc2, 0, 0] && f[5] & 0xf0 == 0 {
+        return Some("a frame to an IEEE link-local group".into());
+    }
     judge_packet(f, me, place)
 }
 
