@@ -653,6 +653,8 @@ pub enum Match {
     UdpSourcePort(u16),
     /// `ip6 saddr ::`: duplicate address detection speaks from the unspecified address.
     Ipv6Unspecified,
+    /// `ip saddr 0.0.0.0`: so does a DHCP client before it has an address.
+    Ipv4Unspecified,
     /// `arp saddr ip 0.0.0.0`: an ARP probe.
     ArpProbe,
     /// `@th,192,16 0x0101`: the option at this offset of a neighbour discovery message
@@ -1875,6 +1877,21 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                     first: 68,
                     last: 68,
                 })]),
+                // A DHCP client before it has an address: from 0.0.0.0, client port to
+                // server port (the server it reaches is the host, or nobody: isolation
+                // judges the broadcast on its way to other ports).
+                Rule::new(
+                    vec![
+                        Match::Ipv4Unspecified,
+                        Match::UdpSourcePort(68),
+                        Match::DestPort(PortRange {
+                            protocol: Protocol::Udp,
+                            first: 67,
+                            last: 67,
+                        }),
+                    ],
+                    Verdict::Accept,
+                ),
                 Rule::new(
                     vec![lookup(
                         &[Field::IifName, Field::IpSource(IpVersion::V4)],
@@ -2381,6 +2398,7 @@ impl fmt::Display for Match {
             Match::EtherType(EtherType::Arp) => f.write_str("ether type arp"),
             Match::UdpSourcePort(port) => write!(f, "udp sport {port}"),
             Match::Ipv6Unspecified => f.write_str("ip6 saddr ::"),
+            Match::Ipv4Unspecified => f.write_str("ip saddr 0.0.0.0"),
             Match::ArpProbe => f.write_str("arp saddr ip 0.0.0.0"),
             Match::LinkLocalGroup => {
                 f.write_str("ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00")

@@ -1038,6 +1038,82 @@ fn dhcp_server_messages_do_not_leave_the_port() {
     }
 }
 
+/// An honest DHCP client, before it has an address (from 0.0.0.0, port 68, to the
+/// broadcast's port 67), still reaches a DHCP server on the host (`host_ports` open to
+/// it) from a bound port;
+/// 0.0.0.0 from any other port pair is still nobody's address.
+#[test]
+fn a_dhcp_client_still_reaches_a_server_on_the_host() {
+    if !kernel_tier_available() {
+        return;
+    }
+    let n = Network::new(true);
+    // The host closed but for its DHCP server's port, as its user would open it.
+    let mut net = n.managed(true, &[]);
+    net.host_ports = vec![trafficjam::plan::PortRange::parse("67/udp").unwrap()];
+    n.apply(net);
+    let mac = mac_text(&n.mac("b1"));
+    let from_port = |sport: &str| -> usize {
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = sent.clone();
+        let server = n.lab.host.spawn(move || {
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", 67)).expect("bind 67");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            let mut count = 0;
+            // Until the sender is done and a wait passed without a datagram.
+            loop {
+                match socket.recv_from(&mut buf) {
+                    Ok((_, from)) => count += usize::from(from.ip().is_unspecified()),
+                    Err(_) if done.load(std::sync::atomic::Ordering::Relaxed) => return count,
+                    Err(_) => {}
+                }
+            }
+        });
+        ready.recv().unwrap();
+        let got = n.attack(
+            "b1",
+            &[
+                "udp",
+                "--src-mac",
+                &mac,
+                "--src-ip",
+                "0.0.0.0",
+                "--dst-ip",
+                "255.255.255.255",
+                "--dst-mac",
+                "ff:ff:ff:ff:ff:ff",
+                "--sport",
+                sport,
+                "--dport",
+                "67",
+                "--count",
+                "3",
+            ],
+        );
+        assert_eq!(got["sent"], 3, "{got}");
+        sent.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.join().expect("the server")
+    };
+    let got = from_port("68");
+    assert_eq!(
+        got,
+        3,
+        "the client's discovers did not reach the host\n{}",
+        n.lab.host.nft(&["list", "ruleset"])
+    );
+    assert_eq!(
+        from_port("1234"),
+        0,
+        "0.0.0.0 from port 1234 reached the host"
+    );
+    assert_honest_paths(&n, "after the DHCP client");
+}
+
 /// Audit mode on one network lets its own forged frames pass, but never past another,
 /// enforced network's claims: a container of the audited network that routes a datagram
 /// to the other network under one of that network's addresses is dropped, while the same

@@ -761,6 +761,12 @@ fn add_match(
             rule.add_expr(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2));
             rule.add_expr(Cmp::new(CmpOp::Eq, port.to_be_bytes()));
         }
+        Match::Ipv4Unspecified => {
+            add_l3_dependency(rule, family, IpVersion::V4);
+            loaded.network = Some(IpVersion::V4);
+            rule.add_expr(address_payload(Dir::Src, IpVersion::V4));
+            rule.add_expr(Cmp::new(CmpOp::Eq, [0u8; 4]));
+        }
         Match::Ipv6Unspecified => {
             add_l3_dependency(rule, family, IpVersion::V6);
             loaded.network = Some(IpVersion::V6);

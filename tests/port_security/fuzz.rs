@@ -778,16 +778,26 @@ fn judge_ipv4(l3: &[u8], me: &Identity, place: Place) -> Option<String> {
         return Some("a short IPv4 header".into());
     }
     let src = Ipv4Addr::new(l3[12], l3[13], l3[14], l3[15]);
-    if src != me.v4 {
+    // The kernel's validation (nft_set_pktinfo_ipv4_validate): only then are the ports read.
+    let header = usize::from(l3[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([l3[2], l3[3]]));
+    let valid = l3[0] >> 4 == 4 && header >= 20 && total >= header && l3.len() >= total;
+    let ports = (valid && u16::from_be_bytes([l3[6], l3[7]]) & 0x1fff == 0 && l3[9] == 17)
+        .then(|| l3.get(header..header + 4))
+        .flatten()
+        .map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        });
+    let dhcp_client = src.is_unspecified() && ports == Some((68, 67));
+    if src != me.v4 && !dhcp_client {
         return Some(format!("an IPv4 source not its own ({src})"));
     }
     if place == Place::Isolated {
         return Some("IPv4 to an isolated container".into());
     }
-    // The kernel's validation (nft_set_pktinfo_ipv4_validate): only then are the ports read.
-    let header = usize::from(l3[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([l3[2], l3[3]]));
-    let valid = l3[0] >> 4 == 4 && header >= 20 && total >= header && l3.len() >= total;
     // Fragments: br_netfilter reassembles them before the bridge's forward hook, so
     // isolation judges the whole packet (a later fragment alone is never delivered).
     let fragment = u16::from_be_bytes([l3[6], l3[7]]);
