@@ -467,12 +467,7 @@ fn tagged_frames_from_a_backend_reach_nobody() {
 
     lab.start_daemon();
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
-    let ports_set = format!("ports_{net}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.set_listing(&ports_set).matches("\"veth").count() < 3 {
-        assert!(Instant::now() < deadline, "the trio's ports were not bound");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.wait_ports_bound(&net, 3);
     for vlan in [Some("0"), Some("5"), Some("0,0"), None] {
         let got = datagrams_to(&proxy, 9999, &ip_b, || send(&lab, vlan));
         assert_eq!(got, 0, "datagrams (tag {vlan:?}) from b reached the proxy");
@@ -1848,12 +1843,7 @@ fn without_br_netfilter_a_backend_is_isolated_whatever_its_destination() {
 
     lab.start_daemon();
     lab.wait_for_log("isolated:", 1, Duration::from_secs(10));
-    let ports_set = format!("ports_{net}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.set_listing(&ports_set).matches("\"veth").count() < 3 {
-        assert!(Instant::now() < deadline, "the trio's ports were not bound");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.wait_ports_bound(&net, 3);
     // The daemon switches br_netfilter on for the bridge: off again, as a host may have it.
     let _off_again = BridgeNetfilterOff::new(&bridge);
     let details = common::run("ip", &["-d", "link", "show", &bridge]);

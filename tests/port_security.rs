@@ -127,6 +127,19 @@ impl Network {
         rs
     }
 
+    /// Every port bound and the bridge's forwarding database programmed, as the daemon
+    /// does for an enforced network; returns the ruleset and the bound ports.
+    fn apply_programmed(&self) -> (Ruleset, Vec<(String, Mac)>) {
+        let net = self.managed(true, &[]);
+        let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
+        let rs = self.apply(net);
+        let bound = ports.clone();
+        self.lab
+            .host
+            .enter(move || trafficjam::nft::bind_ports(BRIDGE, &bound).expect("bind ports"));
+        (rs, ports)
+    }
+
     /// The neighbour entry of `owner` for `addr`: its MAC, if resolved.
     fn neighbour(&self, owner: &str, addr: &str) -> Option<String> {
         let out = self.ns(owner).ip(&["neigh", "show", addr, "dev", "eth0"]);
@@ -770,13 +783,7 @@ fn no_frame_from_a_container_moves_another_containers_mac() {
     );
 
     // Programmed: every port bound, as the daemon binds them.
-    let net = n.managed(true, &[]);
-    let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
-    n.apply(net);
-    let bound = ports.clone();
-    n.lab
-        .host
-        .enter(move || trafficjam::nft::bind_ports(BRIDGE, &bound).expect("bind ports"));
+    let (_, ports) = n.apply_programmed();
     assert_eq!(
         fdb(&n).get(&b1_mac),
         Some(&(b1_port.clone(), true)),
@@ -1225,12 +1232,7 @@ fn ip_to_a_link_local_group_does_not_reach_the_host_past_port_security() {
         "control: the host received nothing as b1 through a link-local group"
     );
 
-    let net = n.managed(true, &[]);
-    let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
-    let rs = n.apply(net);
-    n.lab
-        .host
-        .enter(move || trafficjam::nft::bind_ports(BRIDGE, &ports).expect("bind ports"));
+    let (rs, _) = n.apply_programmed();
     let before = received();
     send(&n);
     std::thread::sleep(Duration::from_millis(500));
@@ -1543,12 +1545,7 @@ fn random_frames_from_a_bound_port_pass_only_as_what_it_is() {
 
     // Every port bound, the database programmed, as the daemon does.
     let n = Network::new(true);
-    let net = n.managed(true, &[]);
-    let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
-    let rs = n.apply(net);
-    n.lab
-        .host
-        .enter(move || trafficjam::nft::bind_ports(BRIDGE, &ports).expect("bind ports"));
+    let (rs, _) = n.apply_programmed();
     let database = fdb(&n);
     let report = fuzz_frames(&n, seed, frames);
     eprintln!(

@@ -242,6 +242,22 @@ impl DockerLab {
         })
     }
 
+    /// Waits (10 s at most) until `count` ports of network `net` are bound (in its set
+    /// `ports_NET`).
+    pub fn wait_ports_bound(&self, net: &str, count: usize) {
+        let set = format!("ports_{net}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.set_listing(&set).matches("\"veth").count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{count} ports of {net} were not bound: {}\n{}",
+                self.set_listing(&set),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The elements of one of the lab's sets (`nft list set bridge TABLE NAME`), or
     /// nothing when the set does not exist.
     pub fn set_listing(&self, set: &str) -> String {
