@@ -2095,16 +2095,16 @@ fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Table {
     let mut sets = Vec::new();
     let mut chains = Vec::new();
     for net in networks {
-        input.rules.push(Rule::new(
-            vec![
-                Match::Lookup(
-                    vec![Field::IifName],
-                    names::port_set(names::PortSet::Ports, &net.name),
-                ),
-                Match::LinkLocalGroup,
-            ],
-            deny(net, Reason::Spoofed),
-        ));
+        // Bound ports and those of no known container yet alike.
+        for ports in [names::PortSet::Ports, names::PortSet::Unbound] {
+            input.rules.push(Rule::new(
+                vec![
+                    Match::Lookup(vec![Field::IifName], names::port_set(ports, &net.name)),
+                    Match::LinkLocalGroup,
+                ],
+                deny(net, Reason::Spoofed),
+            ));
+        }
         let ps = port_security(net);
         match net.mode {
             // The dispatch `goto`s a port's chains: nothing is on the jump stack, and a

@@ -1241,6 +1241,15 @@ fn ip_to_a_link_local_group_does_not_reach_the_host_past_port_security() {
         before,
         "the host received datagrams as b1 through a link-local group\n{rs}"
     );
+    // The same from a port of no known container yet.
+    let rs = n.apply(n.managed(true, &["attacker"]));
+    send(&n);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        received(),
+        before,
+        "the host received datagrams as b1 through a link-local group from an unbound port\n{rs}"
+    );
     assert_honest_paths(&n, "after the link-local groups");
 }
 
