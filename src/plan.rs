@@ -436,6 +436,15 @@ pub struct PortRange {
 }
 
 impl PortRange {
+    /// One UDP port.
+    pub fn udp(port: u16) -> PortRange {
+        PortRange {
+            protocol: Protocol::Udp,
+            first: port,
+            last: port,
+        }
+    }
+
     /// Parses `PORT/PROTO`, `FIRST-LAST/PROTO` or `PROTO`.
     pub fn parse(text: &str) -> Result<PortRange, String> {
         let protocol_of = |name: &str| match name {
@@ -1534,11 +1543,7 @@ fn inet_table(table_name: &str, networks: &[ManagedNetwork], vxlan_guard: &[Stri
         let rule = Rule::counted(
             vec![
                 Match::IifName(bridge.clone()),
-                Match::DestPort(PortRange {
-                    protocol: Protocol::Udp,
-                    first: VXLAN_PORT,
-                    last: VXLAN_PORT,
-                }),
+                Match::DestPort(PortRange::udp(VXLAN_PORT)),
             ],
             Verdict::Drop,
         );
@@ -1872,11 +1877,7 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                 // A DHCP server answering other containers: from the server port, or to
                 // the client port whatever it is sent from.
                 drop_if(vec![Match::UdpSourcePort(67)]),
-                drop_if(vec![Match::DestPort(PortRange {
-                    protocol: Protocol::Udp,
-                    first: 68,
-                    last: 68,
-                })]),
+                drop_if(vec![Match::DestPort(PortRange::udp(68))]),
                 // A DHCP client before it has an address: from 0.0.0.0, client port to
                 // server port (the server it reaches is the host, or nobody: isolation
                 // judges the broadcast on its way to other ports).
@@ -1884,11 +1885,7 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                     vec![
                         Match::Ipv4Unspecified,
                         Match::UdpSourcePort(68),
-                        Match::DestPort(PortRange {
-                            protocol: Protocol::Udp,
-                            first: 67,
-                            last: 67,
-                        }),
+                        Match::DestPort(PortRange::udp(67)),
                     ],
                     Verdict::Accept,
                 ),
@@ -1912,11 +1909,7 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
                 // A DHCPv6 server or relay answering other containers (from the server
                 // port, or to the client port).
                 drop_if(vec![Match::UdpSourcePort(547)]),
-                drop_if(vec![Match::DestPort(PortRange {
-                    protocol: Protocol::Udp,
-                    first: 546,
-                    last: 546,
-                })]),
+                drop_if(vec![Match::DestPort(PortRange::udp(546))]),
                 // Duplicate address detection: a solicitation and an MLD report from `::`
                 // (a solicitation from `::` with a link-layer option is invalid, and
                 // dropped by its receivers).
@@ -2016,13 +2009,6 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
     ];
     // A port of no known container yet: the claims judge its identities (after this
     // chain returns); here, what no container may send whoever it is.
-    let udp_to = |port| {
-        Match::DestPort(PortRange {
-            protocol: Protocol::Udp,
-            first: port,
-            last: port,
-        })
-    };
     chains.push(Chain {
         name: chain(C::Unbound),
         base: None,
@@ -2031,9 +2017,9 @@ fn port_security(net: &ManagedNetwork) -> PortSecurity {
             drop_if(vec![Match::Icmpv6Types(134, 134)]),
             drop_if(vec![Match::Icmpv6Types(137, 137)]),
             drop_if(vec![Match::UdpSourcePort(67)]),
-            drop_if(vec![udp_to(68)]),
+            drop_if(vec![Match::DestPort(PortRange::udp(68))]),
             drop_if(vec![Match::UdpSourcePort(547)]),
-            drop_if(vec![udp_to(546)]),
+            drop_if(vec![Match::DestPort(PortRange::udp(546))]),
             Rule::new(vec![Match::EtherType(EtherType::Ipv4)], Verdict::Return),
             Rule::new(vec![Match::EtherType(EtherType::Ipv6)], Verdict::Return),
             Rule::new(vec![Match::EtherType(EtherType::Arp)], Verdict::Return),

@@ -306,25 +306,13 @@ fn a_backend_can_neither_move_a_mac_nor_reach_the_host_through_link_local_groups
         .unwrap();
     let port = host.local_addr().unwrap().port().to_string();
     let as_a_to_the_host = |lab: &DockerLab| -> usize {
-        let got = lab.attack_from(
+        lab.attack_udp(
             &b,
-            &[
-                "udp",
-                "--src-mac",
-                &b_mac,
-                "--src-ip",
-                &ip_a,
-                "--dst-ip",
-                &gateway,
-                "--dst-mac",
-                "01:80:c2:00:00:0e",
-                "--dport",
-                &port,
-                "--count",
-                "3",
-            ],
+            (&b_mac, &ip_a),
+            (&gateway, "01:80:c2:00:00:0e"),
+            &port,
+            &[],
         );
-        assert_eq!(got["sent"], 3, "{got}");
         let mut buf = [0u8; 2048];
         let mut from_a = 0;
         while let Ok((_, from)) = host.recv_from(&mut buf) {
@@ -436,26 +424,14 @@ fn tagged_frames_from_a_backend_reach_nobody() {
             (ip_proxy.as_str(), proxy_mac.as_str()),
             ("255.255.255.255", "ff:ff:ff:ff:ff:ff"),
         ] {
-            let mut args = vec![
-                "udp",
-                "--src-mac",
-                &b_mac,
-                "--src-ip",
-                &ip_b,
-                "--dst-ip",
-                dst,
-                "--dst-mac",
-                dst_mac,
-                "--dport",
+            let tag = vlan.map(|v| ["--vlan", v]);
+            lab.attack_udp(
+                &b,
+                (&b_mac, &ip_b),
+                (dst, dst_mac),
                 "9999",
-                "--count",
-                "3",
-            ];
-            if let Some(vlan) = vlan {
-                args.extend(["--vlan", vlan]);
-            }
-            let got = lab.attack_from(&b, &args);
-            assert_eq!(got["sent"], 3, "{got}");
+                tag.as_ref().map_or(&[][..], |t| &t[..]),
+            );
         }
     };
 
@@ -1786,25 +1762,7 @@ fn without_br_netfilter_a_backend_is_isolated_whatever_its_destination() {
     // (datagrams a received from b, whether a answered the handshake)
     let attack = |lab: &DockerLab| -> (usize, bool) {
         let udp = |src: &str, dst: &str, dst_mac: &str| {
-            let got = lab.attack_from(
-                &b,
-                &[
-                    "udp",
-                    "--src-mac",
-                    &b_mac,
-                    "--src-ip",
-                    src,
-                    "--dst-ip",
-                    dst,
-                    "--dst-mac",
-                    dst_mac,
-                    "--dport",
-                    "9999",
-                    "--count",
-                    "3",
-                ],
-            );
-            assert_eq!(got["sent"], 3, "{got}");
+            lab.attack_udp(&b, (&b_mac, src), (dst, dst_mac), "9999", &[]);
         };
         let datagrams = datagrams_to(&a, 9999, &ip_b, || {
             udp(&ip_b, "255.255.255.255", "ff:ff:ff:ff:ff:ff")

@@ -242,6 +242,37 @@ impl DockerLab {
         })
     }
 
+    /// Three datagrams from `container` with CAP_NET_RAW alone (`attack.py udp`): from
+    /// `src_mac` and `src`, to `dst` in frames to `dst_mac`, on port `dport`; `extra` adds
+    /// options (`--vlan`). Asserts they were all sent.
+    pub fn attack_udp(
+        &self,
+        container: &str,
+        (src_mac, src): (&str, &str),
+        (dst, dst_mac): (&str, &str),
+        dport: &str,
+        extra: &[&str],
+    ) {
+        let mut args = vec![
+            "udp",
+            "--src-mac",
+            src_mac,
+            "--src-ip",
+            src,
+            "--dst-ip",
+            dst,
+            "--dst-mac",
+            dst_mac,
+            "--dport",
+            dport,
+            "--count",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        let got = self.attack_from(container, &args);
+        assert_eq!(got["sent"], 3, "{got}");
+    }
+
     /// Waits (10 s at most) until `count` ports of network `net` are bound (in its set
     /// `ports_NET`).
     pub fn wait_ports_bound(&self, net: &str, count: usize) {

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use trafficjam::plan::Mac;
 
+// The ports of the containers' listeners (tests/common).
+use crate::common::{TCP_PORT, UDP_PORT};
+
 /// Marks the fuzzer's frames; the frame's index follows it (big-endian u32).
 pub const MAGIC: [u8; 4] = [0xf2, 0x7a, 0x55, 0xc3];
 const MARK_LEN: usize = MAGIC.len() + 4;
-/// The container ports' UDP and TCP listeners.
-const UDP_PORT: u16 = 5353;
-const TCP_PORT: u16 = 8080;
 
 /// splitmix64: small, seeded, and the same on every machine.
 #[derive(Debug, Clone)]
