@@ -3305,6 +3305,135 @@ mod tests {
         }
     }
 
+    /// Every planner feature at once, in a few rulesets: what the kernel is given (the nft
+    /// text, each set's key and its elements' bytes, the fingerprint stored with the
+    /// tables) must not change when the code around it moves. `TRAFFICJAM_BLESS=1` writes
+    /// the expected file anew after a change that means to change it.
+    fn golden_fixtures() -> Vec<(&'static str, Ruleset)> {
+        let port = |name: &str, last: u8, addrs: &[&str]| Port {
+            name: name.into(),
+            mac: [2, 0x42, 172, 21, 0, last],
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let mut busy = net(
+            "busy",
+            "br-busy",
+            &["172.21.0.0/16", "fd00:21::/64"],
+            &["172.21.0.2", "fd00:21::2"],
+        );
+        busy.ports = vec![
+            port("veth-proxy", 2, &["172.21.0.2", "fd00:21::2"]),
+            port("veth-app", 3, &["172.21.0.3"]),
+            port("veth-db", 4, &["172.21.0.4", "fd00:21::4"]),
+        ];
+        busy.unbound_ports = vec!["veth-new".into()];
+        busy.gateway_mac = Some([2, 0x43, 172, 21, 0, 1]);
+        busy.gateways = vec!["172.21.0.1".parse().unwrap(), "fd00:21::1".parse().unwrap()];
+        busy.host_access = HostAccess::Whitelisted;
+        busy.host_ports = vec![
+            PortRange::parse("53/udp").unwrap(),
+            PortRange::parse("8000-8100/tcp").unwrap(),
+        ];
+        busy.deny_outbound = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "fd00:99::/48".parse().unwrap(),
+        ];
+        busy.allow_rules = true;
+        busy.grants = [
+            grant("172.21.0.3", "172.21.0.4", Some("5432/tcp")),
+            grant("172.21.0.3", "172.21.0.4", Some("53/udp")),
+            grant("fd00:21::2", "fd00:21::4", None),
+        ]
+        .into();
+        busy.log_group = Some(7);
+        let mut audited = net("audited", "br-audited", &["172.22.0.0/16"], &[]);
+        audited.mode = Mode::Audit;
+        audited.host_access = HostAccess::Open;
+        audited.allow_rules = true;
+        audited.ports = vec![port("veth-a1", 9, &["172.22.0.9"])];
+        audited.log_group = Some(7);
+        vec![
+            ("empty", plan(DEFAULT_TABLE, &[]).unwrap()),
+            ("public", plan(DEFAULT_TABLE, &[public()]).unwrap()),
+            (
+                "three-networks",
+                plan("tj_custom", &[busy, audited, public()]).unwrap(),
+            ),
+            (
+                "overlay-stateful",
+                plan(DEFAULT_TABLE, &[overlay(true)]).unwrap(),
+            ),
+            (
+                "overlay-stateless-guarded",
+                plan_guarded(
+                    DEFAULT_TABLE,
+                    &[overlay(false)],
+                    &["docker_gwbridge".into()],
+                )
+                .unwrap(),
+            ),
+            (
+                "guard-only",
+                plan_guarded(DEFAULT_TABLE, &[], &["docker_gwbridge".into()]).unwrap(),
+            ),
+        ]
+    }
+
+    fn golden_text(rs: &Ruleset) -> String {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut out = format!("# fingerprint {:016x}\n{rs}", rs.fingerprint());
+        for table in &rs.tables {
+            for set in &table.sets {
+                let key = set.key;
+                out += &format!(
+                    "# {} {}: type {} len {} ranges {:?} userdata {}\n",
+                    table.family.keyword(),
+                    set.name,
+                    key.type_id(),
+                    key.key_len(),
+                    key.range_fields(),
+                    hex(key.userdata().unwrap_or_default()),
+                );
+                for element in &set.elements {
+                    out += &format!("#   {}\n", hex(&element.stored_bytes()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_kernel_is_given_what_it_was_given_before() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/plan");
+        let bless = std::env::var_os("TRAFFICJAM_BLESS").is_some();
+        for (name, rs) in golden_fixtures() {
+            let path = dir.join(format!("{name}.nft"));
+            let text = golden_text(&rs);
+            if bless {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &text).unwrap();
+                continue;
+            }
+            let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (TRAFFICJAM_BLESS=1 writes it)", path.display())
+            });
+            if text != expected {
+                let line = text
+                    .lines()
+                    .zip(expected.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(text.lines().count().min(expected.lines().count()));
+                panic!(
+                    "{name}: the planned ruleset differs from {} from line {}:\n  now:    {:?}\n  before: {:?}",
+                    path.display(),
+                    line + 1,
+                    text.lines().nth(line),
+                    expected.lines().nth(line)
+                );
+            }
+        }
+    }
+
     #[test]
     fn renders_loadable_nft_text() {
         let rs = plan(DEFAULT_TABLE, &[public()]).unwrap();
