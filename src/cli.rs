@@ -374,7 +374,7 @@ fn check(config_dir: &Path) -> ExitCode {
         eprintln!("warning: {w}");
     }
     for (name, (policy, _)) in &config.networks {
-        if policy.mode == crate::plan::Mode::Audit {
+        if policy.mode == crate::policy::Mode::Audit {
             eprintln!("{}", audit_warning(name));
         }
     }
@@ -411,7 +411,7 @@ fn check(config_dir: &Path) -> ExitCode {
         }
         for n in &snapshot.networks {
             if n.source == crate::config::PolicySource::Labels
-                && n.policy.mode == crate::plan::Mode::Audit
+                && n.policy.mode == crate::policy::Mode::Audit
             {
                 eprintln!("{}", audit_warning(&n.name));
             }

@@ -16,9 +16,8 @@ use toml::Spanned;
 
 use ipnetwork::IpNetwork;
 
-use crate::plan::{
-    DEFAULT_TABLE, HostAccess, Mode, PortRange, valid_network_name, validate_table_name,
-};
+use crate::plan::{DEFAULT_TABLE, valid_network_name, validate_table_name};
+use crate::policy::{HostAccess, Mode, PortRange};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";

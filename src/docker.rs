@@ -21,7 +21,8 @@ use ipnetwork::IpNetwork;
 use crate::config::{
     self, Config, Filter, LABEL_ALLOW_PREFIX, NetworkPolicy, PolicySource, Selector,
 };
-use crate::plan::{Grant, IpVersion, Mac, ManagedNetwork};
+use crate::plan::{IpVersion, Mac, ManagedNetwork};
+use crate::policy::Grant;
 
 /// Requests (not event streams) must answer within this time.
 const REQUEST_TIMEOUT_SECS: u64 = 10;
@@ -705,7 +706,7 @@ mod tests {
 
     use super::*;
     use crate::config::Filter;
-    use crate::plan::HostAccess;
+    use crate::policy::HostAccess;
 
     fn endpoint(id: &str, addrs: &[&str]) -> Endpoint {
         Endpoint {
@@ -770,7 +771,7 @@ mod tests {
     #[test]
     fn allow_rules_become_grants_between_the_chosen_containers_addresses() {
         use crate::config::AllowRule;
-        use crate::plan::PortRange;
+        use crate::policy::PortRange;
         let rule = |ports: Option<Vec<PortRange>>| AllowRule {
             from: Selector::query(vec![Filter::parse("name=^app$").unwrap()]),
             to: Selector::query(vec![Filter::parse("name=^db$").unwrap()]),

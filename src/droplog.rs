@@ -21,7 +21,9 @@ use tracing::info;
 use crate::docker::Snapshot;
 use crate::firewall::DropReport;
 use crate::nft::{LogEvent, LoggedPacket};
-use crate::plan::{LOG_RATE, Mac, ManagedNetwork, Mode, Reason, mac_text};
+use crate::plan::names::LOG_RATE;
+use crate::plan::{Mac, ManagedNetwork, Reason, mac_text};
+use crate::policy::Mode;
 
 /// How long repeats of an attempt are counted before a summary says how many there were.
 pub const WINDOW: Duration = Duration::from_secs(10);

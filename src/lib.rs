@@ -20,4 +20,5 @@ pub mod nft;
 pub mod notify;
 pub mod persist;
 pub mod plan;
+pub mod policy;
 pub mod status;

@@ -251,7 +251,8 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{DEFAULT_TABLE, Family as NftFamily, ManagedNetwork, Mode, names, plan};
+    use crate::plan::{DEFAULT_TABLE, Family as NftFamily, ManagedNetwork, names, plan};
+    use crate::policy::Mode;
     use crate::status::NetworkStatus;
 
     #[test]

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{HostAccess, ManagedNetwork, Mode};
+use crate::plan::ManagedNetwork;
+use crate::policy::{HostAccess, Mode};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/trafficjam";
 const STATE_FILE: &str = "state.json";

@@ -521,7 +521,7 @@ network: later
     fn allow_rules_are_shown_with_the_containers_they_match_now() {
         use crate::config::{AllowRule, Filter, NetworkPolicy, PolicySource, Selector};
         use crate::docker::{AllowedEndpoints, Endpoint};
-        use crate::plan::PortRange;
+        use crate::policy::PortRange;
         let endpoint = |name: &str| Endpoint {
             container_id: format!("{name}-id"),
             container_name: name.into(),

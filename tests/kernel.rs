@@ -16,10 +16,9 @@ use trafficjam::nft::{
     BridgeNetfilter, LogEvent, LoggedPacket, Netlink, NftError, drift, read_counters,
     read_installed,
 };
-use trafficjam::plan::{
-    Change, DEFAULT_TABLE, Family, Grant, HostAccess, LOG_BURST, LOG_RATE, ManagedNetwork, Mode,
-    PortRange, Reason, Ruleset, plan,
-};
+use trafficjam::plan::names::{LOG_BURST, LOG_RATE};
+use trafficjam::plan::{Change, DEFAULT_TABLE, Family, ManagedNetwork, Reason, Ruleset, plan};
+use trafficjam::policy::{Grant, HostAccess, Mode, PortRange};
 
 const TABLE: &str = DEFAULT_TABLE;
 

@@ -15,7 +15,8 @@ use std::time::Duration;
 use common::*;
 use trafficjam::firewall::Firewall;
 use trafficjam::nft::{BridgeNetfilter, Netlink, bridge_ports};
-use trafficjam::plan::{DEFAULT_TABLE, Mac, ManagedNetwork, Mode, Port, Ruleset, mac_text, plan};
+use trafficjam::plan::{DEFAULT_TABLE, Mac, ManagedNetwork, Port, Ruleset, mac_text, plan};
+use trafficjam::policy::Mode;
 
 const TABLE: &str = DEFAULT_TABLE;
 const BRIDGE: &str = "br-ps";
@@ -1057,7 +1058,7 @@ fn a_dhcp_client_still_reaches_a_server_on_the_host() {
     let n = Network::new(true);
     // The host closed but for its DHCP server's port, as its user would open it.
     let mut net = n.managed(true, &[]);
-    net.host_ports = vec![trafficjam::plan::PortRange::parse("67/udp").unwrap()];
+    net.host_ports = vec![trafficjam::policy::PortRange::parse("67/udp").unwrap()];
     n.apply(net);
     let mac = mac_text(&n.mac("b1"));
     let from_port = |sport: &str| -> usize {

@@ -32,8 +32,8 @@ use crate::metrics::{self, ApplyStats};
 use crate::nft::{BridgePorts, NftError};
 use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
-use crate::plan::HostAccess;
 use crate::plan::{self, Change, Counters, Mac, Ruleset};
+use crate::policy::HostAccess;
 use crate::status::{
     AllowStatus, ApplyStatus, ContainerStatus, DropLogStatus, NetworkStatus, State, Status,
 };
@@ -1191,7 +1191,7 @@ impl Daemon {
         }
         let desired: BTreeMap<String, BTreeSet<(String, Mac)>> = networks
             .iter()
-            .filter(|n| n.mode == plan::Mode::Enforce)
+            .filter(|n| n.mode == crate::policy::Mode::Enforce)
             .map(|n| {
                 let ports = n.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
                 (n.bridge.clone(), ports)

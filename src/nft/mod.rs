@@ -13,6 +13,7 @@
 
 mod bridge;
 mod dump;
+mod encode;
 mod fdb;
 mod monitor;
 mod netlink;

@@ -17,7 +17,8 @@ use nix::sys::time::TimeVal;
 use super::NftError;
 use super::dump::{attribute, string};
 use super::netlink::{netlink_socket, parse_answers, push_attr, read_acks, send_all};
-use crate::plan::{LOG_PREFIX_MAX, LOG_PREFIX_TAG, Mac, Reason};
+use crate::plan::names::{LOG_PREFIX_MAX, LOG_PREFIX_TAG};
+use crate::plan::{Mac, Reason};
 
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;

@@ -5,9 +5,8 @@
 //! lie in 32-bit registers (`ip saddr . ip daddr` fills registers 1 and 9), and the IPv6
 //! fragment header's presence (`exthdr`).
 
-use crate::plan::{
-    Dir, Element, Family, Field, IpVersion, LOG_BURST, LOG_RATE, Match, Rule, Set, Verdict,
-};
+use crate::plan::names::{LOG_BURST, LOG_RATE};
+use crate::plan::{Dir, Element, Family, Field, IpVersion, Match, Rule, Set, Verdict};
 
 use super::netlink::{nft_message, push_attr};
 

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use trafficjam::firewall::{BatchKind, Firewall};
 use trafficjam::nft::{BridgeNetfilter, Netlink};
-use trafficjam::plan::{Grant, ManagedNetwork, Port, PortRange, plan};
+use trafficjam::plan::{ManagedNetwork, Port, plan};
+use trafficjam::policy::{Grant, PortRange};
 
 const TABLE: &str = "tjbench";
 
