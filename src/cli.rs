@@ -11,8 +11,8 @@ use crate::daemon::reconcile::reconcile;
 use crate::daemon::{self, Daemon};
 use crate::dbus::{self, ManagerClientProxy};
 use crate::docker::DockerClient;
+use crate::firewall::Netlink;
 use crate::firewall::{Firewall, Worker};
-use crate::nft::Netlink;
 use crate::persist::{self, StateDir};
 use crate::plan::{DEFAULT_TABLE, validate_table_name};
 use crate::status::Status;
@@ -419,10 +419,12 @@ fn check(config_dir: &Path) -> ExitCode {
         // As the daemon would: odd networks are set aside, the others isolated, and
         // containers bound to their ports (when the kernel lets us read them).
         let bridges = snapshot.networks.iter().map(|n| n.bridge.clone()).collect();
-        let ports = crate::nft::bridge_ports(&bridges).unwrap_or_else(|e| {
-            eprintln!("warning: cannot read the bridges' ports ({e}): none is shown bound");
-            Default::default()
-        });
+        let ports = Netlink::default()
+            .bridge_ports(&bridges)
+            .unwrap_or_else(|e| {
+                eprintln!("warning: cannot read the bridges' ports ({e}): none is shown bound");
+                Default::default()
+            });
         match reconcile(
             &config.daemon.table,
             config.daemon.drop_log_group(),
@@ -491,7 +493,7 @@ fn overlay_check(table: &str, n: &crate::docker::NetworkSnapshot) -> String {
         let read = (|| {
             let bridge = fw
                 .overlay_bridge()?
-                .ok_or_else(|| crate::nft::NetnsError::Gone(path.clone()))?;
+                .ok_or_else(|| crate::firewall::NetnsError::Gone(path.clone()))?;
             let ports = fw
                 .bridge_ports(&[bridge.0.clone()].into())?
                 .remove(&bridge.0)

@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::docker::Snapshot;
 use crate::firewall::DropReport;
-use crate::nft::{LogEvent, LoggedPacket};
+use crate::firewall::{LogEvent, LoggedPacket};
 use crate::plan::names::LOG_RATE;
 use crate::plan::{Mac, ManagedNetwork, Reason, mac_text};
 use crate::policy::Mode;
@@ -184,7 +184,7 @@ impl Attempt {
 
 fn protocol_name(ethertype: u16, protocol: Option<u8>) -> String {
     match (ethertype, protocol) {
-        (crate::nft::ETHERTYPE_ARP, _) => "arp".into(),
+        (crate::firewall::ETHERTYPE_ARP, _) => "arp".into(),
         (_, Some(6)) => "tcp".into(),
         (_, Some(17)) => "udp".into(),
         (_, Some(1)) => "icmp".into(),
@@ -602,7 +602,7 @@ fn interface_names() -> HashMap<u32, String> {
 mod tests {
     use super::*;
     use crate::docker::{Endpoint, NetworkSnapshot};
-    use crate::nft::PacketHeaders;
+    use crate::firewall::PacketHeaders;
     use crate::plan::Port;
 
     fn directory() -> Directory {

@@ -11,11 +11,13 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use common::*;
+use trafficjam::firewall::Netlink;
 use trafficjam::firewall::{BatchKind, BridgeFiltering, DropReport, Firewall};
-use trafficjam::nft::{
-    BridgeNetfilter, LogEvent, LoggedPacket, Netlink, NftError, drift, read_counters,
-    read_installed,
-};
+use trafficjam::kernel::KernelError;
+use trafficjam::kernel::links::bridge::BridgeNetfilter;
+use trafficjam::kernel::nflog::{LogEvent, LoggedPacket};
+use trafficjam::kernel::nftables::drift;
+use trafficjam::kernel::nftables::dump::{read_counters, read_installed};
 use trafficjam::plan::names::{LOG_BURST, LOG_RATE};
 use trafficjam::plan::{Change, DEFAULT_TABLE, Family, ManagedNetwork, Reason, Ruleset, plan};
 use trafficjam::policy::{Grant, HostAccess, Mode, PortRange};
@@ -115,7 +117,7 @@ impl Kernel {
     }
 
     /// Applies `ruleset` in the calling thread's namespace.
-    fn apply(&mut self, ruleset: Ruleset) -> Result<Applied, NftError> {
+    fn apply(&mut self, ruleset: Ruleset) -> Result<Applied, KernelError> {
         let report = self.firewall.apply(self.committed.as_ref(), &ruleset)?;
         let bridges = self.firewall.bridge_filtering(&ruleset.bridges());
         self.committed = Some(ruleset);
@@ -784,7 +786,7 @@ fn a_foreign_table_with_our_name_is_refused() {
             .apply(rs)
             .expect_err("applying over a foreign table must fail")
     });
-    assert!(matches!(err, NftError::NotOurs { .. }), "{err}");
+    assert!(matches!(err, KernelError::NotOurs { .. }), "{err}");
     let err = p.lab.host.enter(|| {
         Netlink::default()
             .clear("tjforeign")
@@ -803,7 +805,7 @@ fn a_foreign_table_with_our_name_is_refused() {
 /// no port, a link that is no bridge and a missing bridge are not listed.
 #[test]
 fn bridge_ports_map_host_ports_to_their_peers_macs() {
-    use trafficjam::nft::{BridgePorts, PortLink, bridge_ports};
+    use trafficjam::kernel::links::ports::{BridgePorts, PortLink, bridge_ports};
 
     if !kernel_tier_available() {
         return;
@@ -904,7 +906,7 @@ fn bridge_ports_map_host_ports_to_their_peers_macs() {
 fn port_changes_are_announced() {
     use std::sync::mpsc;
     use std::time::Duration;
-    use trafficjam::nft::{subscribe_links, watch_links};
+    use trafficjam::kernel::links::ports::{subscribe_links, watch_links};
 
     if !kernel_tier_available() {
         return;

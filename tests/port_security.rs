@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::*;
 use trafficjam::firewall::Firewall;
-use trafficjam::nft::{BridgeNetfilter, Netlink, bridge_ports};
+use trafficjam::firewall::Netlink;
+use trafficjam::kernel::links::bridge::BridgeNetfilter;
+use trafficjam::kernel::links::ports::bridge_ports;
 use trafficjam::plan::{DEFAULT_TABLE, Mac, ManagedNetwork, Port, Ruleset, mac_text, plan};
 use trafficjam::policy::Mode;
 
@@ -135,9 +137,9 @@ impl Network {
         let ports: Vec<(String, Mac)> = net.ports.iter().map(|p| (p.name.clone(), p.mac)).collect();
         let rs = self.apply(net);
         let bound = ports.clone();
-        self.lab
-            .host
-            .enter(move || trafficjam::nft::bind_ports(BRIDGE, &bound).expect("bind ports"));
+        self.lab.host.enter(move || {
+            trafficjam::kernel::links::fdb::bind_ports(BRIDGE, &bound).expect("bind ports")
+        });
         (rs, ports)
     }
 
@@ -309,7 +311,7 @@ fn a_backend_cannot_impersonate_the_proxy_or_the_gateway_to_open_a_connection() 
         let spoofed = n
             .lab
             .host
-            .enter(|| trafficjam::nft::read_counters(TABLE).expect("counters"));
+            .enter(|| trafficjam::kernel::nftables::dump::read_counters(TABLE).expect("counters"));
         assert!(
             rs.spoofed("ps", &spoofed) > 0,
             "no forged frame counted: {spoofed:?}"
@@ -688,7 +690,7 @@ fn vlan_tagged_frames_from_a_bound_port_are_dropped_whatever_their_destination()
     let counters = n
         .lab
         .host
-        .enter(|| trafficjam::nft::read_counters(TABLE).expect("counters"));
+        .enter(|| trafficjam::kernel::nftables::dump::read_counters(TABLE).expect("counters"));
     assert!(
         rs.spoofed("ps", &counters) >= 16,
         "the tagged frames were not counted as spoofed: {counters:?}"

@@ -188,7 +188,7 @@ whitelist = [["name=^proxy"], ["label=com.docker.swarm.service.name=proxysvc"]]
 /// The overlay network's namespace on node `n` (`<epoch>-<id>`: the highest epoch there).
 fn netns(n: u8, id: &str) -> PathBuf {
     let dir = run_dir().join(format!("n{n}/exec/netns"));
-    trafficjam::nft::overlay_namespace(Some(&dir), id)
+    trafficjam::docker::swarm::overlay_namespace(Some(&dir), id)
         .ok()
         .flatten()
         .unwrap_or_else(|| dir.join(format!("1-{}", &id[..10])))
@@ -415,7 +415,7 @@ fn watch_window(path: PathBuf) -> std::thread::JoinHandle<Option<Window>> {
     std::thread::spawn(move || {
         let limit = Instant::now() + Duration::from_secs(20);
         let mounted = loop {
-            if trafficjam::nft::mounted(&path) {
+            if trafficjam::kernel::netns::mounted(&path) {
                 break Instant::now();
             }
             if Instant::now() > limit {
@@ -427,10 +427,15 @@ fn watch_window(path: PathBuf) -> std::thread::JoinHandle<Option<Window>> {
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
         let (mut bridge, mut rules) = (None, None);
         loop {
-            if bridge.is_none() && trafficjam::nft::overlay_bridge().is_ok_and(|b| b.is_some()) {
+            if bridge.is_none()
+                && trafficjam::kernel::links::ports::overlay_bridge().is_ok_and(|b| b.is_some())
+            {
                 bridge = Some(Instant::now());
             }
-            if rules.is_none() && trafficjam::nft::table_owners(TABLE).is_ok_and(|t| t.len() == 2) {
+            if rules.is_none()
+                && trafficjam::kernel::nftables::dump::table_owners(TABLE)
+                    .is_ok_and(|t| t.len() == 2)
+            {
                 rules = Some(Instant::now());
             }
             if let (Some(bridge), Some(rules)) = (bridge, rules) {

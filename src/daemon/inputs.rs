@@ -175,9 +175,9 @@ pub(crate) fn watch_namespaces(
         Ok(text
             .lines()
             .filter_map(|line| {
-                let path = crate::nft::nsfs_mounts(line).pop()?;
+                let path = crate::firewall::nsfs_mounts(line).pop()?;
                 let name = path.file_name()?.to_string_lossy().into_owned();
-                crate::nft::is_overlay_name(&name)
+                crate::docker::swarm::is_overlay_name(&name)
                     .then(|| (line.split(' ').next().unwrap_or_default().to_owned(), path))
             })
             .collect())

@@ -28,8 +28,8 @@ use crate::config::{Config, ConfigError, PolicySource};
 use crate::docker::{DockerClient, Snapshot};
 use crate::droplog::{Directory, DropLog, Notices};
 use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
+use crate::firewall::{BridgePorts, KernelError};
 use crate::metrics::{self, ApplyStats};
-use crate::nft::{BridgePorts, NftError};
 use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
 use crate::plan::{self, Change, Counters, Mac, Ruleset};
@@ -46,7 +46,7 @@ pub enum ControlError {
     ConfigRejected(#[from] ConfigError),
     /// The kernel refused the change; nothing changed.
     #[error("{0}")]
-    Failed(#[from] NftError),
+    Failed(#[from] KernelError),
     /// The daemon is shutting down and no longer takes requests.
     #[error("the daemon is stopping")]
     Stopping,
@@ -407,7 +407,7 @@ impl Daemon {
             .filter(|_| self.drop_log.rules_refused.is_none())
     }
 
-    fn refuse_log_rules(&mut self, e: &NftError) {
+    fn refuse_log_rules(&mut self, e: &KernelError) {
         error!(
             "the kernel refused the ruleset with its drop-log rules ({e}); enforcing without them: drops are counted, not logged (is nfnetlink_log available?)"
         );
@@ -1030,7 +1030,7 @@ impl Daemon {
     }
 
     /// How the kernel differs from `ruleset`; empty when it holds exactly that.
-    async fn drift(&self, ruleset: &Arc<Ruleset>) -> Result<Vec<String>, NftError> {
+    async fn drift(&self, ruleset: &Arc<Ruleset>) -> Result<Vec<String>, KernelError> {
         let ruleset = ruleset.clone();
         self.firewall.call(move |fw| fw.drift(&ruleset)).await
     }
@@ -1356,7 +1356,7 @@ mod tests {
 
     #[tokio::test]
     async fn bound_ports_are_programmed_once_new_ones_as_they_come_and_all_on_a_resync() {
-        use crate::nft::PortLink;
+        use crate::firewall::PortLink;
         let fake = Fake::new();
         let mut d = daemon(&fake);
         let mut s = snapshot(Some("10.1.0.2"));

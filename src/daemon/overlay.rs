@@ -12,9 +12,10 @@ use tracing::{debug, error, info, warn};
 
 use super::Daemon;
 use super::reconcile::reconcile_overlay;
+use crate::docker::swarm::OVERLAY_BRIDGE;
 use crate::docker::{NetworkSnapshot, Snapshot};
 use crate::firewall::{BridgeFiltering, Worker};
-use crate::nft::{BridgePorts, NetnsError, NftError};
+use crate::firewall::{BridgePorts, KernelError, NetnsError};
 use crate::plan::{Change, Ruleset};
 
 /// What the mount watch needs to isolate an overlay namespace the moment Docker mounts
@@ -30,10 +31,6 @@ pub struct Prepared {
     /// Each with the names of its bridge and VXLAN port when seen before.
     pub networks: Vec<(NetworkSnapshot, Option<(String, String)>)>,
 }
-
-/// The names Docker gives an overlay network's bridge and VXLAN device in its namespace
-/// (measured with Docker 20.10): used until the kernel shows them.
-const DOCKER_BRIDGE: (&str, &str) = ("br0", "vxlan0");
 
 pub type SharedPrepared = std::sync::Arc<std::sync::Mutex<Prepared>>;
 
@@ -58,13 +55,13 @@ pub fn isolate_at_mount(prepared: &SharedPrepared, worker: &Worker, path: &std::
         let Some((net, names)) = p
             .networks
             .iter()
-            .find(|(n, _)| crate::nft::overlay_epoch(&name, &n.id).is_some())
+            .find(|(n, _)| crate::docker::swarm::overlay_epoch(&name, &n.id).is_some())
         else {
             return;
         };
         let names = names
             .clone()
-            .unwrap_or_else(|| (DOCKER_BRIDGE.0.to_owned(), DOCKER_BRIDGE.1.to_owned()));
+            .unwrap_or_else(|| (OVERLAY_BRIDGE.0.to_owned(), OVERLAY_BRIDGE.1.to_owned()));
         (net.clone(), names, p.table.clone(), p.generation)
     };
     let path = path.to_owned();
@@ -83,7 +80,7 @@ pub fn isolate_at_mount(prepared: &SharedPrepared, worker: &Worker, path: &std::
             debug!("namespace {}: {e}", path.display());
             return;
         }
-        let result = (|| -> Result<bool, NftError> {
+        let result = (|| -> Result<bool, KernelError> {
             if fw.present(&table)? {
                 return Ok(false);
             }
@@ -94,7 +91,7 @@ pub fn isolate_at_mount(prepared: &SharedPrepared, worker: &Worker, path: &std::
                 (&BridgePorts::default(), false),
                 None,
             )
-            .map_err(|e| NftError::Build {
+            .map_err(|e| KernelError::Build {
                 what: format!("the ruleset of overlay network {}", net.name),
                 reason: e.to_string(),
             })?;
@@ -172,7 +169,7 @@ impl Daemon {
                 .call_in(Some(state.netns.clone()), move |fw| fw.clear(&t))
                 .await
             {
-                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Ok(()) | Err(KernelError::Netns(NetnsError::Gone(_))) => {}
                 Err(e) => {
                     warn!(network = %name, "cannot remove our table from {}: {e}", state.netns.display())
                 }
@@ -192,7 +189,7 @@ impl Daemon {
                 Ok(()) => {
                     self.overlay_problems.remove(&net.name);
                 }
-                Err(NftError::Netns(NetnsError::Gone(_))) => {
+                Err(KernelError::Netns(NetnsError::Gone(_))) => {
                     // Docker has not mounted it yet, or just removed it: the next event
                     // (or the resync) comes back.
                     self.overlays.remove(&net.name);
@@ -242,7 +239,7 @@ impl Daemon {
         net: &NetworkSnapshot,
         netns: PathBuf,
         resync: bool,
-    ) -> Result<(), NftError> {
+    ) -> Result<(), KernelError> {
         let known = self
             .overlays
             .get(&net.name)
@@ -297,12 +294,12 @@ impl Daemon {
             (&ports, stateful),
             committed.as_deref(),
         )
-        .map_err(|e| NftError::Build {
+        .map_err(|e| KernelError::Build {
             what: format!("the ruleset of overlay network {}", net.name),
             reason: e.to_string(),
         })?;
         if let Some(e) = reconciled.rejected.first() {
-            return Err(NftError::Build {
+            return Err(KernelError::Build {
                 what: format!("the ruleset of overlay network {}", net.name),
                 reason: e.to_string(),
             });
@@ -393,7 +390,7 @@ impl Daemon {
                 Ok(true) => {
                     info!(network = %name, "namespace {} mounted again: our last rules for it restored before Docker reported anything", path.display());
                 }
-                Ok(false) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Ok(false) | Err(KernelError::Netns(NetnsError::Gone(_))) => {}
                 Err(e) => {
                     warn!(network = %name, "cannot restore our rules in {}: {e}", path.display())
                 }
@@ -428,8 +425,10 @@ impl Daemon {
             for path in entries.filter_map(Result::ok).map(|e| e.path()) {
                 let overlay = path
                     .file_name()
-                    .is_some_and(|n| crate::nft::is_overlay_name(&n.to_string_lossy()));
-                if overlay && crate::nft::mounted(&path) && !places.iter().any(|(p, _)| *p == path)
+                    .is_some_and(|n| crate::docker::swarm::is_overlay_name(&n.to_string_lossy()));
+                if overlay
+                    && crate::firewall::mounted(&path)
+                    && !places.iter().any(|(p, _)| *p == path)
                 {
                     places.insert((path, String::new()));
                 }
@@ -447,7 +446,7 @@ impl Daemon {
                 .call_in(Some(path.clone()), move |fw| fw.clear(&t))
                 .await
             {
-                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {}
+                Ok(()) | Err(KernelError::Netns(NetnsError::Gone(_))) => {}
                 Err(e) => {
                     warn!(network = %name, "cannot remove table {table} from {}: {e}", path.display())
                 }
@@ -455,7 +454,7 @@ impl Daemon {
         }
     }
 
-    pub(super) async fn clear_overlays(&mut self) -> Result<(), NftError> {
+    pub(super) async fn clear_overlays(&mut self) -> Result<(), KernelError> {
         self.forget_prepared();
         let table = self.config.daemon.table.clone();
         let places = self.overlay_places();
@@ -467,7 +466,7 @@ impl Daemon {
                 .call_in(Some(path.clone()), move |fw| fw.clear(&t))
                 .await
             {
-                Ok(()) | Err(NftError::Netns(NetnsError::Gone(_))) => {
+                Ok(()) | Err(KernelError::Netns(NetnsError::Gone(_))) => {
                     self.overlay_memory.remove(&path);
                     self.overlays.retain(|_, s| s.netns != path);
                 }

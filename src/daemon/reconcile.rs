@@ -4,12 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::docker::swarm::GWBRIDGE;
 use crate::docker::{self, Snapshot};
-use crate::nft::BridgePorts;
+use crate::firewall::BridgePorts;
 use crate::plan::{self, Change, ManagedNetwork, PlanError, Port, Ruleset};
-
-/// The bridge by which Swarm's containers reach their node and the world.
-const GWBRIDGE: &str = "docker_gwbridge";
 
 /// What one reconcile decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +269,7 @@ pub(crate) mod tests {
 
     #[test]
     fn ports_are_bound_to_the_endpoints_with_their_peers_mac_and_new_ones_are_elements() {
-        use crate::nft::PortLink;
+        use crate::firewall::PortLink;
         let mut web = network("web", "br-web", Some("10.1.0.2"));
         web.endpoints = web.whitelisted.clone();
         web.endpoints.push(Endpoint {

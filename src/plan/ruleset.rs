@@ -422,7 +422,7 @@ pub struct Ruleset {
 pub enum Change {
     /// The kernel holds it already: nothing to send.
     None,
-    /// Only whitelist set elements differ: an element batch.
+    /// Only set elements differ (whitelists, grants, bound ports): an element batch.
     Elements,
     /// Our tables are replaced whole.
     Full,

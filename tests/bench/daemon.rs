@@ -140,7 +140,7 @@ fn main() {
     let bridges = std::collections::BTreeSet::from([bridge.clone()]);
     let ports_set = format!("ports_{net}");
     let port_names = || -> Vec<String> {
-        trafficjam::nft::bridge_ports(&bridges)
+        trafficjam::kernel::links::ports::bridge_ports(&bridges)
             .expect("bridge ports")
             .get(&bridge)
             .map(|b| b.ports.iter().map(|p| p.name.clone()).collect())
@@ -149,7 +149,7 @@ fn main() {
     let bound = |port: &str| -> bool {
         let key = trafficjam::plan::Element::Port(port.to_owned()).key_bytes();
         // A dump interrupted by a commit is simply read again.
-        trafficjam::nft::read_installed(&lab.table).is_ok_and(|installed| {
+        trafficjam::kernel::nftables::dump::read_installed(&lab.table).is_ok_and(|installed| {
             installed
                 .tables
                 .get(&trafficjam::plan::Family::Bridge)

@@ -21,8 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use trafficjam::firewall::Netlink;
 use trafficjam::firewall::{BatchKind, Firewall};
-use trafficjam::nft::{BridgeNetfilter, Netlink};
+use trafficjam::kernel::links::bridge::BridgeNetfilter;
 use trafficjam::plan::{ManagedNetwork, Port, plan};
 use trafficjam::policy::{Grant, PortRange};
 
@@ -256,7 +257,8 @@ fn throughput_benchmark() {
     let mut whitelist = addresses(77, 9_999);
     whitelist.insert("10.77.0.2".parse().expect("ip"));
     let found = host.enter(|| {
-        trafficjam::nft::bridge_ports(&BTreeSet::from(["br0".to_owned()])).expect("ports")
+        trafficjam::kernel::links::ports::bridge_ports(&BTreeSet::from(["br0".to_owned()]))
+            .expect("ports")
     });
     let ports = found["br0"]
         .ports
@@ -283,7 +285,9 @@ fn throughput_benchmark() {
     let program = |on: bool| {
         let bound = bound.clone();
         if on {
-            host.enter(move || trafficjam::nft::bind_ports("br0", &bound).expect("bind ports"));
+            host.enter(move || {
+                trafficjam::kernel::links::fdb::bind_ports("br0", &bound).expect("bind ports")
+            });
         } else {
             for (port, mac) in &bound {
                 let mac = trafficjam::plan::mac_text(mac);

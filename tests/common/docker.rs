@@ -524,7 +524,8 @@ pub fn engine_major() -> u32 {
 impl DockerLab {
     /// Packets counted so far by the drop rules of the lab's tables (inet and bridge).
     pub fn dropped(&self) -> u64 {
-        let installed = trafficjam::nft::read_installed(&self.table).expect("read our tables");
+        let installed = trafficjam::kernel::nftables::dump::read_installed(&self.table)
+            .expect("read our tables");
         installed
             .tables
             .values()

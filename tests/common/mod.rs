@@ -487,7 +487,8 @@ impl Lab {
 /// elements), read back as the daemon reads it.
 pub fn assert_no_drift(host: &Netns, ruleset: &trafficjam::plan::Ruleset) {
     let want = ruleset.clone();
-    let problems = host.enter(move || trafficjam::nft::drift(&want).expect("read back"));
+    let problems =
+        host.enter(move || trafficjam::kernel::nftables::drift(&want).expect("read back"));
     assert!(problems.is_empty(), "drift: {problems:?}\n{ruleset}");
 }
 

@@ -4,6 +4,8 @@
 //! [`DockerClient::snapshot`] gathers plain data ([`Snapshot`]); [`managed_networks`] turns
 //! it into the plan's input without I/O.
 
+pub mod swarm;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -403,7 +405,7 @@ impl DockerClient {
                 if sandboxes.is_none() {
                     sandboxes = self.sandbox_directory().await;
                 }
-                match crate::nft::overlay_namespace(sandboxes.as_deref(), &id) {
+                match crate::docker::swarm::overlay_namespace(sandboxes.as_deref(), &id) {
                     Ok(netns) => Some(Overlay {
                         netns,
                         problem: None,

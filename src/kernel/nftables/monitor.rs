@@ -15,10 +15,10 @@ use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, NetlinkAddr, SockProtocol, bind, recv};
 use rustables::sys::{NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, NFTA_GEN_PROC_PID};
 
-use super::NftError;
-use super::dump::{attribute, string};
-use super::netlink::{Answer, netlink_socket, parse_answers};
-use crate::firewall::TableChange;
+use crate::kernel::KernelError;
+use crate::kernel::TableChange;
+use crate::kernel::netlink::{Answer, netlink_socket, parse_answers};
+use crate::kernel::nftables::dump::{attribute, string};
 use crate::plan::Family;
 
 /// The nfnetlink multicast group of nftables changes (NFNLGRP_NFTABLES).
@@ -60,13 +60,13 @@ impl Generations {
 }
 
 /// A socket subscribed to nftables changes in the calling thread's network namespace.
-pub fn subscribe() -> Result<OwnedFd, NftError> {
+pub fn subscribe() -> Result<OwnedFd, KernelError> {
     let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
     bind(
         sock.as_raw_fd(),
         &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)),
     )
-    .map_err(|e| NftError::Socket(e.into()))?;
+    .map_err(|e| KernelError::Socket(e.into()))?;
     Ok(sock)
 }
 
@@ -79,7 +79,7 @@ pub fn watch(
     sock: &OwnedFd,
     committer: u32,
     mut report: impl FnMut(TableChange) -> bool,
-) -> Result<(), NftError> {
+) -> Result<(), KernelError> {
     let mut generations = Generations::default();
     let mut buf = vec![0u8; 1 << 17];
     loop {
@@ -93,10 +93,10 @@ pub fn watch(
                 }
                 continue;
             }
-            Err(e) => return Err(NftError::Receive(io::Error::from(e))),
+            Err(e) => return Err(KernelError::Receive(io::Error::from(e))),
         };
         let mut changes = Vec::new();
-        let parsed: Option<Result<(), NftError>> = parse_answers(&buf[..n], &mut |answer| {
+        let parsed: Option<Result<(), KernelError>> = parse_answers(&buf[..n], &mut |answer| {
             changes.extend(generations.take(&answer, &|pid| pid == committer));
             None
         });
@@ -127,7 +127,7 @@ mod tests {
         let mut generations = Generations::default();
         let mut changes = Vec::new();
         for datagram in datagrams {
-            let end: Option<Result<(), NftError>> = parse_answers(datagram, &mut |answer| {
+            let end: Option<Result<(), KernelError>> = parse_answers(datagram, &mut |answer| {
                 changes.extend(generations.take(&answer, &ours));
                 None
             });

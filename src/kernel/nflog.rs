@@ -14,9 +14,9 @@ use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, SockProtocol, recv, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
-use super::NftError;
-use super::dump::{attribute, string};
-use super::netlink::{netlink_socket, parse_answers, push_attr, read_acks, send_all};
+use crate::kernel::KernelError;
+use crate::kernel::netlink::{netlink_socket, parse_answers, push_attr, read_acks, send_all};
+use crate::kernel::nftables::dump::{attribute, string};
 use crate::plan::names::{LOG_PREFIX_MAX, LOG_PREFIX_TAG};
 use crate::plan::{Mac, Reason};
 
@@ -227,12 +227,12 @@ fn config_message(group: u16, attrs: &[u8], seq: u32) -> Vec<u8> {
 
 /// Opens a socket bound to NFLOG `group`, copying the first bytes of each packet, in the
 /// calling thread's network namespace.
-pub fn subscribe(group: u16) -> Result<OwnedFd, NftError> {
+pub fn subscribe(group: u16) -> Result<OwnedFd, KernelError> {
     let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
     // Room for bursts; ENOBUFS, if it comes, is counted, not fatal.
     let _ = setsockopt(&sock, sockopt::RcvBuf, &(1usize << 20));
     setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))
-        .map_err(|e| NftError::Socket(e.into()))?;
+        .map_err(|e| KernelError::Socket(e.into()))?;
     let mut bind = Vec::new();
     push_attr(&mut bind, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
     let mut mode = Vec::new();
@@ -260,9 +260,10 @@ pub fn subscribe(group: u16) -> Result<OwnedFd, NftError> {
             } else {
                 ""
             };
-            return Err(NftError::Refused {
+            return Err(KernelError::Refused {
                 what: format!("to {what} NFLOG group {group}{hint}"),
                 source,
+                log_rule: false,
             });
         }
     }
@@ -270,7 +271,7 @@ pub fn subscribe(group: u16) -> Result<OwnedFd, NftError> {
 }
 
 /// Reads logged packets from `sock` and hands them to `report` until it returns false.
-pub fn watch(sock: &OwnedFd, report: &mut impl FnMut(LogEvent) -> bool) -> Result<(), NftError> {
+pub fn watch(sock: &OwnedFd, report: &mut impl FnMut(LogEvent) -> bool) -> Result<(), KernelError> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
@@ -288,7 +289,7 @@ pub fn watch(sock: &OwnedFd, report: &mut impl FnMut(LogEvent) -> bool) -> Resul
                 }
                 continue;
             }
-            Err(e) => return Err(NftError::Receive(e.into())),
+            Err(e) => return Err(KernelError::Receive(e.into())),
         };
         let mut ours = false;
         let stop = parse_answers(&buf[..n], &mut |answer| {

@@ -19,9 +19,9 @@ use netlink_packet_route::link::{
 };
 use nix::sys::socket::SockProtocol;
 
-use super::NftError;
-use super::netlink::{netlink_socket, read_acks, send_all, set_receive_timeout};
-use crate::firewall::BridgeFiltering;
+use crate::kernel::BridgeFiltering;
+use crate::kernel::KernelError;
+use crate::kernel::netlink::{netlink_socket, read_acks, send_all, set_receive_timeout};
 
 /// What to do about br_netfilter on managed bridges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,18 +101,19 @@ fn nf_call_message(index: u32, on: bool) -> Vec<u8> {
 
 /// Sets `nf_call_iptables` and `nf_call_ip6tables` on a bridge, in the calling thread's
 /// network namespace.
-pub fn set_nf_call(bridge: &str, on: bool) -> Result<(), NftError> {
+pub fn set_nf_call(bridge: &str, on: bool) -> Result<(), KernelError> {
     let index = nix::net::if_::if_nametoindex(bridge)
-        .map_err(|_| NftError::NoSuchBridge(bridge.to_owned()))?;
+        .map_err(|_| KernelError::NoSuchBridge(bridge.to_owned()))?;
     let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
     set_receive_timeout(&sock)?;
     send_all(&sock, &nf_call_message(index, on))?;
     let mut result = Ok(());
     read_acks(&sock, |_, errno| {
         if errno != 0 {
-            result = Err(NftError::Refused {
+            result = Err(KernelError::Refused {
                 what: format!("nf_call_iptables on bridge {bridge}"),
                 source: io::Error::from_raw_os_error(errno),
+                log_rule: false,
             });
         }
         true

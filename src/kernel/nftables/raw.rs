@@ -8,7 +8,7 @@
 use crate::plan::names::{LOG_BURST, LOG_RATE};
 use crate::plan::{Dir, Element, Family, Field, IpVersion, Match, Rule, Set, Verdict};
 
-use super::netlink::{nft_message, push_attr};
+use crate::kernel::netlink::{nft_message, push_attr};
 
 // Message types and flags (linux/netfilter/nf_tables.h, linux/netlink.h).
 const NFT_MSG_NEWRULE: u32 = 6;

@@ -29,8 +29,8 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::sys::socket::SockProtocol;
 
-use super::NftError;
-use super::netlink::{netlink_socket, read_acks, send_all, set_receive_timeout};
+use crate::kernel::KernelError;
+use crate::kernel::netlink::{netlink_socket, read_acks, send_all, set_receive_timeout};
 use crate::plan::{Mac, mac_text};
 
 fn serialize(message: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
@@ -116,9 +116,9 @@ fn port_flags_message(port: u32, seq: u32) -> Vec<u8> {
 /// entries flushed. The flags go only to ports whose entry the kernel took: a port
 /// without it would reach its container by unicast no more. A port that no longer exists
 /// is skipped (its container went away).
-pub fn bind_ports(bridge: &str, ports: &[(String, Mac)]) -> Result<(), NftError> {
+pub fn bind_ports(bridge: &str, ports: &[(String, Mac)]) -> Result<(), KernelError> {
     let index = nix::net::if_::if_nametoindex(bridge)
-        .map_err(|_| NftError::NoSuchBridge(bridge.to_owned()))?;
+        .map_err(|_| KernelError::NoSuchBridge(bridge.to_owned()))?;
     let present: Vec<(u32, &str, &Mac)> = ports
         .iter()
         .filter_map(|(name, mac)| {
@@ -166,7 +166,7 @@ pub fn bind_ports(bridge: &str, ports: &[(String, Mac)]) -> Result<(), NftError>
 
 /// Sends `messages` (each with sequence number its place + 1, and what it does) in one
 /// datagram and reads every acknowledgement: the refused ones, by sequence number.
-fn exchange(messages: &[(Vec<u8>, String)]) -> Result<Vec<(usize, NftError)>, NftError> {
+fn exchange(messages: &[(Vec<u8>, String)]) -> Result<Vec<(usize, KernelError)>, KernelError> {
     let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
     set_receive_timeout(&sock)?;
     let bytes: Vec<u8> = messages
@@ -184,9 +184,10 @@ fn exchange(messages: &[(Vec<u8>, String)]) -> Result<Vec<(usize, NftError)>, Nf
                 .map_or_else(|| format!("message {seq}"), |(_, what)| what.clone());
             refused.push((
                 seq as usize,
-                NftError::Refused {
+                KernelError::Refused {
                     what,
                     source: io::Error::from_raw_os_error(errno),
+                    log_rule: false,
                 },
             ));
         }

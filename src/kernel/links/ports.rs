@@ -28,8 +28,10 @@ use netlink_packet_route::link::{
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, SockProtocol, recv};
 
-use super::NftError;
-use super::netlink::{Answer, netlink_socket, parse_answers, send_all, set_receive_timeout};
+use crate::kernel::KernelError;
+use crate::kernel::netlink::{
+    Answer, netlink_socket, parse_answers, send_all, set_receive_timeout,
+};
 
 pub use crate::plan::Mac;
 
@@ -184,7 +186,7 @@ fn find<'a>(links: &'a [Link], bridges: &BTreeSet<String>) -> BTreeMap<String, F
 
 /// In an overlay network's namespace (the calling thread's): the bridge with a VXLAN
 /// port, and that port (`br0`, `vxlan0` as Docker names them, read from the kernel).
-pub fn overlay_bridge() -> Result<Option<(String, String)>, NftError> {
+pub fn overlay_bridge() -> Result<Option<(String, String)>, KernelError> {
     let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
     set_receive_timeout(&sock)?;
     let links = Reader::new(sock).dump_links()?;
@@ -202,7 +204,7 @@ pub fn overlay_bridge() -> Result<Option<(String, String)>, NftError> {
     if pairs.len() > 1 {
         // One bridge and VXLAN device per subnet: not planned (yet); said, not half done.
         let bridges: Vec<&str> = pairs.iter().map(|(b, _)| b.as_str()).collect();
-        return Err(NftError::Build {
+        return Err(KernelError::Build {
             what: "the overlay network's rules".into(),
             reason: format!(
                 "it has several subnets (bridges {}), which trafficjam does not isolate yet",
@@ -221,7 +223,9 @@ pub fn overlay_bridge() -> Result<Option<(String, String)>, NftError> {
 /// Needs CAP_NET_ADMIN over the peers' namespaces (the user namespace owning them), for
 /// IFLA_TARGET_NETNSID; the kernel refusing that (EACCES, say) is an error, not a port
 /// left out.
-pub fn bridge_ports(bridges: &BTreeSet<String>) -> Result<BTreeMap<String, BridgePorts>, NftError> {
+pub fn bridge_ports(
+    bridges: &BTreeSet<String>,
+) -> Result<BTreeMap<String, BridgePorts>, KernelError> {
     let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
     set_receive_timeout(&sock)?;
     let mut reader = Reader::new(sock);
@@ -284,7 +288,7 @@ fn peer_message(index: u32, nsid: i32, seq: u32) -> Vec<u8> {
 }
 
 /// The errno an NLMSG_ERROR or NLMSG_DONE message carries (0 when there is none).
-fn errno_of(answer: &Answer<'_>) -> Result<i32, NftError> {
+fn errno_of(answer: &Answer<'_>) -> Result<i32, KernelError> {
     if answer.kind == NLMSG_DONE && answer.body.len() < 4 {
         return Ok(0);
     }
@@ -317,13 +321,13 @@ impl Reader {
     fn read<T>(
         &mut self,
         seq: u32,
-        mut on_answer: impl FnMut(Answer<'_>) -> Option<Result<T, NftError>>,
-    ) -> Result<T, NftError> {
+        mut on_answer: impl FnMut(Answer<'_>) -> Option<Result<T, KernelError>>,
+    ) -> Result<T, KernelError> {
         loop {
             let n = match recv(self.sock.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Err(NftError::Receive(e.into())),
+                Err(e) => return Err(KernelError::Receive(e.into())),
             };
             let mine = &mut |answer: Answer<'_>| {
                 if answer.seq == seq {
@@ -339,7 +343,7 @@ impl Reader {
     }
 
     /// Every link in the namespace, from one dump that no change interrupted.
-    fn dump_links(&mut self) -> Result<Vec<Link>, NftError> {
+    fn dump_links(&mut self) -> Result<Vec<Link>, KernelError> {
         for _ in 0..DUMP_TRIES {
             let seq = self.next_seq();
             send_all(&self.sock, &dump_message(seq))?;
@@ -350,9 +354,10 @@ impl Reader {
                 match answer.kind {
                     NLMSG_DONE | NLMSG_ERROR => Some(match errno_of(&answer) {
                         Ok(0) => Ok(()),
-                        Ok(errno) => Err(NftError::Refused {
+                        Ok(errno) => Err(KernelError::Refused {
                             what: "the link dump".into(),
                             source: io::Error::from_raw_os_error(errno),
+                            log_rule: false,
                         }),
                         Err(e) => Err(e),
                     }),
@@ -367,14 +372,14 @@ impl Reader {
                 return Ok(links);
             }
         }
-        Err(NftError::Receive(io::Error::other(format!(
+        Err(KernelError::Receive(io::Error::other(format!(
             "links kept changing during the link dump ({DUMP_TRIES} tries)"
         ))))
     }
 
     /// The address of `port`'s veth peer, interface `index` in the namespace `nsid`; None
     /// when it is gone (or is not `port`'s peer after all).
-    fn peer_mac(&mut self, port: &Link, index: u32, nsid: i32) -> Result<Option<Mac>, NftError> {
+    fn peer_mac(&mut self, port: &Link, index: u32, nsid: i32) -> Result<Option<Mac>, KernelError> {
         let seq = self.next_seq();
         send_all(&self.sock, &peer_message(index, nsid, seq))?;
         self.read(seq, |answer| match answer.kind {
@@ -384,12 +389,13 @@ impl Reader {
                 // The peer is gone (ENODEV), or its whole namespace is (EINVAL: the nsid
                 // names no namespace any more).
                 Ok(libc::ENODEV | libc::EINVAL) => Ok(None),
-                Ok(errno) => Err(NftError::Refused {
+                Ok(errno) => Err(KernelError::Refused {
                     what: format!(
                         "reading the veth peer of {} (index {index} in namespace id {nsid})",
                         port.name
                     ),
                     source: io::Error::from_raw_os_error(errno),
+                    log_rule: false,
                 }),
                 Err(e) => Err(e),
             }),
@@ -413,13 +419,13 @@ fn answer_is_peer(peer: &Link, port: &Link, index: u32, nsid: i32) -> bool {
 const RTNLGRP_LINK: u32 = 1;
 
 /// A socket subscribed to link changes in the calling thread's network namespace.
-pub fn subscribe_links() -> Result<OwnedFd, NftError> {
+pub fn subscribe_links() -> Result<OwnedFd, KernelError> {
     let sock = netlink_socket(SockProtocol::NetlinkRoute)?;
     nix::sys::socket::bind(
         sock.as_raw_fd(),
         &nix::sys::socket::NetlinkAddr::new(0, 1 << (RTNLGRP_LINK - 1)),
     )
-    .map_err(|e| NftError::Socket(e.into()))?;
+    .map_err(|e| KernelError::Socket(e.into()))?;
     Ok(sock)
 }
 
@@ -436,7 +442,7 @@ fn moves_ports(answer: &Answer<'_>) -> bool {
 /// Reads link notifications from `sock` (see [`subscribe_links`]) and calls `report` after
 /// every datagram that may have moved a bridge port (and when notifications were lost),
 /// until it returns false.
-pub fn watch_links(sock: &OwnedFd, mut report: impl FnMut() -> bool) -> Result<(), NftError> {
+pub fn watch_links(sock: &OwnedFd, mut report: impl FnMut() -> bool) -> Result<(), KernelError> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
@@ -449,7 +455,7 @@ pub fn watch_links(sock: &OwnedFd, mut report: impl FnMut() -> bool) -> Result<(
                 }
                 continue;
             }
-            Err(e) => return Err(NftError::Receive(e.into())),
+            Err(e) => return Err(KernelError::Receive(e.into())),
         };
         let mut moved = false;
         parse_answers::<()>(&buf[..n], &mut |answer| {

@@ -16,7 +16,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use rustables::{Batch, MsgType};
 
-use super::NftError;
+use crate::kernel::KernelError;
 
 /// A batch under construction, with a human label for each message so that an error can
 /// say which object the kernel refused.
@@ -30,7 +30,30 @@ pub(crate) struct Transaction {
     messages: Vec<u8>,
     /// rustables' messages not yet moved over.
     pending: Option<Batch>,
-    labels: Vec<String>,
+    labels: Vec<Label>,
+}
+
+/// What a message of a batch is: named when the kernel refuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Label {
+    pub(crate) what: String,
+    /// A rule that logs (NFLOG), which a kernel without nfnetlink_log refuses.
+    pub(crate) log_rule: bool,
+}
+
+impl From<String> for Label {
+    fn from(what: String) -> Self {
+        Label {
+            what,
+            log_rule: false,
+        }
+    }
+}
+
+impl From<&str> for Label {
+    fn from(what: &str) -> Self {
+        Label::from(what.to_owned())
+    }
 }
 
 impl std::fmt::Debug for Transaction {
@@ -104,18 +127,18 @@ impl Transaction {
         }
     }
 
-    pub(crate) fn add(&mut self, object: &impl BatchObject, label: impl Into<String>) {
+    pub(crate) fn add(&mut self, object: &impl BatchObject, label: impl Into<Label>) {
         object.add_to(self.pending.get_or_insert_with(Batch::new), MsgType::Add);
         self.labels.push(label.into());
     }
 
-    pub(crate) fn delete(&mut self, object: &impl BatchObject, label: impl Into<String>) {
+    pub(crate) fn delete(&mut self, object: &impl BatchObject, label: impl Into<Label>) {
         object.add_to(self.pending.get_or_insert_with(Batch::new), MsgType::Del);
         self.labels.push(label.into());
     }
 
     /// Adds a message encoded by [`nft_message`].
-    pub(crate) fn add_raw(&mut self, message: Vec<u8>, label: impl Into<String>) {
+    pub(crate) fn add_raw(&mut self, message: Vec<u8>, label: impl Into<Label>) {
         self.flush();
         self.messages.extend(message);
         self.messages
@@ -141,7 +164,7 @@ impl Transaction {
     }
 
     /// The batch as sent: begin marker, messages numbered 1..=n, end marker.
-    fn finish(mut self) -> (Vec<u8>, Vec<String>) {
+    fn finish(mut self) -> (Vec<u8>, Vec<Label>) {
         self.flush();
         let marker = |kind: i32, seq: u32| {
             let mut m = Vec::with_capacity(NLMSG_HDR + NFGENMSG_LEN);
@@ -164,7 +187,7 @@ impl Transaction {
 
     /// Sends the whole batch in one `sendmsg` and waits for the kernel's verdict on every
     /// message. The kernel commits all of it or none of it.
-    pub(crate) fn commit(self) -> Result<(), NftError> {
+    pub(crate) fn commit(self) -> Result<(), KernelError> {
         if self.labels.is_empty() {
             return Ok(());
         }
@@ -185,12 +208,12 @@ impl Transaction {
 
 /// The kernel's verdict on a batch, gathered from its acknowledgements.
 struct BatchVerdict<'a> {
-    labels: &'a [String],
-    first_error: Option<NftError>,
+    labels: &'a [Label],
+    first_error: Option<KernelError>,
 }
 
 impl<'a> BatchVerdict<'a> {
-    fn new(labels: &'a [String]) -> Self {
+    fn new(labels: &'a [Label]) -> Self {
         BatchVerdict {
             labels,
             first_error: None,
@@ -204,10 +227,11 @@ impl<'a> BatchVerdict<'a> {
                 .checked_sub(1)
                 .and_then(|i| self.labels.get(i as usize))
                 .cloned()
-                .unwrap_or_else(|| format!("message {seq}"));
-            self.first_error = Some(NftError::Refused {
-                what,
+                .unwrap_or_else(|| Label::from(format!("message {seq}")));
+            self.first_error = Some(KernelError::Refused {
+                what: what.what,
                 source: io::Error::from_raw_os_error(errno),
+                log_rule: what.log_rule,
             });
         }
         // Messages carry sequence numbers 1..=n (0 is the batch-begin marker, and an error
@@ -215,7 +239,7 @@ impl<'a> BatchVerdict<'a> {
         seq >= self.labels.len() as u32 || (seq == 0 && errno != 0)
     }
 
-    fn result(self) -> Result<(), NftError> {
+    fn result(self) -> Result<(), KernelError> {
         match self.first_error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -223,40 +247,40 @@ impl<'a> BatchVerdict<'a> {
     }
 }
 
-pub(crate) fn netlink_socket(protocol: SockProtocol) -> Result<OwnedFd, NftError> {
+pub(crate) fn netlink_socket(protocol: SockProtocol) -> Result<OwnedFd, KernelError> {
     socket(
         AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
         protocol,
     )
-    .map_err(|e| NftError::Socket(e.into()))
+    .map_err(|e| KernelError::Socket(e.into()))
 }
 
 fn set_buffer<O: SetSockOpt<Val = usize>>(
     sock: &OwnedFd,
     option: O,
     size: usize,
-) -> Result<(), NftError> {
+) -> Result<(), KernelError> {
     // The kernel doubles the value it is given, as an int.
     let size = size.min(i32::MAX as usize / 2);
-    setsockopt(sock, option, &size).map_err(|e| NftError::Socket(e.into()))
+    setsockopt(sock, option, &size).map_err(|e| KernelError::Socket(e.into()))
 }
 
 /// The kernel answers a batch before `sendmsg` returns; a missing answer must end in an
 /// error, not a hang.
-pub(crate) fn set_receive_timeout(sock: &OwnedFd) -> Result<(), NftError> {
+pub(crate) fn set_receive_timeout(sock: &OwnedFd) -> Result<(), KernelError> {
     setsockopt(sock, sockopt::ReceiveTimeout, &TimeVal::new(30, 0))
-        .map_err(|e| NftError::Socket(e.into()))
+        .map_err(|e| KernelError::Socket(e.into()))
 }
 
-pub(crate) fn send_all(sock: &OwnedFd, bytes: &[u8]) -> Result<(), NftError> {
+pub(crate) fn send_all(sock: &OwnedFd, bytes: &[u8]) -> Result<(), KernelError> {
     // A netlink datagram is never split: one send of the whole batch, or an error.
     let kernel = NetlinkAddr::new(0, 0);
     let sent = sendto(sock.as_raw_fd(), bytes, &kernel, MsgFlags::empty())
-        .map_err(|e| NftError::Send(e.into()))?;
+        .map_err(|e| KernelError::Send(e.into()))?;
     if sent != bytes.len() {
-        return Err(NftError::Send(io::Error::other("short netlink send")));
+        return Err(KernelError::Send(io::Error::other("short netlink send")));
     }
     Ok(())
 }
@@ -271,12 +295,12 @@ pub(crate) struct Answer<'a> {
 
 impl Answer<'_> {
     /// The errno of an NLMSG_ERROR message (0 for a success acknowledgement).
-    pub fn errno(&self) -> Result<i32, NftError> {
+    pub fn errno(&self) -> Result<i32, KernelError> {
         // struct nlmsgerr starts with the (negative) errno.
         let bytes = self
             .body
             .get(..4)
-            .ok_or_else(|| NftError::Receive(io::Error::other("short netlink error")))?;
+            .ok_or_else(|| KernelError::Receive(io::Error::other("short netlink error")))?;
         Ok(-i32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
     }
 }
@@ -287,14 +311,14 @@ const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
 /// `None`: the datagram ended without one (read the next).
 pub(crate) fn parse_answers<T>(
     data: &[u8],
-    on_answer: &mut impl FnMut(Answer<'_>) -> Option<Result<T, NftError>>,
-) -> Option<Result<T, NftError>> {
+    on_answer: &mut impl FnMut(Answer<'_>) -> Option<Result<T, KernelError>>,
+) -> Option<Result<T, KernelError>> {
     let mut offset = 0;
     while offset + HDR <= data.len() {
         let field = |at: usize, len: usize| &data[offset + at..offset + at + len];
         let len = u32::from_ne_bytes(field(0, 4).try_into().expect("4 bytes")) as usize;
         if len < HDR || offset + len > data.len() {
-            return Some(Err(NftError::Receive(io::Error::other(
+            return Some(Err(KernelError::Receive(io::Error::other(
                 "malformed netlink answer",
             ))));
         }
@@ -315,14 +339,14 @@ pub(crate) fn parse_answers<T>(
 /// Reads netlink messages and hands each to `on_answer` until it returns a result.
 pub(crate) fn read_answers<T>(
     sock: &OwnedFd,
-    mut on_answer: impl FnMut(Answer<'_>) -> Option<Result<T, NftError>>,
-) -> Result<T, NftError> {
+    mut on_answer: impl FnMut(Answer<'_>) -> Option<Result<T, KernelError>>,
+) -> Result<T, KernelError> {
     let mut buf = vec![0u8; 1 << 17];
     loop {
         let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(NftError::Receive(e.into())),
+            Err(e) => return Err(KernelError::Receive(e.into())),
         };
         if let Some(result) = parse_answers(&buf[..n], &mut on_answer) {
             return result;
@@ -335,7 +359,7 @@ pub(crate) fn read_answers<T>(
 pub(crate) fn read_acks(
     sock: &OwnedFd,
     mut on_ack: impl FnMut(u32, i32) -> bool,
-) -> Result<(), NftError> {
+) -> Result<(), KernelError> {
     read_answers(sock, |answer| {
         if answer.kind != libc::NLMSG_ERROR as u16 {
             return None;
@@ -372,7 +396,7 @@ pub(crate) mod tests {
         bytes
     }
 
-    fn acks_of(datagram: &[u8], labels: &[String]) -> (Result<(), NftError>, usize) {
+    fn acks_of(datagram: &[u8], labels: &[Label]) -> (Result<(), KernelError>, usize) {
         let mut verdict = BatchVerdict::new(labels);
         let mut seen = 0;
         let ended = parse_answers(datagram, &mut |answer| {
@@ -380,7 +404,7 @@ pub(crate) mod tests {
             let errno = answer.errno().expect("an error message");
             verdict
                 .ack(answer.seq, errno)
-                .then_some(Ok::<(), NftError>(()))
+                .then_some(Ok::<(), KernelError>(()))
         });
         assert!(
             matches!(ended, Some(Ok(()))),
@@ -395,7 +419,7 @@ pub(crate) mod tests {
         let ended = parse_answers(CAPTURED_ACK, &mut |answer| {
             assert_eq!(answer.kind, libc::NLMSG_ERROR as u16);
             errno = Some(answer.errno());
-            Some(Ok::<(), NftError>(()))
+            Some(Ok::<(), KernelError>(()))
         });
         assert!(matches!(ended, Some(Ok(()))));
         assert_eq!(errno.unwrap().unwrap(), 0);
@@ -403,7 +427,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_batch_succeeds_when_every_message_is_acknowledged() {
-        let labels = vec!["table inet t".to_owned(), "chain forward".to_owned()];
+        let labels = vec![Label::from("table inet t"), Label::from("chain forward")];
         let datagram = [ack(1, 0), ack(2, 0)].concat();
         let (result, seen) = acks_of(&datagram, &labels);
         assert!(result.is_ok());
@@ -412,7 +436,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_refused_message_is_named_by_its_label() {
-        let labels = vec!["table inet t".to_owned(), "chain forward".to_owned()];
+        let labels = vec![Label::from("table inet t"), Label::from("chain forward")];
         let datagram = [ack(1, 0), ack(2, libc::EEXIST)].concat();
         let (result, _) = acks_of(&datagram, &labels);
         let error = result.unwrap_err().to_string();
@@ -425,10 +449,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_refused_log_rule_is_known_by_its_label_not_its_text() {
+        let log_rule = Label {
+            what: "rule \"limit rate 100/second log group 1\" in chain deny_isolation_n".into(),
+            log_rule: true,
+        };
+        let labels = vec![Label::from("table inet t"), log_rule];
+        let (result, _) = acks_of(&[ack(1, 0), ack(2, libc::ENOENT)].concat(), &labels);
+        assert!(result.unwrap_err().refused_a_log_rule());
+        // A rule whose text merely says "log" is not one.
+        let labels = vec![Label::from("rule \"log prefix\" in chain x")];
+        let (result, _) = acks_of(&ack(1, libc::ENOENT), &labels);
+        assert!(!result.unwrap_err().refused_a_log_rule());
+    }
+
+    #[test]
     fn a_truncated_answer_is_an_error_not_a_hang() {
         let mut bytes = CAPTURED_ACK.to_vec();
         bytes[0] = 200; // claims more than the datagram holds
-        let ended = parse_answers(&bytes, &mut |_| Some(Ok::<(), NftError>(())));
-        assert!(matches!(ended, Some(Err(NftError::Receive(_)))));
+        let ended = parse_answers(&bytes, &mut |_| Some(Ok::<(), KernelError>(())));
+        assert!(matches!(ended, Some(Err(KernelError::Receive(_)))));
     }
 }

@@ -13,10 +13,10 @@ use rustables::sys::{
     NFTA_TABLE_NAME, NFTA_TABLE_USERDATA,
 };
 
-use super::NftError;
+use crate::kernel::KernelError;
 use nix::sys::socket::SockProtocol;
 
-use super::netlink::{
+use crate::kernel::netlink::{
     Answer, netlink_socket, push_attr, read_answers, send_all, set_receive_timeout,
 };
 use crate::plan::{Counters, Family};
@@ -101,7 +101,7 @@ fn cstr(s: &str) -> Vec<u8> {
 }
 
 /// Runs one dump request and returns the attribute part of every answer.
-fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError> {
+fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, KernelError> {
     const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
     let len = HDR + NFGENMSG + attrs.len();
     let mut req = Vec::with_capacity(len);
@@ -120,11 +120,11 @@ fn dump(msg: u32, family: Family, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError
         send_all(&sock, &req)?;
         let mut answers = Vec::new();
         match read_answers(&sock, |answer| collect_dump(&answer, &mut answers)) {
-            Err(NftError::DumpInterrupted) => continue,
+            Err(KernelError::DumpInterrupted) => continue,
             result => return result.map(|()| answers),
         }
     }
-    Err(NftError::DumpInterrupted)
+    Err(KernelError::DumpInterrupted)
 }
 
 /// How many times a dump is read before giving up on a ruleset that keeps changing.
@@ -134,17 +134,21 @@ const NFGENMSG: usize = 4;
 
 /// Takes one message of a dump: its attributes go to `answers`; the end of the dump, or
 /// an error, is the result.
-fn collect_dump(answer: &Answer<'_>, answers: &mut Vec<Vec<u8>>) -> Option<Result<(), NftError>> {
+fn collect_dump(
+    answer: &Answer<'_>,
+    answers: &mut Vec<Vec<u8>>,
+) -> Option<Result<(), KernelError>> {
     match answer.kind as libc::c_int {
         _ if answer.flags & libc::NLM_F_DUMP_INTR as u16 != 0 => {
-            Some(Err(NftError::DumpInterrupted))
+            Some(Err(KernelError::DumpInterrupted))
         }
         libc::NLMSG_DONE => Some(Ok(())),
         libc::NLMSG_ERROR => Some(match answer.errno() {
             Ok(0) => Ok(()),
-            Ok(errno) => Err(NftError::Refused {
+            Ok(errno) => Err(KernelError::Refused {
                 what: "a dump of our tables".into(),
                 source: io::Error::from_raw_os_error(errno),
+                log_rule: false,
             }),
             Err(e) => Err(e),
         }),
@@ -192,7 +196,7 @@ fn counted_packets(rule_attrs: &[u8]) -> u64 {
 
 /// Every rule of our table `table` in `family`: its chain, and the packets its counters
 /// counted.
-fn rules(family: Family, table: &str) -> Result<Vec<(String, u64)>, NftError> {
+fn rules(family: Family, table: &str) -> Result<Vec<(String, u64)>, KernelError> {
     let mut filter = Vec::new();
     push_attr(&mut filter, NFTA_RULE_TABLE, &cstr(table));
     Ok(dump(NFT_MSG_GETRULE, family, &filter)?
@@ -209,7 +213,7 @@ fn read_table(
     family: Family,
     table: &str,
     userdata: Option<&[u8]>,
-) -> Result<InstalledTable, NftError> {
+) -> Result<InstalledTable, KernelError> {
     let mut installed = InstalledTable {
         fingerprint: owned_fingerprint(userdata),
         ..InstalledTable::default()
@@ -246,7 +250,7 @@ fn read_table(
 
 /// For each family where a table named `table` exists: whether it carries our mark.
 /// Cheap (table dumps only): checked before every batch that deletes or replaces tables.
-pub fn table_owners(table: &str) -> Result<BTreeMap<Family, bool>, NftError> {
+pub fn table_owners(table: &str) -> Result<BTreeMap<Family, bool>, KernelError> {
     let mut owners = BTreeMap::new();
     for family in Family::ALL {
         if let Some(t) = dump(NFT_MSG_GETTABLE, family, &[])?
@@ -264,7 +268,7 @@ pub fn table_owners(table: &str) -> Result<BTreeMap<Family, bool>, NftError> {
 
 /// The drop counters of our tables named `table`, per chain: rule dumps only, so the cost
 /// does not grow with the whitelists.
-pub fn read_counters(table: &str) -> Result<Counters, NftError> {
+pub fn read_counters(table: &str) -> Result<Counters, KernelError> {
     let mut counters = Counters::new();
     let ours = table_owners(table)?
         .into_iter()
@@ -278,7 +282,7 @@ pub fn read_counters(table: &str) -> Result<Counters, NftError> {
 }
 
 /// Reads our tables (named `table`, `inet` and `bridge` families) back from the kernel.
-pub fn read_installed(table: &str) -> Result<InstalledRuleset, NftError> {
+pub fn read_installed(table: &str) -> Result<InstalledRuleset, KernelError> {
     let mut ruleset = InstalledRuleset::default();
     for family in Family::ALL {
         let found = dump(NFT_MSG_GETTABLE, family, &[])?
@@ -295,7 +299,7 @@ pub fn read_installed(table: &str) -> Result<InstalledRuleset, NftError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::netlink::parse_answers;
+    use crate::kernel::netlink::parse_answers;
 
     // Captured from the kernel with `strace -e read=3 nft list set inet tjcap wl4_web` and
     // `nft list chain inet tjcap fwd_web`, on a table holding wl4_web = { 10.1.0.2,
@@ -305,7 +309,7 @@ mod tests {
     const COUNTED_RULE: &[u8] = b"\x98\x00\x00\x00\x06\x0a\x02\x08\x00\x00\x00\x00\xc2\x26\x00\x00\x01\x00\x00\x02\x0a\x00\x01\x00\x74\x6a\x63\x61\x70\x00\x00\x00\x0c\x00\x02\x00\x66\x77\x64\x5f\x77\x65\x62\x00\x0c\x00\x03\x00\x00\x00\x00\x00\x00\x00\x00\x03\x60\x00\x04\x00\x2c\x00\x01\x00\x0c\x00\x01\x00\x63\x6f\x75\x6e\x74\x65\x72\x00\x1c\x00\x02\x00\x0c\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\xa4\x0c\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x07\x30\x00\x01\x00\x0e\x00\x01\x00\x69\x6d\x6d\x65\x64\x69\x61\x74\x65\x00\x00\x00\x1c\x00\x02\x00\x08\x00\x01\x00\x00\x00\x00\x00\x10\x00\x02\x00\x0c\x00\x02\x00\x08\x00\x01\x00\x00\x00\x00\x00";
 
     /// Feeds captured datagrams to the dump collector, as `dump` does with the socket's.
-    fn collect(datagrams: &[&[u8]]) -> (Option<Result<(), NftError>>, Vec<Vec<u8>>) {
+    fn collect(datagrams: &[&[u8]]) -> (Option<Result<(), KernelError>>, Vec<Vec<u8>>) {
         let mut answers = Vec::new();
         for datagram in datagrams {
             if let Some(end) = parse_answers(datagram, &mut |a| collect_dump(&a, &mut answers)) {
@@ -355,7 +359,7 @@ mod tests {
         interrupted[6..8].copy_from_slice(&flags.to_ne_bytes());
         let (end, _) = collect(&[&interrupted]);
         // Told apart, so that `dump` reads it again.
-        assert!(matches!(end, Some(Err(NftError::DumpInterrupted))));
+        assert!(matches!(end, Some(Err(KernelError::DumpInterrupted))));
     }
 
     #[test]
