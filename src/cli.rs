@@ -438,19 +438,8 @@ fn check(config_dir: &Path) -> ExitCode {
                 }
                 // The effective policy, as comments: stdout stays text nft loads.
                 for n in &snapshot.networks {
-                    let table = crate::status::policy_table(&crate::status::NetworkStatus {
-                        whitelisted: n
-                            .whitelisted
-                            .iter()
-                            .map(|e| crate::status::ContainerStatus {
-                                id: e.container_id.clone(),
-                                name: e.container_name.clone(),
-                                addresses: Vec::new(),
-                            })
-                            .collect(),
-                        allowed: crate::status::AllowStatus::of_network(n),
-                        ..Default::default()
-                    });
+                    let table =
+                        crate::status::policy_table(&crate::status::NetworkStatus::of_snapshot(n));
                     if !table.is_empty() {
                         println!("# network {}:", n.name);
                         for line in table.lines() {

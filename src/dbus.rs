@@ -32,6 +32,9 @@ pub enum Error {
     Failed(String),
     /// The daemon is shutting down and takes no more requests.
     Stopping(String),
+    /// Too many requests are waiting for the daemon already (a status or the metrics asked
+    /// in a flood): try again.
+    Busy(String),
 }
 
 impl From<ControlError> for Error {
@@ -53,7 +56,7 @@ impl From<zbus::fdo::Error> for Error {
 /// The object served at `/org/trafficjam1`.
 #[derive(Debug)]
 pub struct Manager {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     status: watch::Receiver<Status>,
 }
 
@@ -74,16 +77,27 @@ async fn require_root(conn: &Connection, header: &Header<'_>) -> Result<(), Erro
 }
 
 impl Manager {
-    /// Sends a request to the daemon loop and waits for its answer.
+    /// Sends a request to the daemon loop and waits for its answer. Open to everyone (a
+    /// status, the metrics): refused at once when the loop's request queue is full.
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
         let stopping = || Error::from(ControlError::Stopping);
-        self.tx.send(make(reply)).map_err(|_| stopping())?;
+        self.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Busy(format!(
+                "trafficjam has {} requests waiting already: try again",
+                crate::daemon::REQUESTS
+            )),
+            mpsc::error::TrySendError::Closed(_) => stopping(),
+        })?;
         answer.await.map_err(|_| stopping())
     }
 
+    /// A change asked by root (reload, clear): waits for room in the queue.
     async fn control(&self, make: impl FnOnce(Reply) -> Msg) -> Result<(), Error> {
-        Ok(self.ask(make).await??)
+        let (reply, answer) = oneshot::channel();
+        let stopping = || Error::from(ControlError::Stopping);
+        self.tx.send(make(reply)).await.map_err(|_| stopping())?;
+        Ok(answer.await.map_err(|_| stopping())??)
     }
 }
 
@@ -148,7 +162,7 @@ impl Manager {
 /// the name; the object is served before the name is taken. Emits PropertiesChanged when
 /// the state or the network list changes.
 pub async fn serve(
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     status: watch::Receiver<Status>,
     notices: Notices,
 ) -> zbus::Result<Connection> {
@@ -217,4 +231,44 @@ pub trait ManagerClient {
     fn metrics(&self) -> zbus::Result<String>;
     #[zbus(signal)]
     fn dropped(&self, event: String) -> zbus::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of `Status()` calls from any user holds at most `REQUESTS` messages: the
+    /// next call is refused at once, and the loop's own events are not in that queue.
+    #[tokio::test]
+    async fn a_flood_of_status_calls_is_bounded_and_refused_beyond() {
+        let (tx, mut rx) = mpsc::channel(crate::daemon::REQUESTS);
+        let manager = std::sync::Arc::new(Manager {
+            tx,
+            status: watch::channel(Status::default()).1,
+        });
+        let mut waiting = Vec::new();
+        for _ in 0..crate::daemon::REQUESTS {
+            let m = manager.clone();
+            waiting.push(tokio::spawn(
+                async move { m.ask(Msg::Status).await.map(|_| ()) },
+            ));
+        }
+        while manager.tx.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = manager.ask(Msg::Status).await;
+        assert!(matches!(refused, Err(Error::Busy(_))), "{refused:?}");
+        // The queued ones are answered as the loop takes them.
+        for _ in 0..crate::daemon::REQUESTS {
+            match rx.recv().await {
+                Some(Msg::Status(reply)) => {
+                    let _ = reply.send(Status::default());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for w in waiting {
+            assert!(w.await.unwrap().is_ok());
+        }
+    }
 }

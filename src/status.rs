@@ -6,8 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::PolicySource;
 use crate::docker::NetworkSnapshot;
 use crate::firewall::BatchKind;
+use crate::policy::HostAccess;
 
 /// Where the daemon stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +332,49 @@ impl Status {
             ));
         }
         out
+    }
+}
+
+impl NetworkStatus {
+    /// A network as Docker and its policy describe it: the daemon adds what the kernel
+    /// says (drops, bound ports, stateful filtering) and where an overlay sits on this
+    /// node; `check` shows it as it is.
+    pub fn of_snapshot(n: &NetworkSnapshot) -> NetworkStatus {
+        NetworkStatus {
+            name: n.name.clone(),
+            mode: n.policy.mode.name().into(),
+            bridge: n.bridge.clone(),
+            namespace: n.overlay.as_ref().map(|o| {
+                o.netns
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            }),
+            subnets: n.subnets.iter().map(|s| s.to_string()).collect(),
+            allow_host_traffic: n.policy.host_access == HostAccess::Open,
+            host_access: n.policy.host_access.name().into(),
+            host_ports: n.policy.host_ports.iter().map(|p| p.to_string()).collect(),
+            deny_outbound: n
+                .policy
+                .deny_outbound
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
+            allowed: AllowStatus::of_network(n),
+            source: match &n.source {
+                PolicySource::Labels => "labels".into(),
+                PolicySource::File(f) => f.display().to_string(),
+            },
+            whitelisted: n
+                .whitelisted
+                .iter()
+                .map(|e| ContainerStatus {
+                    id: e.container_id.clone(),
+                    name: e.container_name.clone(),
+                    addresses: e.addrs.iter().map(|a| a.to_string()).collect(),
+                })
+                .collect(),
+            ..NetworkStatus::default()
+        }
     }
 }
 

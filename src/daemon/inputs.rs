@@ -93,7 +93,7 @@ pub(crate) async fn resync_timer(interval: Duration, tx: mpsc::UnboundedSender<M
 }
 
 /// Turns SIGTERM/SIGINT into Shutdown, SIGHUP into Reload, SIGUSR1 into Clear.
-pub fn forward_signals(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
+pub fn forward_signals(tx: mpsc::Sender<Msg>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let kinds = [
         (SignalKind::terminate(), "TERM"),
@@ -112,7 +112,7 @@ pub fn forward_signals(tx: mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
                     _ => Msg::Shutdown,
                 };
                 debug!("SIG{name} received");
-                if tx.send(msg).is_err() {
+                if tx.send(msg).await.is_err() {
                     return;
                 }
             }

@@ -4,7 +4,7 @@
 //! daemon keeps a table of ours in each, planned from the network alone: this node judges
 //! what its own containers send (see [`crate::plan::ManagedNetwork::remote_port`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -141,6 +141,20 @@ pub(super) fn unplaced(net: &NetworkSnapshot) -> Option<String> {
         .then(|| unplaced_reason().to_owned())
 }
 
+/// The Swarm overlay networks on this node, each isolated in its own namespace.
+#[derive(Debug, Default)]
+pub(super) struct Overlays {
+    /// The overlay networks isolated in their namespaces on this node, by name.
+    pub(super) networks: BTreeMap<String, OverlayState>,
+    /// Overlay networks not isolated on this node, with why.
+    pub(super) problems: BTreeMap<String, String>,
+    /// The last rules of each overlay namespace (path), with its network: restored the
+    /// moment Docker mounts that namespace again, before it reports anything.
+    pub(super) memory: BTreeMap<PathBuf, (String, Arc<Ruleset>)>,
+    /// The overlay networks of the last pass, for the mount watch.
+    pub(super) prepared: SharedPrepared,
+}
+
 impl Daemon {
     /// Brings every overlay network's namespace to its plan, after the host's apply.
     pub(super) async fn apply_overlays(&mut self, snapshot: &Snapshot, resync: bool) {
@@ -155,14 +169,16 @@ impl Daemon {
         // leaves its namespace, if the namespace is still there.
         let gone: Vec<String> = self
             .overlays
+            .networks
             .keys()
             .filter(|n| !wanted.contains(*n))
             .cloned()
             .collect();
-        self.overlay_memory
+        self.overlays
+            .memory
             .retain(|_, (name, _)| snapshot.networks.iter().any(|n| &n.name == name));
         for name in gone {
-            let state = self.overlays.remove(&name).expect("listed above");
+            let state = self.overlays.networks.remove(&name).expect("listed above");
             let t = table.clone();
             match self
                 .firewall
@@ -187,34 +203,39 @@ impl Daemon {
                 .expect("wanted");
             match self.apply_overlay(&table, net, netns.clone(), resync).await {
                 Ok(()) => {
-                    self.overlay_problems.remove(&net.name);
+                    self.overlays.problems.remove(&net.name);
                 }
                 Err(KernelError::Netns(NetnsError::Gone(_))) => {
                     // Docker has not mounted it yet, or just removed it: the next event
                     // (or the resync) comes back.
-                    self.overlays.remove(&net.name);
-                    self.overlay_problems.insert(
+                    self.overlays.networks.remove(&net.name);
+                    self.overlays.problems.insert(
                         net.name.clone(),
                         format!("namespace {} not there (yet)", netns.display()),
                     );
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    if self.overlay_problems.get(&net.name) != Some(&why) {
+                    if self.overlays.problems.get(&net.name) != Some(&why) {
                         error!(network = %net.name, "overlay network NOT isolated on this node: {why}");
                     }
-                    self.overlay_problems.insert(net.name.clone(), why);
+                    self.overlays.problems.insert(net.name.clone(), why);
                 }
             }
         }
         for net in &snapshot.networks {
             if let Some(why) = unplaced(net) {
-                self.overlay_problems.insert(net.name.clone(), why);
+                self.overlays.problems.insert(net.name.clone(), why);
             }
         }
-        self.overlay_problems
+        self.overlays
+            .problems
             .retain(|n, _| snapshot.networks.iter().any(|s| &s.name == n));
-        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut prepared = self
+            .overlays
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *prepared = Prepared {
             generation: prepared.generation + 1,
             dir: crate::docker::known_sandbox_directory(&self.config.daemon.docker_host()),
@@ -226,7 +247,10 @@ impl Daemon {
                 .map(|n| {
                     (
                         n.clone(),
-                        self.overlays.get(&n.name).map(|s| s.bridge.clone()),
+                        self.overlays
+                            .networks
+                            .get(&n.name)
+                            .map(|s| s.bridge.clone()),
                     )
                 })
                 .collect(),
@@ -242,6 +266,7 @@ impl Daemon {
     ) -> Result<(), KernelError> {
         let known = self
             .overlays
+            .networks
             .get(&net.name)
             .filter(|s| s.netns == netns)
             .cloned();
@@ -339,9 +364,10 @@ impl Daemon {
                 warn!(network = %net.name, bridge = %f.bridge, "{}", f.detail);
             }
         }
-        self.overlay_memory
+        self.overlays
+            .memory
             .insert(netns.clone(), (net.name.clone(), desired.clone()));
-        self.overlays.insert(
+        self.overlays.networks.insert(
             net.name.clone(),
             OverlayState {
                 netns,
@@ -365,7 +391,7 @@ impl Daemon {
         }
         debug!("overlay namespaces mounted: {paths:?}");
         let table = self.config.daemon.table.clone();
-        for state in self.overlays.values_mut() {
+        for state in self.overlays.networks.values_mut() {
             if paths.contains(&state.netns) {
                 // A new namespace: whatever is in it (the mount watch's rules, or nothing)
                 // is not what was committed to the old one.
@@ -373,7 +399,7 @@ impl Daemon {
             }
         }
         for path in paths {
-            let Some((name, ruleset)) = self.overlay_memory.get(&path).cloned() else {
+            let Some((name, ruleset)) = self.overlays.memory.get(&path).cloned() else {
                 continue;
             };
             let t = table.clone();
@@ -402,7 +428,11 @@ impl Daemon {
     /// Removes our table from every overlay namespace we put one in (clear).
     /// The mount watch does nothing until the next pass gives it a view again.
     pub(super) fn forget_prepared(&self) {
-        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut prepared = self
+            .overlays
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         prepared.generation += 1;
         prepared.networks.clear();
     }
@@ -410,12 +440,14 @@ impl Daemon {
     /// Every overlay namespace of our Docker's directory now, with those we know of.
     fn overlay_places(&self) -> BTreeSet<(PathBuf, String)> {
         let mut places: BTreeSet<(PathBuf, String)> = self
-            .overlay_memory
+            .overlays
+            .memory
             .iter()
             .map(|(path, (name, _))| (path.clone(), name.clone()))
             .collect();
         places.extend(
             self.overlays
+                .networks
                 .iter()
                 .map(|(name, state)| (state.netns.clone(), name.clone())),
         );
@@ -467,8 +499,8 @@ impl Daemon {
                 .await
             {
                 Ok(()) | Err(KernelError::Netns(NetnsError::Gone(_))) => {
-                    self.overlay_memory.remove(&path);
-                    self.overlays.retain(|_, s| s.netns != path);
+                    self.overlays.memory.remove(&path);
+                    self.overlays.networks.retain(|_, s| s.netns != path);
                 }
                 Err(e) => {
                     // Kept, so that a clear asked again tries it again.
@@ -482,7 +514,7 @@ impl Daemon {
 
     /// The ports bound in an overlay network's namespace, for the status.
     pub(super) fn overlay_bound_ports(&self, network: &str) -> Option<usize> {
-        let state = self.overlays.get(network)?;
+        let state = self.overlays.networks.get(network)?;
         Some(
             state
                 .enforced
