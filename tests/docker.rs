@@ -371,6 +371,8 @@ fn datagrams_to(container: &str, port: u16, from: &str, action: impl FnOnce()) -
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the container's netns");
     let from: std::net::IpAddr = from.parse().expect("an address");
     let (ready_tx, ready) = std::sync::mpsc::channel();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let action_done = done.clone();
     let counter = std::thread::spawn(move || {
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         // [::] is dual-stack: IPv4 senders arrive as mapped addresses.
@@ -382,20 +384,23 @@ fn datagrams_to(container: &str, port: u16, from: &str, action: impl FnOnce()) -
         ready_tx.send(()).unwrap();
         let (mut count, mut quiet) = (0, 0);
         let mut buf = [0u8; 2048];
-        // Until 1 s without a datagram (the action has ended by then).
+        // Until 1 s without a datagram once the action has ended (a `docker exec` can
+        // take longer than that to start on a loaded machine).
         while quiet < 5 {
             match socket.recv_from(&mut buf) {
                 Ok((_, peer)) => {
                     quiet = 0;
                     count += usize::from(common::canonical(peer.ip()) == from);
                 }
-                Err(_) => quiet += 1,
+                Err(_) if action_done.load(std::sync::atomic::Ordering::SeqCst) => quiet += 1,
+                Err(_) => {}
             }
         }
         count
     });
     ready.recv().expect("the counter is ready");
     action();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     counter.join().expect("the counter")
 }
 
