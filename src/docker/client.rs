@@ -17,7 +17,7 @@ use futures_util::Stream;
 use ipnetwork::IpNetwork;
 
 use super::resolve::{bridge_name, chosen_of, container_name, endpoint_address, parse_mac};
-use super::{AllowedEndpoints, DockerError, Endpoint, NetworkSnapshot, Overlay, Snapshot};
+use super::{AllowedEndpoints, DockerError, Endpoint, NetworkSnapshot, Snapshot, swarm};
 use crate::config::{self, Config, Filter, LABEL_ALLOW_PREFIX, PolicySource, Selector};
 
 /// Requests (not event streams) must answer within this time.
@@ -198,24 +198,7 @@ impl DockerClient {
                 if sandboxes.is_none() {
                     sandboxes = self.sandbox_directory().await;
                 }
-                match crate::docker::swarm::overlay_namespace(sandboxes.as_deref(), &id) {
-                    Ok(netns) => Some(Overlay {
-                        netns,
-                        problem: None,
-                    }),
-                    Err(e) => Some(Overlay {
-                        netns: None,
-                        problem: Some(format!(
-                            "cannot read Docker's namespaces in {}: {e} (only root may search \
-                             Docker's exec-root: a Swarm node needs the swarm drop-in, see \
-                             trafficjam(8))",
-                            sandboxes.as_deref().map_or_else(
-                                || "/proc/self/mountinfo".into(),
-                                |d| d.display().to_string()
-                            )
-                        )),
-                    }),
-                }
+                Some(swarm::find_overlay(sandboxes.as_deref(), &id))
             } else {
                 None
             };
