@@ -2,9 +2,10 @@
 //! endpoints, the containers each selector chooses, the directory of Docker's sandbox
 //! namespaces), the event stream, and the engine's version and ping.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -16,7 +17,9 @@ use bollard::query_parameters::{
 use futures_util::Stream;
 use ipnetwork::IpNetwork;
 
-use super::resolve::{bridge_name, chosen_of, container_name, endpoint_address, parse_mac};
+use super::resolve::{
+    bridge_name, chosen_of, container_name, endpoint_address, parse_mac, short_id,
+};
 use super::{AllowedEndpoints, DockerError, Endpoint, NetworkSnapshot, Snapshot, swarm};
 use crate::config::{self, Config, Filter, LABEL_ALLOW_PREFIX, PolicySource, Selector};
 
@@ -36,16 +39,21 @@ pub struct DockerClient {
 /// Where each Docker (by host) keeps its sandboxes' namespaces, once learned: kept across
 /// reconnections, because after a restart of Docker the containers it starts again bring
 /// their overlay namespaces back at once, before any of them runs to be asked.
-static SANDBOXES: std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static SANDBOXES: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+
+/// [`SANDBOXES`], whole even if a thread panicked holding it.
+fn sandboxes() -> MutexGuard<'static, BTreeMap<String, PathBuf>> {
+    SANDBOXES.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The directory of the sandbox namespaces of the Docker at `host`, once a pass learned it.
 pub fn known_sandbox_directory(host: &str) -> Option<PathBuf> {
-    SANDBOXES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(host)
-        .cloned()
+    sandboxes().get(host).cloned()
+}
+
+/// A filter on one value, as the container list takes it.
+fn filter(key: &str, value: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(key.to_owned(), vec![value.to_owned()])])
 }
 
 impl DockerClient {
@@ -184,7 +192,7 @@ impl DockerClient {
                         });
                         rule.to = Selector::query(vec![Filter {
                             key: "id".into(),
-                            value: id[..id.len().min(12)].to_owned(),
+                            value: short_id(&id).to_owned(),
                         }]);
                         policy.allow.push(rule);
                     }
@@ -289,10 +297,7 @@ impl DockerClient {
     ) -> Result<Vec<(String, String, HashMap<String, String>)>, DockerError> {
         let options = ListContainersOptions {
             all: true,
-            filters: Some(HashMap::from([(
-                "network".to_owned(),
-                vec![network_id.to_owned()],
-            )])),
+            filters: Some(filter("network", network_id)),
             ..Default::default()
         };
         Ok(self
@@ -352,18 +357,11 @@ impl DockerClient {
     /// a starting one: Docker answers its inspect only once it runs, half a second later,
     /// while the overlay namespace that container brings waits for our rules.
     async fn sandbox_directory(&self) -> Option<PathBuf> {
-        if let Some(dir) = SANDBOXES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.host)
-        {
-            return Some(dir.clone());
+        if let Some(dir) = known_sandbox_directory(&self.host) {
+            return Some(dir);
         }
         let options = ListContainersOptions {
-            filters: Some(HashMap::from([(
-                "status".to_owned(),
-                vec!["running".to_owned()],
-            )])),
+            filters: Some(filter("status", "running")),
             limit: Some(5),
             ..Default::default()
         };
@@ -384,10 +382,7 @@ impl DockerClient {
                 // /var/run is a link to /run: the mount table and the watch name the target.
                 .map(|dir| std::fs::canonicalize(&dir).unwrap_or(dir))
             {
-                SANDBOXES
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(self.host.clone(), dir.clone());
+                sandboxes().insert(self.host.clone(), dir.clone());
                 return Some(dir);
             }
         }

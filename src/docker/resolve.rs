@@ -118,8 +118,14 @@ pub(super) fn endpoint_address(text: &str) -> Option<IpAddr> {
 pub(super) fn bridge_name(id: &str, options: &HashMap<String, String>) -> String {
     match options.get(BRIDGE_NAME_OPTION) {
         Some(name) if !name.is_empty() => name.clone(),
-        _ => format!("br-{}", &id[..id.len().min(12)]),
+        _ => format!("br-{}", short_id(id)),
     }
+}
+
+/// An id as Docker shortens it (`docker ps`, the default bridge names): its first 12
+/// characters.
+pub(super) fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 #[cfg(test)]
