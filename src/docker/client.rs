@@ -84,7 +84,8 @@ impl DockerClient {
         }
     }
 
-    /// Reads the managed networks and their whitelisted containers.
+    /// Reads the managed networks, the containers their whitelists and allow rules choose,
+    /// and where each overlay network's namespace is on this node.
     pub async fn snapshot(&self, config: &Config) -> Result<Snapshot, DockerError> {
         let mut snapshot = Snapshot::default();
         // Each distinct query is asked once per pass, whichever networks and rules share it.

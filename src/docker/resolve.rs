@@ -109,7 +109,8 @@ pub fn parse_mac(text: &str) -> Option<Mac> {
     parts.next().is_none().then_some(mac)
 }
 
-/// An endpoint's address as network inspection shows it (`172.20.0.2/16`; empty when none).
+/// An address as Docker writes it: an endpoint's with its prefix (`172.20.0.2/16`; empty
+/// when none), a gateway's without (`172.20.0.1`).
 pub(super) fn endpoint_address(text: &str) -> Option<IpAddr> {
     text.split('/').next()?.parse().ok()
 }
