@@ -76,7 +76,7 @@ pub enum Msg {
     Metrics(oneshot::Sender<String>),
     /// Another process changed the ruleset (nftables notifications).
     TablesChanged(TableChange),
-    /// Overlay networks' namespaces (`1-<id>`) were mounted (by Docker) at these paths.
+    /// Overlay networks' namespaces (`<epoch>-<id>`) were mounted (by Docker) at these paths.
     NamespacesMounted(Vec<PathBuf>),
     /// Time to tell systemd's watchdog the loop is alive.
     Watchdog,

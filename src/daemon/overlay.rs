@@ -1,8 +1,9 @@
 //! Swarm overlay networks: each has a namespace of its own on every node with a local
-//! container on it (Docker's `<exec-root>/netns/1-<id>`), holding the network's bridge
-//! (`br0`) with the local containers' ports and a VXLAN port to the other nodes. The
-//! daemon keeps a table of ours in each, planned from the network alone: this node judges
-//! what its own containers send (see [`crate::plan::ManagedNetwork::remote_port`]).
+//! container on it (Docker's `<exec-root>/netns/<epoch>-<id>`, see `docker::swarm`),
+//! holding the network's bridge (`br0`) with the local containers' ports and a VXLAN port
+//! to the other nodes. The daemon keeps a table of ours in each, planned from the network
+//! alone: this node judges what its own containers send (see
+//! [`crate::plan::ManagedNetwork::remote_port`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -1,9 +1,10 @@
 //! Docker's Swarm conventions, in one place: the names it gives an overlay network's
-//! namespace, bridge and VXLAN port on each node, and the bridge its containers reach the
-//! outside through.
+//! namespace, bridge and VXLAN port on each node, where that namespace is mounted, and the
+//! bridge its containers reach the outside through.
 
 use std::path::{Path, PathBuf};
 
+use super::Overlay;
 use crate::firewall::{mounted, nsfs_mounts};
 
 /// The names Docker gives an overlay network's bridge and VXLAN device in its namespace
@@ -75,6 +76,28 @@ pub fn overlay_namespace(sandboxes: Option<&Path>, id: &str) -> std::io::Result<
     Ok(found.pop().map(|(_, p)| p))
 }
 
+/// The overlay network `id` on this node: its namespace as [`overlay_namespace`] finds it
+/// in `sandboxes` (or the mount table), or why it cannot be looked for.
+pub(crate) fn find_overlay(sandboxes: Option<&Path>, id: &str) -> Overlay {
+    match overlay_namespace(sandboxes, id) {
+        Ok(netns) => Overlay {
+            netns,
+            problem: None,
+        },
+        Err(e) => Overlay {
+            netns: None,
+            problem: Some(format!(
+                "cannot read Docker's namespaces in {}: {e} (only root may search Docker's \
+                 exec-root: a Swarm node needs the swarm drop-in, see trafficjam(8))",
+                sandboxes.map_or_else(
+                    || "/proc/self/mountinfo".into(),
+                    |d| d.display().to_string()
+                )
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +115,27 @@ mod tests {
         assert!(is_overlay_name("1-b8ynlq5efr") && is_overlay_name("12-b8ynlq5ef"));
         assert!(!is_overlay_name("0123456789ab") && !is_overlay_name("lb_b8ynlq5ef"));
         assert!(!is_overlay_name("ingress_sbox"));
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_read_is_said_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("tj-no-such-dir-{}", std::process::id()));
+        let overlay = find_overlay(Some(&dir), "b8ynlq5efro3ub4w95kdzzy87");
+        assert_eq!(overlay.netns, None);
+        let problem = overlay.problem.unwrap();
+        assert!(
+            problem.starts_with(&format!(
+                "cannot read Docker's namespaces in {}: ",
+                dir.display()
+            )),
+            "{problem}"
+        );
+        assert!(
+            problem.ends_with(
+                " (only root may search Docker's exec-root: a Swarm node needs the swarm \
+                 drop-in, see trafficjam(8))"
+            ),
+            "{problem}"
+        );
     }
 }
