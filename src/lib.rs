@@ -1,27 +1,36 @@
 //! trafficjam: keeps the containers on a Docker network from opening connections to each
 //! other, except the whitelisted ones (typically the reverse proxy).
 //!
-//! Data flows one way: the [`daemon`] loop reads [`config`] and a [`docker`] snapshot, the
-//! managed networks go through [`plan`] (pure) into a [`plan::Ruleset`], and the
-//! [`firewall`] worker applies it to the kernel through [`nft`], in one netlink batch. The
-//! loop publishes a [`status`] for D-Bus ([`dbus`]) and systemd ([`notify`]).
+//! Data flows one way, and so do the imports:
+//! - `config` reads the policy from TOML files and labels, in the vocabulary of
+//!   [`policy`]; [`docker`] reads a snapshot of the networks and resolves it;
+//! - [`plan`] (pure, no I/O) turns the managed networks into a [`plan::Ruleset`];
+//! - [`firewall`] is the seam to the kernel: a trait, its worker thread, a fake for the
+//!   loop's tests, and the real one over [`kernel`] (nftables, links, NFLOG, namespaces),
+//!   which nothing else reaches;
+//! - `daemon` is the loop that owns all state and ties them together; it publishes a
+//!   `status` and `metrics` over `dbus`, tells systemd (`notify`), keeps state
+//!   across reboots (`persist`) and names the drops the kernel logs ([`droplog`]);
+//! - [`cli`] is the composition root: `trafficjam run`, `check`, and the D-Bus client.
 
-pub mod caps;
+#![forbid(unsafe_code)]
+
+pub(crate) mod caps;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod dbus;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod dbus;
 pub mod docker;
 pub mod droplog;
 pub mod firewall;
 pub mod kernel;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod persist;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+pub(crate) mod persist;
 pub mod plan;
 pub mod policy;
-pub mod status;
+pub(crate) mod status;
 
 /// The rooms' imports run one way: the planner knows no kernel, the kernel knows no
 /// caller, and nothing but the firewall reaches into the kernel.

@@ -1,7 +1,7 @@
 //! The daemon loop: one task owns all state; Docker events, the resync timer, signals and
 //! D-Bus calls are messages to it ([`Msg`]).
 //!
-//! Each pass: snapshot Docker → [`reconcile`] (pure: what the kernel must hold and how to
+//! Each pass: snapshot Docker → [`reconcile()`] (pure: what the kernel must hold and how to
 //! get there) → the [`Worker`] applies it (only when something changed, or the kernel
 //! drifted). Fail safe: when Docker cannot be read, or a config reload is refused, or a
 //! batch is refused, the rules in the kernel stay as they are.

@@ -22,7 +22,7 @@ use crate::kernel::KernelError;
 /// say which object the kernel refused.
 ///
 /// Messages come from rustables (tables, chains, most rules and sets) or are encoded here
-/// ([`super::raw`]: what rustables cannot say, such as sets of ranges and lookups of
+/// ([`super::nftables::raw`]: what rustables cannot say, such as sets of ranges and lookups of
 /// connection fields). rustables' messages are gathered in a batch of its own and moved
 /// over, renumbered, whenever a raw one follows, so the order is the order of `add`.
 pub(crate) struct Transaction {

@@ -1,5 +1,5 @@
 //! The names the kernel sees, built here and nowhere else: base chains, per-network chains
-//! and sets. Everything that needs to find one of them asks the [`Ruleset`] or these.
+//! and sets. Everything that needs to find one of them asks the [`super::Ruleset`] or these.
 
 use super::{IpVersion, Reason};
 

@@ -48,8 +48,7 @@ pub fn docker_ok(args: &[&str]) -> String {
 
 /// Fails (or, outside CI with TRAFFICJAM_ALLOW_SKIP=1, skips) when this tier cannot run.
 pub fn docker_tier_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     let why = if !root {
         Some("the docker tier needs root (the daemon under test changes nftables)".to_owned())
     } else {

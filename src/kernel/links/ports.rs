@@ -7,7 +7,7 @@
 //! to) and, for a veth, its peer's interface index and, when the peer lives in another
 //! network namespace, that namespace's id as seen from here (IFLA_LINK_NETNSID). The
 //! peer's address is then one RTM_GETLINK aimed at that namespace (IFLA_TARGET_NETNSID):
-//! CAP_NET_ADMIN over the peer's namespace suffices, no setns and no /proc/<pid>/ns.
+//! CAP_NET_ADMIN over the peer's namespace suffices, no setns and no `/proc/<pid>/ns`.
 //!
 //! A port is only reported when the kernel vouches for the pair both ways (the peer is a
 //! veth whose own peer index is the port's): a port that is not a veth, or whose peer

@@ -177,7 +177,7 @@ pub(crate) fn full_replace(desired: &Ruleset) -> Result<usize, KernelError> {
     Ok(messages)
 }
 
-/// A set key as raw bytes: the set's declared type and length come from [`SetKey`].
+/// A set key as raw bytes: the set's declared type and length come from [`crate::plan::SetKey`].
 struct RawKey(Vec<u8>);
 
 impl rustables::data_type::DataType for RawKey {
