@@ -16,7 +16,6 @@ use crate::status::Status;
 
 pub const BUS_NAME: &str = "org.trafficjam1";
 pub const OBJECT_PATH: &str = "/org/trafficjam1";
-pub const INTERFACE: &str = "org.trafficjam1.Manager";
 
 /// Errors returned over D-Bus, named `org.trafficjam1.Error.*`.
 #[derive(Debug, zbus::DBusError)]
