@@ -9,13 +9,12 @@
 //!   loop's tests, and the real one over [`kernel`] (nftables, links, NFLOG, namespaces),
 //!   which nothing else reaches;
 //! - `daemon` is the loop that owns all state and ties them together; it publishes a
-//!   `status` and `metrics` over `dbus`, tells systemd (`notify`), keeps state
+//!   `status` and `metrics` over `dbus`, tells systemd (`sys::notify`), keeps state
 //!   across reboots (`persist`) and names the drops the kernel logs ([`droplog`]);
 //! - [`cli`] is the composition root: `trafficjam run`, `check`, and the D-Bus client.
 
 #![forbid(unsafe_code)]
 
-pub(crate) mod caps;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod daemon;
@@ -24,13 +23,12 @@ pub mod docker;
 pub mod droplog;
 pub mod firewall;
 pub mod kernel;
-pub(crate) mod logging;
 pub(crate) mod metrics;
-pub(crate) mod notify;
 pub(crate) mod persist;
 pub mod plan;
 pub mod policy;
 pub(crate) mod status;
+pub(crate) mod sys;
 
 /// The rooms' imports run one way: the planner knows no kernel, the kernel knows no
 /// caller, and nothing but the firewall reaches into the kernel.

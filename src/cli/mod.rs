@@ -20,7 +20,7 @@ use crate::firewall::{Firewall, Worker};
 use crate::persist::{self, StateDir};
 use crate::plan::{DEFAULT_TABLE, validate_table_name};
 use crate::status::Status;
-use crate::{caps, logging};
+use crate::sys::{caps, logging};
 
 const EXAMPLES: &str = "\
 Examples:

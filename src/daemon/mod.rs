@@ -35,10 +35,10 @@ use crate::droplog::{Directory, DropLog, Notices};
 use crate::firewall::{ApplyReport, BridgeFiltering, TableChange, Worker};
 use crate::firewall::{BridgePorts, KernelError};
 use crate::metrics::{self, ApplyStats};
-use crate::notify;
 use crate::persist::{IsolatedNetwork, Saved, SavedFile, StateDir};
 use crate::plan::{self, Change, Counters, Mac, Ruleset};
 use crate::status::{ApplyStatus, DropLogStatus, NetworkStatus, State, Status};
+use crate::sys::notify;
 
 /// Why a reload or a clear asked of the loop did not happen.
 #[derive(Debug, thiserror::Error)]
