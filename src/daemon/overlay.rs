@@ -6,7 +6,7 @@
 //! [`crate::plan::ManagedNetwork::remote_port`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::{debug, error, info, warn};
@@ -180,13 +180,8 @@ impl Daemon {
             .retain(|_, (name, _)| snapshot.networks.iter().any(|n| &n.name == name));
         for name in gone {
             let state = self.overlays.networks.remove(&name).expect("listed above");
-            let t = table.clone();
-            match self
-                .firewall
-                .call_in(Some(state.netns.clone()), move |fw| fw.clear(&t))
-                .await
-            {
-                Ok(()) | Err(KernelError::Netns(NetnsError::Gone(_))) => {}
+            match self.clear_in(&state.netns, &table).await {
+                Ok(()) => {}
                 Err(e) => {
                     warn!(network = %name, "cannot remove our table from {}: {e}", state.netns.display())
                 }
@@ -426,7 +421,6 @@ impl Daemon {
         self.pass(false, None).await;
     }
 
-    /// Removes our table from every overlay namespace we put one in (clear).
     /// The mount watch does nothing until the next pass gives it a view again.
     pub(super) fn forget_prepared(&self) {
         let mut prepared = self
@@ -473,13 +467,8 @@ impl Daemon {
     /// Removes our table `table` (a name a reload retired) from every overlay namespace.
     pub(super) async fn sweep_overlay_namespaces(&mut self, table: &str) {
         for (path, name) in self.overlay_places() {
-            let t = table.to_owned();
-            match self
-                .firewall
-                .call_in(Some(path.clone()), move |fw| fw.clear(&t))
-                .await
-            {
-                Ok(()) | Err(KernelError::Netns(NetnsError::Gone(_))) => {}
+            match self.clear_in(&path, table).await {
+                Ok(()) => {}
                 Err(e) => {
                     warn!(network = %name, "cannot remove table {table} from {}: {e}", path.display())
                 }
@@ -487,19 +476,15 @@ impl Daemon {
         }
     }
 
+    /// Removes our table from every overlay namespace we put one in (clear).
     pub(super) async fn clear_overlays(&mut self) -> Result<(), KernelError> {
         self.forget_prepared();
         let table = self.config.daemon.table.clone();
         let places = self.overlay_places();
         let mut first_error = None;
         for (path, name) in places {
-            let t = table.clone();
-            match self
-                .firewall
-                .call_in(Some(path.clone()), move |fw| fw.clear(&t))
-                .await
-            {
-                Ok(()) | Err(KernelError::Netns(NetnsError::Gone(_))) => {
+            match self.clear_in(&path, &table).await {
+                Ok(()) => {
                     self.overlays.memory.remove(&path);
                     self.overlays.networks.retain(|_, s| s.netns != path);
                 }
@@ -511,6 +496,20 @@ impl Daemon {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes our table `table` from the namespace at `netns`: one no longer there holds
+    /// nothing to remove.
+    async fn clear_in(&self, netns: &Path, table: &str) -> Result<(), KernelError> {
+        let table = table.to_owned();
+        match self
+            .firewall
+            .call_in(Some(netns.to_owned()), move |fw| fw.clear(&table))
+            .await
+        {
+            Err(KernelError::Netns(NetnsError::Gone(_))) => Ok(()),
+            other => other,
+        }
     }
 
     /// The ports bound in an overlay network's namespace, for the status.

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::plan::{Element, IFNAME_LEN, IpVersion, SetKey};
+use crate::plan::{Dir, Element, Family, IFNAME_LEN, IpVersion, SetKey};
 
 /// nft's user data for the keys that need it to print (captured from nft 1.0.6 with
 /// `strace -e read=3 nft list set`): an interface name is in host byte order, and the two
@@ -169,4 +169,41 @@ fn service_key(from: &IpAddr, to: &IpAddr, protocol: u8, port: u16) -> Vec<u8> {
     k.extend(port.to_be_bytes());
     k.extend([0, 0]);
     k
+}
+
+/// The meta key of the network-layer check a payload match depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum L3Key {
+    /// `meta nfproto` (`inet`).
+    NfProto,
+    /// `meta protocol`, the ethertype (`bridge`).
+    Protocol,
+}
+
+/// The network-layer check a payload match of `version` depends on in `family`, as nft
+/// makes it: the meta key, and the value it must hold.
+pub(super) fn l3_dependency(family: Family, version: IpVersion) -> (L3Key, Vec<u8>) {
+    match (family, version) {
+        (Family::Inet, IpVersion::V4) => (L3Key::NfProto, vec![libc::NFPROTO_IPV4 as u8]),
+        (Family::Inet, IpVersion::V6) => (L3Key::NfProto, vec![libc::NFPROTO_IPV6 as u8]),
+        (Family::Bridge, IpVersion::V4) => (
+            L3Key::Protocol,
+            (libc::ETH_P_IP as u16).to_be_bytes().to_vec(),
+        ),
+        (Family::Bridge, IpVersion::V6) => (
+            L3Key::Protocol,
+            (libc::ETH_P_IPV6 as u16).to_be_bytes().to_vec(),
+        ),
+    }
+}
+
+/// Where an address sits in the network header (offset, length in bytes).
+pub(super) fn address_field(dir: Dir, version: IpVersion) -> (u32, u32) {
+    let offset = match (version, dir) {
+        (IpVersion::V4, Dir::Src) => 12,
+        (IpVersion::V4, Dir::Dst) => 16,
+        (IpVersion::V6, Dir::Src) => 8,
+        (IpVersion::V6, Dir::Dst) => 24,
+    };
+    (offset, version.addr_len())
 }

@@ -7,29 +7,18 @@ use rustables::sys::{
     NFT_PAYLOAD_LL_HEADER, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER,
 };
 
+use super::encode::{L3Key, address_field, l3_dependency};
 use super::*;
 
 /// Network-layer protocol check a payload match depends on. In `inet`, `meta nfproto`; in
 /// `bridge`, the ethertype (`meta protocol`), as nft itself does.
 pub(super) fn add_l3_dependency(rule: &mut rustables::Rule, family: Family, version: IpVersion) {
-    match family {
-        Family::Inet => {
-            rule.add_expr(Meta::new(MetaType::NfProto));
-            let proto = match version {
-                IpVersion::V4 => libc::NFPROTO_IPV4,
-                IpVersion::V6 => libc::NFPROTO_IPV6,
-            };
-            rule.add_expr(Cmp::new(CmpOp::Eq, [proto as u8]));
-        }
-        Family::Bridge => {
-            rule.add_expr(Meta::new(MetaType::Protocol));
-            let ethertype: u16 = match version {
-                IpVersion::V4 => libc::ETH_P_IP as u16,
-                IpVersion::V6 => libc::ETH_P_IPV6 as u16,
-            };
-            rule.add_expr(Cmp::new(CmpOp::Eq, ethertype.to_be_bytes()));
-        }
-    }
+    let (key, value) = l3_dependency(family, version);
+    rule.add_expr(Meta::new(match key {
+        L3Key::NfProto => MetaType::NfProto,
+        L3Key::Protocol => MetaType::Protocol,
+    }));
+    rule.add_expr(Cmp::new(CmpOp::Eq, value));
 }
 
 /// `ether type arp`, as nft checks it for an ARP field.
@@ -50,12 +39,7 @@ pub(super) fn payload(base: u32, offset: u32, len: u32) -> Payload {
 }
 
 pub(super) fn address_payload(dir: Dir, version: IpVersion) -> Payload {
-    let (offset, len) = match (version, dir) {
-        (IpVersion::V4, Dir::Src) => (12, 4),
-        (IpVersion::V4, Dir::Dst) => (16, 4),
-        (IpVersion::V6, Dir::Src) => (8, 16),
-        (IpVersion::V6, Dir::Dst) => (24, 16),
-    };
+    let (offset, len) = address_field(dir, version);
     payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len)
 }
 

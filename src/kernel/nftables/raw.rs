@@ -6,8 +6,9 @@
 //! fragment header's presence (`exthdr`).
 
 use crate::plan::names::{LOG_BURST, LOG_RATE};
-use crate::plan::{Dir, Element, Family, Field, IpVersion, Match, Rule, Set, Verdict};
+use crate::plan::{Dir, Element, Family, Field, Match, Rule, Set, Verdict};
 
+use super::encode::{L3Key, address_field, l3_dependency};
 use crate::kernel::netlink::{nft_message, push_attr};
 
 // Message types and flags (linux/netfilter/nf_tables.h, linux/netlink.h).
@@ -210,15 +211,6 @@ fn register_at(offset: u32) -> u32 {
 
 /// Loads one concatenation field into `dreg`; returns its length in the key (padded).
 fn load(list: &mut Vec<u8>, field: Field, dreg: u32) -> Result<u32, String> {
-    let address = |dir, version: IpVersion| {
-        let offset = match (version, dir) {
-            (IpVersion::V4, Dir::Src) => 12,
-            (IpVersion::V4, Dir::Dst) => 16,
-            (IpVersion::V6, Dir::Src) => 8,
-            (IpVersion::V6, Dir::Dst) => 24,
-        };
-        (offset, version.addr_len())
-    };
     match field {
         Field::IpSource(v) | Field::IpDest(v) => {
             let dir = if matches!(field, Field::IpSource(_)) {
@@ -226,7 +218,7 @@ fn load(list: &mut Vec<u8>, field: Field, dreg: u32) -> Result<u32, String> {
             } else {
                 Dir::Dst
             };
-            let (offset, len) = address(dir, v);
+            let (offset, len) = address_field(dir, v);
             payload(list, NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg);
             Ok(len)
         }
@@ -304,24 +296,13 @@ pub(crate) fn new_rule(
             })
             .ok_or("a lookup of connection fields without an address")?;
         // The network-layer check the address loads depend on, as nft makes it.
-        match family {
-            Family::Inet => {
-                meta(&mut exprs, NFT_META_NFPROTO, NFT_REG_1);
-                let proto = match version {
-                    IpVersion::V4 => libc::NFPROTO_IPV4,
-                    IpVersion::V6 => libc::NFPROTO_IPV6,
-                };
-                cmp_eq(&mut exprs, NFT_REG_1, &[proto as u8]);
-            }
-            Family::Bridge => {
-                meta(&mut exprs, NFT_META_PROTOCOL, NFT_REG_1);
-                let ethertype: u16 = match version {
-                    IpVersion::V4 => libc::ETH_P_IP as u16,
-                    IpVersion::V6 => libc::ETH_P_IPV6 as u16,
-                };
-                cmp_eq(&mut exprs, NFT_REG_1, &ethertype.to_be_bytes());
-            }
-        }
+        let (key, value) = l3_dependency(family, version);
+        let key = match key {
+            L3Key::NfProto => NFT_META_NFPROTO,
+            L3Key::Protocol => NFT_META_PROTOCOL,
+        };
+        meta(&mut exprs, key, NFT_REG_1);
+        cmp_eq(&mut exprs, NFT_REG_1, &value);
         let mut offset = 0;
         for field in fields {
             offset += load(&mut exprs, *field, register_at(offset))?;
