@@ -1527,6 +1527,87 @@ whitelist = "name=proxy"
         );
     }
 
+    /// What labels that cannot be read are warned of, to the letter: the operator reads it.
+    #[test]
+    fn label_warnings_are_worded_as_they_were() {
+        let (p, _, errors) = Config::default()
+            .policy_for(
+                "api",
+                &labels(&[
+                    ("trafficjam.whitelist", "nonsense"),
+                    ("trafficjam.whitelist.b", "colour=red"),
+                    ("trafficjam.allow_host_traffic", "yes"),
+                    ("trafficjam.allow_host_ports", "53/udp, dns"),
+                    ("trafficjam.deny_outbound", "lan"),
+                    ("trafficjam.mode", "audti"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(
+            errors,
+            [
+                "label trafficjam.whitelist: \"nonsense\" is not a filter: expected KEY=VALUE, as in `docker ps --filter`",
+                "label trafficjam.whitelist.b: \"colour=red\": unknown filter \"colour\" (one of ancestor, before, expose, exited, health, id, isolation, is-task, label, name, network, publish, since, status, volume)",
+                "isolating the network with no container whitelisted",
+                "label trafficjam.allow_host_traffic=\"yes\" is not true, false or whitelisted: host traffic stays blocked",
+                "label trafficjam.allow_host_ports: \"dns\": unknown protocol \"dns\" (tcp or udp; examples: \"5432/tcp\", \"53/udp\", \"8000-8100/tcp\", \"tcp\"): no host port is opened",
+                "label trafficjam.deny_outbound: \"lan\" is not a destination (a CIDR such as \"192.168.1.0/24\", an address, or \"private\"): invalid address: lan: denying every destination outside the network",
+                "label trafficjam.mode=\"audti\" is not enforce or audit: enforcing",
+            ]
+        );
+        assert_eq!(
+            (p.whitelist, p.host_access, p.host_ports, p.mode),
+            (
+                Selector::default(),
+                HostAccess::Closed,
+                Vec::new(),
+                Mode::Enforce
+            )
+        );
+        // A port label that lists nothing opens nothing, and is not warned of.
+        let (p, _, errors) = Config::default()
+            .policy_for(
+                "api",
+                &labels(&[
+                    ("trafficjam.whitelist", "name=^p$"),
+                    ("trafficjam.allow_host_ports", " , "),
+                    ("trafficjam.deny_outbound", ""),
+                ]),
+            )
+            .unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(p.host_ports.is_empty() && p.deny_outbound.is_empty());
+
+        let (rules, problems) = container_allow_rules(
+            "db",
+            &labels(&[
+                ("trafficjam.allow.ports", "5432/tcp"),
+                ("trafficjam.allow.a.from", "nonsense"),
+                ("trafficjam.allow.a.ports", "5432/udp"),
+                ("trafficjam.allow.b.from", "name=^b$"),
+                ("trafficjam.allow.b.ports", " , "),
+                ("trafficjam.allow.c.from", "name=^c$"),
+                ("trafficjam.allow.c.ports", "80/icmp"),
+                ("trafficjam.allow.d.from", "name=d"),
+                ("trafficjam.allow.e.colour", "red"),
+                ("trafficjam.allow.e.from", "name=^e$"),
+            ]),
+        );
+        assert_eq!(
+            problems,
+            [
+                "container db: label trafficjam.allow.e.colour: unknown (trafficjam.allow.from, trafficjam.allow.ports, or trafficjam.allow.<rule>.from and .ports): that rule opens nothing",
+                "container db: trafficjam.allow.ports without trafficjam.allow.from: it opens nothing",
+                "container db: label trafficjam.allow.a.from: \"nonsense\" is not a filter: expected KEY=VALUE, as in `docker ps --filter`: it opens nothing",
+                "container db: label trafficjam.allow.b.ports is empty: it opens nothing",
+                "container db: label trafficjam.allow.c.ports: \"80/icmp\": unknown protocol \"icmp\" (tcp or udp; examples: \"5432/tcp\", \"53/udp\", \"8000-8100/tcp\", \"tcp\"): it opens nothing",
+                "container db: label trafficjam.allow.d.from: \"name=d\" is a regular expression that matches anywhere in a container's name (name=d also matches d-forward-auth). Anchor it: \"name=^d$\", or use a label",
+            ]
+        );
+        let origins: Vec<&str> = rules.iter().map(|r| r.origin.as_str()).collect();
+        assert_eq!(origins, ["label trafficjam.allow.d.from on db"]);
+    }
+
     #[test]
     fn container_labels_open_the_container_to_whom_they_name() {
         let (rules, problems) = container_allow_rules(
@@ -1716,6 +1797,10 @@ to = "label=role=proxy"
             (
                 "[[network.n.allow]]\nto = \"name=^db$\"\n",
                 "network \"n\": an allow rule needs `from`",
+            ),
+            (
+                "[[network.n.allow]]\nfrom = \"nope\"\n",
+                "4:8: network \"n\": allow.from: \"nope\" is not a filter",
             ),
             (
                 "[[network.n.allow]]\nfrom = \"name=^a$\"\nto = \"\"\n",
