@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use crate::plan::DEFAULT_TABLE;
 
-pub use labels::container_allow_rules;
-pub use network::{AllowRule, NetworkPolicy, parse_destinations};
+pub(crate) use labels::container_allow_rules;
+pub use network::{AllowRule, NetworkPolicy};
 pub use selector::{Filter, FilterError, Selector};
-pub use toml::{DurationError, parse_duration};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::toml::{DurationError, parse_duration};
 use super::*;
 use crate::plan::DEFAULT_TABLE;
 use crate::policy::{HostAccess, Mode};

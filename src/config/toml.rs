@@ -11,11 +11,14 @@ use ::toml::Spanned;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-use super::network::{AllowRule, NetworkPolicy, host_access, parse_destinations};
-use super::selector::{Filter, Selector};
+use super::network::{
+    Choice, HostTraffic, Key, OnFailure, PolicyBuilder, Problem, RuleTo, Written, WrittenList,
+    WrittenSelector, read_allow_rule,
+};
+use super::selector::Selector;
 use super::{Config, ConfigError, PolicySource};
 use crate::plan::{valid_network_name, validate_table_name};
-use crate::policy::{HostAccess, Mode, PortRange};
+use crate::policy::HostAccess;
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
@@ -122,13 +125,6 @@ impl<'de> Deserialize<'de> for Selection {
     }
 }
 
-/// `allow_host_traffic`: a boolean, or `"whitelisted"`.
-#[derive(Debug)]
-enum HostTraffic {
-    Bool(bool),
-    Text(String),
-}
-
 impl<'de> Deserialize<'de> for HostTraffic {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct HostVisitor;
@@ -190,7 +186,7 @@ struct RawAllow {
 
 /// Why a text is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
+pub(super) enum DurationError {
     #[error("{0:?} is not a duration (examples: \"30s\", \"5m\", \"1m30s\", \"500ms\")")]
     Invalid(String),
     #[error("{0:?} is longer than a year")]
@@ -198,7 +194,7 @@ pub enum DurationError {
 }
 
 /// Parses `30s`, `5m`, `1h`, `500ms`, or sums of them (`1m30s`).
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let bad = || DurationError::Invalid(text.to_owned());
     let mut total = Duration::ZERO;
     let mut rest = text.trim();
@@ -232,92 +228,99 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
-/// A warning about a selection, at a span.
-type SpannedWarning = (Range<usize>, String);
-
-/// Checks a selection as written and turns it into a [`Selector`], with its pitfalls.
-fn selector(
-    written: Spanned<Selection>,
-    key: &str,
-    at: &impl Fn(Range<usize>, String) -> ConfigError,
-) -> Result<(Selector, Vec<SpannedWarning>), ConfigError> {
-    let whole = written.span();
-    let located = |s: Range<usize>| if s.is_empty() { whole.clone() } else { s };
-    let query = |items: Vec<Spanned<String>>, span: Range<usize>| {
-        if items.is_empty() {
-            return Err(at(
-                span,
-                format!(
-                    "{key}: an empty query (name the proxy, e.g. \"label=trafficjam.role=proxy\")"
-                ),
-            ));
-        }
-        items
-            .into_iter()
-            .map(|item| {
-                let span = located(item.span());
-                Filter::parse(item.get_ref()).map_err(|e| at(span, format!("{key}: {e}")))
-            })
-            .collect::<Result<Vec<Filter>, ConfigError>>()
-    };
-    let selector = match written.into_inner() {
-        Selection::Mixed(span) => {
-            return Err(at(
-                span,
-                format!(
-                    "{key}: mixes filters and lists of filters: write a list of filters (one query) or a list of lists (alternatives)"
-                ),
-            ));
-        }
-        Selection::Query(items) => Selector::query(query(items, whole.clone())?),
-        Selection::Alternatives(lists) => {
-            let mut queries = Vec::new();
-            for list in lists {
-                let span = list.span();
-                queries.push(query(list.into_inner(), span)?);
-            }
-            Selector { queries }
-        }
-    };
-    if selector.is_empty() {
-        return Err(at(
-            whole,
-            format!("{key} is empty (name the proxy, e.g. \"label=trafficjam.role=proxy\")"),
-        ));
-    }
-    let warnings = selector
-        .pitfalls()
-        .into_iter()
-        .map(|w| (whole.clone(), format!("{key}: {w}")))
-        .collect();
-    Ok((selector, warnings))
+/// A `[network.NAME]` section being read: its errors and warnings name the file, line,
+/// column and network, and a value it cannot read refuses the file.
+#[derive(Debug, Clone, Copy)]
+struct Section<'a> {
+    file: &'a Path,
+    text: &'a str,
+    network: &'a str,
 }
 
-/// A list of port ranges (`"5432/tcp"`, `"8000-8100/tcp"`, `"udp"`), never empty.
-fn ports(
-    list: Spanned<Vec<Spanned<String>>>,
-    key: &str,
-    at: &impl Fn(Range<usize>, String) -> ConfigError,
-) -> Result<Vec<PortRange>, ConfigError> {
-    let span = list.span();
-    let list = list.into_inner();
-    if list.is_empty() {
-        let hint = if key == "allow.ports" {
-            "leave it out for every port"
-        } else {
-            "leave it out for none"
-        };
-        return Err(at(
+impl Section<'_> {
+    /// An error (or a warning) about the network, at `span`.
+    fn at(&self, span: Range<usize>, message: impl fmt::Display) -> ConfigError {
+        let network = self.network;
+        ConfigError::at(
+            self.file,
+            self.text,
             span,
-            format!("{key} is empty: it would allow nothing ({hint})"),
-        ));
+            format!("network {network:?}: {message}"),
+        )
     }
-    list.into_iter()
-        .map(|p| {
-            let span = p.span();
-            PortRange::parse(p.get_ref()).map_err(|e| at(span, format!("{key}: {e}")))
-        })
-        .collect()
+}
+
+impl OnFailure for Section<'_> {
+    type At = Range<usize>;
+    type Error = ConfigError;
+
+    fn failed(&mut self, key: Key, at: Range<usize>, problem: Problem) -> Result<(), ConfigError> {
+        let name = key.name();
+        let proxy = "name the proxy, e.g. \"label=trafficjam.role=proxy\"";
+        let message = match problem {
+            Problem::HostTraffic(v) => {
+                format!("{name} = {v:?}: expected true, false or \"whitelisted\"")
+            }
+            Problem::Mode(v) => format!("{name} = {v:?}: expected \"enforce\" or \"audit\""),
+            Problem::Unreadable(why) => format!("{name}: {why}"),
+            Problem::Empty if key == Key::AllowPorts => {
+                format!("{name} is empty: it would allow nothing (leave it out for every port)")
+            }
+            Problem::Empty if key == Key::AllowHostPorts => {
+                format!("{name} is empty: it would allow nothing (leave it out for none)")
+            }
+            Problem::Empty => format!("{name} is empty ({proxy})"),
+            Problem::EmptyQuery => format!("{name}: an empty query ({proxy})"),
+            Problem::Mixed => format!(
+                "{name}: mixes filters and lists of filters: write a list of filters (one query) or a list of lists (alternatives)"
+            ),
+            Problem::Missing => format!(
+                "an allow rule needs `{}` (docker ps filters, as the whitelist)",
+                name.trim_start_matches("allow.")
+            ),
+        };
+        Err(self.at(at, message))
+    }
+}
+
+fn written<T>(spanned: Spanned<T>) -> Written<Range<usize>, T> {
+    Written::new(spanned.span(), spanned.into_inner())
+}
+
+fn written_list(list: Spanned<Vec<Spanned<String>>>) -> WrittenList<Range<usize>> {
+    let list = written(list);
+    Written::new(list.at, list.value.into_iter().map(written).collect())
+}
+
+/// A selection as the reader takes it: a lone string is located by the whole value.
+fn written_selector(selection: Spanned<Selection>) -> WrittenSelector<Range<usize>> {
+    let whole = selection.span();
+    let query = |at: Range<usize>, items: Vec<Spanned<String>>| {
+        let items = items
+            .into_iter()
+            .map(|item| {
+                let item = written(item);
+                let at = if item.at.is_empty() {
+                    whole.clone()
+                } else {
+                    item.at
+                };
+                Written::new(at, item.value)
+            })
+            .collect();
+        Written::new(at, items)
+    };
+    let selector = match selection.into_inner() {
+        Selection::Query(items) => Choice::Queries(vec![query(whole.clone(), items)]),
+        Selection::Alternatives(lists) => Choice::Queries(
+            lists
+                .into_iter()
+                .map(|list| query(list.span(), list.into_inner()))
+                .collect(),
+        ),
+        Selection::Mixed(span) => Choice::Mixed(span),
+    };
+    Written::new(whole, selector)
 }
 
 impl Config {
@@ -328,218 +331,205 @@ impl Config {
         text: &str,
         daemon_keys: &mut HashMap<&'static str, PathBuf>,
     ) -> Result<(), ConfigError> {
-        let config = self;
-        {
-            let raw: RawFile = toml::from_str(text).map_err(|e| {
-                ConfigError::at(file, text, e.span().unwrap_or(0..0), e.message().trim())
-            })?;
-            config.files.push(file.to_owned());
-            if let Some(d) = raw.daemon {
-                let mut claim = |key: &'static str, span: Range<usize>| {
-                    if let Some(first) = daemon_keys.insert(key, file.to_owned()) {
-                        return Err(ConfigError::at(
-                            file,
-                            text,
-                            span,
-                            format!("daemon.{key} is already set in {}", first.display()),
-                        ));
-                    }
-                    Ok(())
-                };
-                if let Some(host) = d.docker_host {
-                    claim("docker_host", host.span())?;
-                    let value = host.get_ref();
-                    if !(value.starts_with("unix://") || value.starts_with("tcp://")) {
-                        return Err(ConfigError::at(
-                            file,
-                            text,
-                            host.span(),
-                            format!("docker_host {value:?} must start with unix:// or tcp://"),
-                        ));
-                    }
-                    config.daemon.docker_host = Some(host.into_inner());
-                }
-                if let Some(interval) = d.resync_interval {
-                    claim("resync_interval", interval.span())?;
-                    let parsed = parse_duration(interval.get_ref())
-                        .map_err(|e| ConfigError::at(file, text, interval.span(), e.to_string()))?;
-                    if parsed < Duration::from_secs(1) {
-                        return Err(ConfigError::at(
-                            file,
-                            text,
-                            interval.span(),
-                            "resync_interval must be at least 1s",
-                        ));
-                    }
-                    config.daemon.resync_interval = parsed;
-                }
-                if let Some(table) = d.table {
-                    claim("table", table.span())?;
-                    validate_table_name(table.get_ref())
-                        .map_err(|e| ConfigError::at(file, text, table.span(), e.to_string()))?;
-                    config.daemon.table = table.into_inner();
-                }
-                if let Some(labels) = d.label_opt_in {
-                    claim("label_opt_in", labels.span())?;
-                    config.daemon.label_opt_in = labels.into_inner();
-                }
-                if let Some(log) = d.log_drops {
-                    claim("log_drops", log.span())?;
-                    config.daemon.log_drops = log.into_inner();
-                }
-                if let Some(group) = d.log_group {
-                    claim("log_group", group.span())?;
-                    config.daemon.log_group = group.into_inner();
-                }
-                if let Some(level) = d.log_level {
-                    claim("log_level", level.span())?;
-                    if !LOG_LEVELS.contains(&level.get_ref().as_str()) {
-                        return Err(ConfigError::at(
-                            file,
-                            text,
-                            level.span(),
-                            format!("log_level must be one of {}", LOG_LEVELS.join(", ")),
-                        ));
-                    }
-                    config.daemon.log_level = Some(level.into_inner());
-                }
-            }
-            for (name, net) in raw.network {
-                let span = name.span();
-                let name = name.into_inner();
-                if !valid_network_name(&name) {
-                    return Err(ConfigError::at(
-                        file,
-                        text,
-                        span,
-                        format!("{name:?} is not a valid Docker network name"),
-                    ));
-                }
-                if let Some((_, PolicySource::File(first))) = config.networks.get(&name) {
-                    return Err(ConfigError::at(
-                        file,
-                        text,
-                        span,
-                        format!(
-                            "network {name:?} is already configured in {}",
-                            first.display()
-                        ),
-                    ));
-                }
-                let at = |span: Range<usize>, message: String| {
-                    ConfigError::at(file, text, span, format!("network {name:?}: {message}"))
-                };
-                let Some(whitelist) = net.whitelist else {
-                    return Err(at(
-                        span,
-                        "no whitelist (a [network.NAME] section replaces the network's labels, so it names its own whitelist, e.g. whitelist = \"label=trafficjam.role=proxy\")".into(),
-                    ));
-                };
-                let whitelist = selector(whitelist, "whitelist", &at)?;
-                for w in whitelist.1 {
-                    config.warnings.push(at(w.0, w.1));
-                }
-                let whitelist = whitelist.0;
-                let host_access = match net.allow_host_traffic {
-                    None => HostAccess::Closed,
-                    Some(value) => {
-                        let span = value.span();
-                        match value.into_inner() {
-                            HostTraffic::Bool(true) => HostAccess::Open,
-                            HostTraffic::Bool(false) => HostAccess::Closed,
-                            HostTraffic::Text(t) => host_access(&t).ok_or_else(|| {
-                                at(
-                                    span,
-                                    format!("allow_host_traffic = {t:?}: expected true, false or \"whitelisted\""),
-                                )
-                            })?,
-                        }
-                    }
-                };
-                let host_ports = match net.allow_host_ports {
-                    None => Vec::new(),
-                    Some(list) => {
-                        let span = list.span();
-                        let p = ports(list, "allow_host_ports", &at)?;
-                        if host_access == HostAccess::Open {
-                            config.warnings.push(at(
-                                span,
-                                "allow_host_ports changes nothing: allow_host_traffic = true opens every host port".into(),
-                            ));
-                        }
-                        p
-                    }
-                };
-                let mut deny_outbound = Vec::new();
-                for entry in net
-                    .deny_outbound
-                    .map(Spanned::into_inner)
-                    .unwrap_or_default()
-                {
-                    let span = entry.span();
-                    deny_outbound.extend(
-                        parse_destinations(entry.get_ref())
-                            .map_err(|e| at(span, format!("deny_outbound: {e}")))?,
-                    );
-                }
-                let mode = match net.mode {
-                    None => Mode::Enforce,
-                    Some(m) => Mode::parse(m.get_ref()).ok_or_else(|| {
-                        at(
-                            m.span(),
-                            format!(
-                                "mode = {:?}: expected \"enforce\" or \"audit\"",
-                                m.get_ref()
-                            ),
-                        )
-                    })?,
-                };
-                let mut allow = Vec::new();
-                for rule in net.allow {
-                    let rule_span = rule.span();
-                    let (line, _) = line_column(text, rule_span.start);
-                    let rule = rule.into_inner();
-                    let side = |sel: Option<Spanned<Selection>>, key: &str| {
-                        let sel = sel.ok_or_else(|| {
-                            at(
-                                rule_span.clone(),
-                                format!("an allow rule needs `{key}` (docker ps filters, as the whitelist)"),
-                            )
-                        })?;
-                        selector(sel, &format!("allow.{key}"), &at)
-                    };
-                    let (from, from_warnings) = side(rule.from, "from")?;
-                    let (to, to_warnings) = side(rule.to, "to")?;
-                    for w in from_warnings.into_iter().chain(to_warnings) {
-                        config.warnings.push(at(w.0, w.1));
-                    }
-                    let ports = match rule.ports {
-                        None => None,
-                        Some(list) => Some(ports(list, "allow.ports", &at)?),
-                    };
-                    allow.push(AllowRule {
-                        from,
-                        to,
-                        ports,
-                        origin: format!("{}:{line}", file.display()),
-                    });
-                }
-                config.networks.insert(
-                    name,
-                    (
-                        NetworkPolicy {
-                            whitelist,
-                            host_access,
-                            host_ports,
-                            deny_outbound,
-                            allow,
-                            mode,
-                        },
-                        PolicySource::File(file.to_owned()),
-                    ),
-                );
-            }
+        let raw: RawFile = ::toml::from_str(text).map_err(|e| {
+            ConfigError::at(file, text, e.span().unwrap_or(0..0), e.message().trim())
+        })?;
+        self.files.push(file.to_owned());
+        if let Some(daemon) = raw.daemon {
+            self.add_daemon(file, text, daemon, daemon_keys)?;
+        }
+        for (name, network) in raw.network {
+            self.add_network(file, text, name, network)?;
         }
         Ok(())
+    }
+
+    /// Adds a file's `[daemon]` settings, each of which only one file may set.
+    fn add_daemon(
+        &mut self,
+        file: &Path,
+        text: &str,
+        d: RawDaemon,
+        daemon_keys: &mut HashMap<&'static str, PathBuf>,
+    ) -> Result<(), ConfigError> {
+        let mut claim = |key: &'static str, span: Range<usize>| {
+            if let Some(first) = daemon_keys.insert(key, file.to_owned()) {
+                return Err(ConfigError::at(
+                    file,
+                    text,
+                    span,
+                    format!("daemon.{key} is already set in {}", first.display()),
+                ));
+            }
+            Ok(())
+        };
+        if let Some(host) = d.docker_host {
+            claim("docker_host", host.span())?;
+            let value = host.get_ref();
+            if !(value.starts_with("unix://") || value.starts_with("tcp://")) {
+                return Err(ConfigError::at(
+                    file,
+                    text,
+                    host.span(),
+                    format!("docker_host {value:?} must start with unix:// or tcp://"),
+                ));
+            }
+            self.daemon.docker_host = Some(host.into_inner());
+        }
+        if let Some(interval) = d.resync_interval {
+            claim("resync_interval", interval.span())?;
+            let parsed = parse_duration(interval.get_ref())
+                .map_err(|e| ConfigError::at(file, text, interval.span(), e.to_string()))?;
+            if parsed < Duration::from_secs(1) {
+                return Err(ConfigError::at(
+                    file,
+                    text,
+                    interval.span(),
+                    "resync_interval must be at least 1s",
+                ));
+            }
+            self.daemon.resync_interval = parsed;
+        }
+        if let Some(table) = d.table {
+            claim("table", table.span())?;
+            validate_table_name(table.get_ref())
+                .map_err(|e| ConfigError::at(file, text, table.span(), e.to_string()))?;
+            self.daemon.table = table.into_inner();
+        }
+        if let Some(labels) = d.label_opt_in {
+            claim("label_opt_in", labels.span())?;
+            self.daemon.label_opt_in = labels.into_inner();
+        }
+        if let Some(log) = d.log_drops {
+            claim("log_drops", log.span())?;
+            self.daemon.log_drops = log.into_inner();
+        }
+        if let Some(group) = d.log_group {
+            claim("log_group", group.span())?;
+            self.daemon.log_group = group.into_inner();
+        }
+        if let Some(level) = d.log_level {
+            claim("log_level", level.span())?;
+            if !LOG_LEVELS.contains(&level.get_ref().as_str()) {
+                return Err(ConfigError::at(
+                    file,
+                    text,
+                    level.span(),
+                    format!("log_level must be one of {}", LOG_LEVELS.join(", ")),
+                ));
+            }
+            self.daemon.log_level = Some(level.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Adds a file's `[network.NAME]` section.
+    fn add_network(
+        &mut self,
+        file: &Path,
+        text: &str,
+        name: Spanned<String>,
+        net: RawNetwork,
+    ) -> Result<(), ConfigError> {
+        let span = name.span();
+        let name = name.into_inner();
+        if !valid_network_name(&name) {
+            return Err(ConfigError::at(
+                file,
+                text,
+                span,
+                format!("{name:?} is not a valid Docker network name"),
+            ));
+        }
+        if let Some((_, PolicySource::File(first))) = self.networks.get(&name) {
+            return Err(ConfigError::at(
+                file,
+                text,
+                span,
+                format!(
+                    "network {name:?} is already configured in {}",
+                    first.display()
+                ),
+            ));
+        }
+        let mut section = Section {
+            file,
+            text,
+            network: &name,
+        };
+        let Some(whitelist) = net.whitelist else {
+            return Err(section.at(
+                span,
+                "no whitelist (a [network.NAME] section replaces the network's labels, so it names its own whitelist, e.g. whitelist = \"label=trafficjam.role=proxy\")",
+            ));
+        };
+        let mut policy = PolicyBuilder::new();
+        let whitelist = written_selector(whitelist);
+        let whole = whitelist.at.clone();
+        policy.whitelist(&mut section, whitelist)?;
+        self.warn_of_pitfalls(section, Key::Whitelist, whole, &policy.policy().whitelist);
+        if let Some(value) = net.allow_host_traffic {
+            policy.host_traffic(&mut section, written(value))?;
+        }
+        if let Some(list) = net.allow_host_ports {
+            let span = list.span();
+            policy.host_ports(&mut section, written_list(list))?;
+            if policy.policy().host_access == HostAccess::Open {
+                self.warnings.push(section.at(
+                    span,
+                    "allow_host_ports changes nothing: allow_host_traffic = true opens every host port",
+                ));
+            }
+        }
+        if let Some(list) = net.deny_outbound {
+            policy.deny_outbound(&mut section, written_list(list))?;
+        }
+        if let Some(mode) = net.mode {
+            policy.mode(&mut section, written(mode))?;
+        }
+        for rule in net.allow {
+            let rule_span = rule.span();
+            let (line, _) = line_column(text, rule_span.start);
+            let rule = rule.into_inner();
+            let from_span = rule.from.as_ref().map(Spanned::span);
+            let to_span = rule.to.as_ref().map(Spanned::span);
+            let Some(rule) = read_allow_rule(
+                &mut section,
+                rule_span,
+                rule.from.map(written_selector),
+                RuleTo::Written(rule.to.map(written_selector)),
+                rule.ports.map(written_list),
+                format!("{}:{line}", file.display()),
+            )?
+            else {
+                continue; // never: the file is refused first
+            };
+            for (key, span, selector) in [
+                (Key::AllowFrom, from_span, &rule.from),
+                (Key::AllowTo, to_span, &rule.to),
+            ] {
+                if let Some(span) = span {
+                    self.warn_of_pitfalls(section, key, span, selector);
+                }
+            }
+            policy.allow(rule);
+        }
+        self.networks
+            .insert(name, (policy.build(), PolicySource::File(file.to_owned())));
+        Ok(())
+    }
+
+    /// Warns of the traps in a selector, where it is written.
+    fn warn_of_pitfalls(
+        &mut self,
+        section: Section,
+        key: Key,
+        span: Range<usize>,
+        selector: &Selector,
+    ) {
+        for pitfall in selector.pitfalls() {
+            let warning = format!("{}: {pitfall}", key.name());
+            self.warnings.push(section.at(span.clone(), warning));
+        }
     }
 }
