@@ -21,6 +21,12 @@ fn error(files: &[(&str, &str)]) -> String {
     parse(files).expect_err("should be refused").to_string()
 }
 
+/// The warnings of a file that parses.
+fn warnings(text: &str) -> Vec<String> {
+    let c = parse(&[("a.toml", text)]).unwrap();
+    c.warnings.iter().map(ToString::to_string).collect()
+}
+
 #[test]
 fn full_example_parses() {
     let c = parse(&[(
@@ -87,65 +93,69 @@ fn empty_and_default() {
 
 #[test]
 fn errors_name_file_line_and_column() {
-    assert_eq!(
-        error(&[("a.toml", "[daemon]\ntable = \"x\"\nbogus = 1\n")]),
-        "/etc/trafficjam/a.toml:3:1: unknown field `bogus`, expected one of `docker_host`, `resync_interval`, `table`, `log_level`, `label_opt_in`, `log_drops`, `log_group`"
-    );
-    let e = error(&[("a.toml", "[network.n]\nwhitelist = 5\n")]);
-    assert!(
-        e.starts_with("/etc/trafficjam/a.toml:2:13: invalid type: integer `5`"),
-        "{e}"
-    );
-    let e = error(&[(
-        "a.toml",
-        "[network.n]\nwhitelist = [\"name=a\", \"nope\"]\n",
-    )]);
-    assert!(
-        e.starts_with(
-            "/etc/trafficjam/a.toml:2:24: network \"n\": whitelist: \"nope\" is not a filter"
+    // The whole message.
+    for (body, want) in [
+        (
+            "[daemon]\ntable = \"x\"\nbogus = 1\n",
+            "3:1: unknown field `bogus`, expected one of `docker_host`, `resync_interval`, `table`, `log_level`, `label_opt_in`, `log_drops`, `log_group`",
         ),
-        "{e}"
-    );
-    let e = error(&[("a.toml", "[network.n]\nwhitelist = \"colour=red\"\n")]);
-    assert!(e.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist: \"colour=red\": unknown filter \"colour\""), "{e}");
-    let e = error(&[("a.toml", "[network.n]\nwhitelist = [\"name=a\", \"\"]\n")]);
-    assert_eq!(
-        e,
-        "/etc/trafficjam/a.toml:2:24: network \"n\": whitelist: an empty filter"
-    );
-    let e = error(&[("a.toml", "[network.n]\nwhitelist = []\n")]);
-    assert!(
-        e.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist: an empty query"),
-        "{e}"
-    );
-    let e = error(&[("a.toml", "[network.n]\nallow_host_traffic = true\n")]);
-    assert!(
-        e.starts_with("/etc/trafficjam/a.toml:1:10: network \"n\": no whitelist"),
-        "{e}"
-    );
-    let e = error(&[("a.toml", "[daemon]\nresync_interval = \"soon\"\n")]);
-    assert!(
-        e.starts_with("/etc/trafficjam/a.toml:2:19: \"soon\" is not a duration"),
-        "{e}"
-    );
-    let e = error(&[("a.toml", "[daemon]\nresync_interval = \"10ms\"\n")]);
-    assert!(
-        e.starts_with("/etc/trafficjam/a.toml:2:19: resync_interval must be at least 1s"),
-        "{e}"
-    );
-    let e = error(&[("a.toml", "[daemon]\ndocker_host = \"http://x\"\n")]);
-    assert!(e.contains("a.toml:2:15: docker_host"), "{e}");
-    let e = error(&[("a.toml", "[daemon]\ntable = \"bad name\"\n")]);
-    assert!(e.contains("a.toml:2:9: table name"), "{e}");
-    let e = error(&[("a.toml", "[daemon]\nlog_level = \"loud\"\n")]);
-    assert!(e.contains("a.toml:2:13: log_level must be one of"), "{e}");
-    let e = error(&[("a.toml", "[network.\"-x\"]\nwhitelist = \"name=a\"\n")]);
-    assert!(
-        e.contains("a.toml:1:10: \"-x\" is not a valid Docker network name"),
-        "{e}"
-    );
-    let e = error(&[("a.toml", "[network.n]\nwhitelist = \"name=a\"\n[network\n")]);
-    assert!(e.starts_with("/etc/trafficjam/a.toml:3:"), "{e}");
+        (
+            "[network.n]\nwhitelist = [\"name=a\", \"\"]\n",
+            "2:24: network \"n\": whitelist: an empty filter",
+        ),
+    ] {
+        let e = error(&[("a.toml", body)]);
+        assert_eq!(e, format!("/etc/trafficjam/a.toml:{want}"), "{body:?}");
+    }
+    // How the message starts.
+    for (body, want) in [
+        (
+            "[network.n]\nwhitelist = 5\n",
+            "2:13: invalid type: integer `5`",
+        ),
+        (
+            "[network.n]\nwhitelist = [\"name=a\", \"nope\"]\n",
+            "2:24: network \"n\": whitelist: \"nope\" is not a filter",
+        ),
+        (
+            "[network.n]\nwhitelist = \"colour=red\"\n",
+            "2:13: network \"n\": whitelist: \"colour=red\": unknown filter \"colour\"",
+        ),
+        (
+            "[network.n]\nwhitelist = []\n",
+            "2:13: network \"n\": whitelist: an empty query",
+        ),
+        (
+            "[network.n]\nallow_host_traffic = true\n",
+            "1:10: network \"n\": no whitelist",
+        ),
+        (
+            "[daemon]\nresync_interval = \"soon\"\n",
+            "2:19: \"soon\" is not a duration",
+        ),
+        (
+            "[daemon]\nresync_interval = \"10ms\"\n",
+            "2:19: resync_interval must be at least 1s",
+        ),
+        (
+            "[daemon]\ndocker_host = \"http://x\"\n",
+            "2:15: docker_host",
+        ),
+        ("[daemon]\ntable = \"bad name\"\n", "2:9: table name"),
+        (
+            "[daemon]\nlog_level = \"loud\"\n",
+            "2:13: log_level must be one of",
+        ),
+        (
+            "[network.\"-x\"]\nwhitelist = \"name=a\"\n",
+            "1:10: \"-x\" is not a valid Docker network name",
+        ),
+        ("[network.n]\nwhitelist = \"name=a\"\n[network\n", "3:"),
+    ] {
+        let e = error(&[("a.toml", body)]);
+        let want = format!("/etc/trafficjam/a.toml:{want}");
+        assert!(e.starts_with(&want), "{body:?}: {e}");
+    }
 }
 
 #[test]
@@ -248,6 +258,13 @@ fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The policy of a network "api" with no section, from its labels, and the warnings.
+fn labelled(pairs: &[(&str, &str)]) -> (NetworkPolicy, Vec<String>) {
+    let (policy, source, warnings) = Config::default().policy_for("api", &labels(pairs)).unwrap();
+    assert_eq!(source, PolicySource::Labels);
+    (policy, warnings)
+}
+
 #[test]
 fn labels_opt_a_network_in_and_a_section_overrides_them() {
     let c = parse(&[("a.toml", "[network.web]\nwhitelist = \"name=proxy\"\n")]).unwrap();
@@ -287,48 +304,30 @@ fn labels_opt_a_network_in_and_a_section_overrides_them() {
 
 #[test]
 fn a_broken_label_fails_closed() {
-    let c = Config::default();
-    let (p, _, errors) = c
-        .policy_for("api", &labels(&[("trafficjam.whitelist", "nonsense")]))
-        .unwrap();
+    let (p, errors) = labelled(&[("trafficjam.whitelist", "nonsense")]);
     assert!(p.whitelist.is_empty());
     assert_eq!(errors.len(), 2, "{errors:?}");
-    let (p, _, errors) = c
-        .policy_for(
-            "api",
-            &labels(&[
-                ("trafficjam.whitelist", "name=p"),
-                ("trafficjam.allow_host_traffic", "yes"),
-            ]),
-        )
-        .unwrap();
+    let (p, errors) = labelled(&[
+        ("trafficjam.whitelist", "name=p"),
+        ("trafficjam.allow_host_traffic", "yes"),
+    ]);
     assert_eq!(p.host_access, HostAccess::Closed);
     assert_eq!(errors.len(), 1);
     // Broken port and destination labels: no port opened, every destination denied.
-    let (p, _, errors) = c
-        .policy_for(
-            "api",
-            &labels(&[
-                ("trafficjam.whitelist", "name=p"),
-                ("trafficjam.allow_host_ports", "53/udp, dns"),
-                ("trafficjam.deny_outbound", "private,10.0.0.0/33"),
-            ]),
-        )
-        .unwrap();
+    let (p, errors) = labelled(&[
+        ("trafficjam.whitelist", "name=p"),
+        ("trafficjam.allow_host_ports", "53/udp, dns"),
+        ("trafficjam.deny_outbound", "private,10.0.0.0/33"),
+    ]);
     assert!(p.host_ports.is_empty());
     assert_eq!(p.deny_outbound.len(), 2);
     assert!(p.deny_outbound.iter().all(|d| d.prefix() == 0));
     assert_eq!(errors.len(), 2, "{errors:?}");
     // A broken mode label enforces.
-    let (p, _, errors) = c
-        .policy_for(
-            "api",
-            &labels(&[
-                ("trafficjam.whitelist", "name=p"),
-                ("trafficjam.mode", "audti"),
-            ]),
-        )
-        .unwrap();
+    let (p, errors) = labelled(&[
+        ("trafficjam.whitelist", "name=p"),
+        ("trafficjam.mode", "audti"),
+    ]);
     assert_eq!(p.mode, Mode::Enforce);
     assert_eq!(errors.len(), 1, "{errors:?}");
 }
@@ -345,15 +344,10 @@ fn audit_mode_and_the_drop_log_settings() {
     assert_eq!(c.daemon.drop_log_group(), None);
     let d = Config::default();
     assert_eq!(d.daemon.drop_log_group(), Some(DEFAULT_LOG_GROUP));
-    let (p, _, errors) = d
-        .policy_for(
-            "api",
-            &labels(&[
-                ("trafficjam.whitelist", "name=p"),
-                ("trafficjam.mode", "audit"),
-            ]),
-        )
-        .unwrap();
+    let (p, errors) = labelled(&[
+        ("trafficjam.whitelist", "name=p"),
+        ("trafficjam.mode", "audit"),
+    ]);
     assert_eq!((p.mode, errors.len()), (Mode::Audit, 0));
     let e = error(&[("a.toml", "[daemon]\nlog_group = 70000\n")]);
     assert!(e.starts_with("/etc/trafficjam/a.toml:2:13:"), "{e}");
@@ -361,17 +355,12 @@ fn audit_mode_and_the_drop_log_settings() {
 
 #[test]
 fn network_labels_carry_host_access_ports_and_outbound_denials() {
-    let (p, _, errors) = Config::default()
-        .policy_for(
-            "api",
-            &labels(&[
-                ("trafficjam.whitelist", "label=role=proxy"),
-                ("trafficjam.allow_host_traffic", "whitelisted"),
-                ("trafficjam.allow_host_ports", "53/udp, 8000-8100/tcp"),
-                ("trafficjam.deny_outbound", "private, 203.0.113.7"),
-            ]),
-        )
-        .unwrap();
+    let (p, errors) = labelled(&[
+        ("trafficjam.whitelist", "label=role=proxy"),
+        ("trafficjam.allow_host_traffic", "whitelisted"),
+        ("trafficjam.allow_host_ports", "53/udp, 8000-8100/tcp"),
+        ("trafficjam.deny_outbound", "private, 203.0.113.7"),
+    ]);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(p.host_access, HostAccess::Whitelisted);
     let ports: Vec<String> = p.host_ports.iter().map(|p| p.to_string()).collect();
@@ -386,19 +375,14 @@ fn network_labels_carry_host_access_ports_and_outbound_denials() {
 /// What labels that cannot be read are warned of, to the letter: the operator reads it.
 #[test]
 fn label_warnings_are_worded_as_they_were() {
-    let (p, _, errors) = Config::default()
-        .policy_for(
-            "api",
-            &labels(&[
-                ("trafficjam.whitelist", "nonsense"),
-                ("trafficjam.whitelist.b", "colour=red"),
-                ("trafficjam.allow_host_traffic", "yes"),
-                ("trafficjam.allow_host_ports", "53/udp, dns"),
-                ("trafficjam.deny_outbound", "lan"),
-                ("trafficjam.mode", "audti"),
-            ]),
-        )
-        .unwrap();
+    let (p, errors) = labelled(&[
+        ("trafficjam.whitelist", "nonsense"),
+        ("trafficjam.whitelist.b", "colour=red"),
+        ("trafficjam.allow_host_traffic", "yes"),
+        ("trafficjam.allow_host_ports", "53/udp, dns"),
+        ("trafficjam.deny_outbound", "lan"),
+        ("trafficjam.mode", "audti"),
+    ]);
     assert_eq!(
         errors,
         [
@@ -421,16 +405,11 @@ fn label_warnings_are_worded_as_they_were() {
         )
     );
     // A port label that lists nothing opens nothing, and is not warned of.
-    let (p, _, errors) = Config::default()
-        .policy_for(
-            "api",
-            &labels(&[
-                ("trafficjam.whitelist", "name=^p$"),
-                ("trafficjam.allow_host_ports", " , "),
-                ("trafficjam.deny_outbound", ""),
-            ]),
-        )
-        .unwrap();
+    let (p, errors) = labelled(&[
+        ("trafficjam.whitelist", "name=^p$"),
+        ("trafficjam.allow_host_ports", " , "),
+        ("trafficjam.deny_outbound", ""),
+    ]);
     assert!(errors.is_empty(), "{errors:?}");
     assert!(p.host_ports.is_empty() && p.deny_outbound.is_empty());
 
@@ -569,46 +548,27 @@ fn filter_values_docker_would_refuse_are_refused_here() {
     ] {
         assert!(Filter::parse(good).is_ok(), "{good}");
     }
-    let c = parse(&[(
-        "a.toml",
+    let w = warnings(
         "[network.n]\nwhitelist = \"name=^p$\"\nallow_host_traffic = true\nallow_host_ports = [\"53/udp\"]\n",
-    )])
-    .unwrap();
+    );
     assert!(
-        c.warnings[0]
-            .to_string()
-            .contains("a.toml:4:20: network \"n\": allow_host_ports changes nothing"),
-        "{:?}",
-        c.warnings
+        w[0].contains("a.toml:4:20: network \"n\": allow_host_ports changes nothing"),
+        "{w:?}"
     );
 }
 
 #[test]
 fn a_list_repeating_label_is_warned_about() {
-    let c = parse(&[(
-        "a.toml",
-        "[network.n]\nwhitelist = [\"label=role=proxy\", \"label=role=admin\"]\n",
-    )])
-    .unwrap();
-    assert_eq!(c.warnings.len(), 1);
-    let w = c.warnings[0].to_string();
-    assert!(w.starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist: [\"label=role=proxy\", \"label=role=admin\"] is one query, and Docker ANDs repeated label filters"), "{w}");
+    let w = warnings("[network.n]\nwhitelist = [\"label=role=proxy\", \"label=role=admin\"]\n");
+    assert_eq!(w.len(), 1);
+    assert!(w[0].starts_with("/etc/trafficjam/a.toml:2:13: network \"n\": whitelist: [\"label=role=proxy\", \"label=role=admin\"] is one query, and Docker ANDs repeated label filters"), "{w:?}");
     assert!(
-        w.contains("[[\"label=role=proxy\"], [\"label=role=admin\"]]"),
-        "{w}"
+        w[0].contains("[[\"label=role=proxy\"], [\"label=role=admin\"]]"),
+        "{w:?}"
     );
-    let c = parse(&[(
-        "a.toml",
-        "[network.n]\nwhitelist = \"label=traefik.enable=true\"\n",
-    )])
-    .unwrap();
-    assert!(
-        c.warnings[0]
-            .to_string()
-            .contains("every container Traefik routes to")
-    );
-    let c = parse(&[("a.toml", "[network.n]\nwhitelist = \"name=^traefik$\"\n")]).unwrap();
-    assert!(c.warnings.is_empty());
+    let w = warnings("[network.n]\nwhitelist = \"label=traefik.enable=true\"\n");
+    assert!(w[0].contains("every container Traefik routes to"), "{w:?}");
+    assert!(warnings("[network.n]\nwhitelist = \"name=^traefik$\"\n").is_empty());
 }
 
 #[test]
