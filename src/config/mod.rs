@@ -5,8 +5,9 @@
 //! is all or nothing: a caller that gets an error keeps its previous configuration.
 //!
 //! Here: what a configuration holds, and loading a directory. The file format is in
-//! `toml`, the labels in `labels`, Docker's container filters in `selector`, and a
-//! network's policy in `network`.
+//! `toml`, the labels in `labels`, Docker's container filters in `selector`, and in
+//! `network` a network's policy and the one reader of it that the file and the labels
+//! both feed.
 
 mod labels;
 mod network;
