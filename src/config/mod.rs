@@ -23,8 +23,10 @@ use std::time::Duration;
 use crate::plan::DEFAULT_TABLE;
 
 pub(crate) use labels::container_allow_rules;
-pub use network::{AllowRule, NetworkPolicy};
-pub use selector::{Filter, FilterError, Selector};
+pub use network::NetworkPolicy;
+#[cfg(test)]
+pub(crate) use network::AllowRule;
+pub use selector::{Filter, Selector};
 
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
