@@ -14,13 +14,13 @@ use crate::daemon::{ControlError, Msg, Reply};
 use crate::droplog::Notices;
 use crate::status::Status;
 
-pub const BUS_NAME: &str = "org.trafficjam1";
-pub const OBJECT_PATH: &str = "/org/trafficjam1";
+pub(crate) const BUS_NAME: &str = "org.trafficjam1";
+pub(crate) const OBJECT_PATH: &str = "/org/trafficjam1";
 
 /// Errors returned over D-Bus, named `org.trafficjam1.Error.*`.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "org.trafficjam1.Error")]
-pub enum Error {
+pub(crate) enum Error {
     #[zbus(error)]
     ZBus(zbus::Error),
     /// The new configuration was refused; the message is `FILE:LINE:COL: what is wrong`.
@@ -54,7 +54,7 @@ impl From<zbus::fdo::Error> for Error {
 
 /// The object served at `/org/trafficjam1`.
 #[derive(Debug)]
-pub struct Manager {
+pub(crate) struct Manager {
     tx: mpsc::Sender<Msg>,
     status: watch::Receiver<Status>,
 }
@@ -160,7 +160,7 @@ impl Manager {
 /// Serves the Manager on the system bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured) and owns
 /// the name; the object is served before the name is taken. Emits PropertiesChanged when
 /// the state or the network list changes.
-pub async fn serve(
+pub(crate) async fn serve(
     tx: mpsc::Sender<Msg>,
     status: watch::Receiver<Status>,
     notices: Notices,

@@ -14,6 +14,8 @@
 //! - [`cli`] is the composition root: `trafficjam run`, `check`, and the D-Bus client.
 
 #![forbid(unsafe_code)]
+// pub(crate) where nothing outside the crate needs a name, so that dead code shows.
+#![warn(unreachable_pub)]
 
 pub mod cli;
 pub(crate) mod config;

@@ -15,7 +15,7 @@ use crate::status::{State, Status};
 
 /// Applies and errors so far.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ApplyStats {
+pub(crate) struct ApplyStats {
     pub full: (u64, f64),
     pub elements: (u64, f64),
     pub errors: u64,
@@ -24,7 +24,7 @@ pub struct ApplyStats {
 }
 
 impl ApplyStats {
-    pub fn record(&mut self, kind: BatchKind, seconds: f64) {
+    pub(crate) fn record(&mut self, kind: BatchKind, seconds: f64) {
         let entry = match kind {
             BatchKind::Full => &mut self.full,
             BatchKind::Elements => &mut self.elements,
@@ -67,7 +67,7 @@ impl Family<'_> {
 
 /// The metrics text. `counters`: the ruleset in force and its counters as just read
 /// (absent when nothing is enforced, or they could not be read).
-pub fn render(
+pub(crate) fn render(
     status: &Status,
     counters: Option<(&Ruleset, &Counters)>,
     drop_log: &DropLogStats,

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::plan::ManagedNetwork;
 use crate::policy::{HostAccess, Mode};
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/trafficjam";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/trafficjam";
 const STATE_FILE: &str = "state.json";
 
 /// The state directory to use: the one given, else systemd's, else the default.
-pub fn state_dir(given: Option<PathBuf>) -> PathBuf {
+pub(crate) fn state_dir(given: Option<PathBuf>) -> PathBuf {
     given
         .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
@@ -27,7 +27,7 @@ pub fn state_dir(given: Option<PathBuf>) -> PathBuf {
 
 /// A network as isolated, without its whitelist (which only Docker can tell).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IsolatedNetwork {
+pub(crate) struct IsolatedNetwork {
     pub name: String,
     pub bridge: String,
     pub subnets: Vec<IpNetwork>,
@@ -41,7 +41,7 @@ pub struct IsolatedNetwork {
 }
 
 impl IsolatedNetwork {
-    pub fn of(net: &ManagedNetwork) -> Self {
+    pub(crate) fn of(net: &ManagedNetwork) -> Self {
         IsolatedNetwork {
             name: net.name.clone(),
             bridge: net.bridge.clone(),
@@ -54,7 +54,7 @@ impl IsolatedNetwork {
 
     /// The network isolated with nobody whitelisted, no allow rule, no host port: what a
     /// boot enforces before Docker answers (its drops reported to `log_group`).
-    pub fn closed(&self, log_group: Option<u16>) -> ManagedNetwork {
+    pub(crate) fn closed(&self, log_group: Option<u16>) -> ManagedNetwork {
         ManagedNetwork {
             name: self.name.clone(),
             bridge: self.bridge.clone(),
@@ -78,14 +78,14 @@ impl IsolatedNetwork {
 
 /// A configuration file as it was when it last loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedFile {
+pub(crate) struct SavedFile {
     pub path: PathBuf,
     pub text: String,
 }
 
 /// Everything the state directory holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Saved {
+pub(crate) struct Saved {
     /// The table the networks were isolated in.
     pub table: String,
     pub networks: Vec<IsolatedNetwork>,
@@ -94,7 +94,7 @@ pub struct Saved {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PersistError {
+pub(crate) enum PersistError {
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -117,16 +117,16 @@ pub enum PersistError {
 
 /// The state directory.
 #[derive(Debug, Clone)]
-pub struct StateDir {
+pub(crate) struct StateDir {
     dir: PathBuf,
 }
 
 impl StateDir {
-    pub fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf) -> Self {
         StateDir { dir }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
@@ -135,7 +135,7 @@ impl StateDir {
     }
 
     /// What was saved; `None` when nothing was (first start).
-    pub fn load(&self) -> Result<Option<Saved>, PersistError> {
+    pub(crate) fn load(&self) -> Result<Option<Saved>, PersistError> {
         let path = self.file();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -148,7 +148,7 @@ impl StateDir {
     }
 
     /// Replaces what is saved, atomically (a crash leaves the old file or the new one).
-    pub fn save(&self, saved: &Saved) -> Result<(), PersistError> {
+    pub(crate) fn save(&self, saved: &Saved) -> Result<(), PersistError> {
         let path = self.file();
         let write_err = |source| PersistError::Write {
             path: path.clone(),

@@ -14,7 +14,7 @@ use crate::policy::HostAccess;
 /// Where the daemon stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     /// No reconcile attempted yet.
     #[default]
     Starting,
@@ -27,7 +27,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Starting => "starting",
             State::Active => "active",
@@ -39,7 +39,7 @@ impl State {
 
 /// What `Status()` answers (JSON), published by the loop after every change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub state: State,
     /// Why the state is not `active`.
     pub reason: Option<String>,
@@ -56,7 +56,7 @@ pub struct Status {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DropLogStatus {
+pub(crate) struct DropLogStatus {
     /// Drops are reported by the kernel and logged by name.
     pub enabled: bool,
     pub group: u16,
@@ -65,7 +65,7 @@ pub struct DropLogStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkStatus {
+pub(crate) struct NetworkStatus {
     pub name: String,
     /// `enforce`, or `audit`: nothing is dropped, would-be drops are logged and counted.
     #[serde(default)]
@@ -111,7 +111,7 @@ pub struct NetworkStatus {
 
 /// One allow rule and the containers it chooses now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AllowStatus {
+pub(crate) struct AllowStatus {
     /// Where the rule was written: `FILE:LINE`, or the label.
     pub rule: String,
     /// The rule's filters, as written (`|` between alternatives).
@@ -126,7 +126,7 @@ pub struct AllowStatus {
 
 impl AllowStatus {
     /// The allow rules of a network as the last snapshot resolved them.
-    pub fn of_network(n: &NetworkSnapshot) -> Vec<AllowStatus> {
+    pub(crate) fn of_network(n: &NetworkSnapshot) -> Vec<AllowStatus> {
         let names = |list: &[crate::docker::Endpoint]| -> Vec<String> {
             list.iter().map(|e| e.container_name.clone()).collect()
         };
@@ -154,14 +154,14 @@ impl AllowStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerStatus {
+pub(crate) struct ContainerStatus {
     pub id: String,
     pub name: String,
     pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApplyStatus {
+pub(crate) struct ApplyStatus {
     /// Seconds since the Unix epoch.
     pub at: u64,
     pub kind: BatchKind,
@@ -170,12 +170,12 @@ pub struct ApplyStatus {
 }
 
 impl Status {
-    pub fn network_names(&self) -> Vec<String> {
+    pub(crate) fn network_names(&self) -> Vec<String> {
         self.networks.iter().map(|n| n.name.clone()).collect()
     }
 
     /// The networks in audit mode: isolated on paper only.
-    pub fn audited(&self) -> Vec<&str> {
+    pub(crate) fn audited(&self) -> Vec<&str> {
         self.networks
             .iter()
             .filter(|n| n.mode == "audit")
@@ -184,7 +184,7 @@ impl Status {
     }
 
     /// The one-line summary systemd shows (STATUS=).
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         match self.state {
             State::Active => {
                 let containers: usize = self.networks.iter().map(|n| n.whitelisted.len()).sum();
@@ -225,7 +225,7 @@ impl Status {
     }
 
     /// Human status, one block per network (in the manner of `wg show`).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = format!("state: {}\n", self.state.as_str());
         if let Some(reason) = &self.reason {
             out.push_str(&format!("  reason: {reason}\n"));
@@ -339,7 +339,7 @@ impl NetworkStatus {
     /// A network as Docker and its policy describe it: the daemon adds what the kernel
     /// says (drops, bound ports, stateful filtering) and where an overlay sits on this
     /// node; `check` shows it as it is.
-    pub fn of_snapshot(n: &NetworkSnapshot) -> NetworkStatus {
+    pub(crate) fn of_snapshot(n: &NetworkSnapshot) -> NetworkStatus {
         NetworkStatus {
             name: n.name.clone(),
             mode: n.policy.mode.name().into(),
@@ -380,7 +380,7 @@ impl NetworkStatus {
 
 /// Who may open what to whom on a network, and why, as an aligned table (empty when the
 /// network has no allow rule: the whitelist lines say it all).
-pub fn policy_table(n: &NetworkStatus) -> String {
+pub(crate) fn policy_table(n: &NetworkStatus) -> String {
     if n.allowed.is_empty() {
         return String::new();
     }

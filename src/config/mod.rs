@@ -23,32 +23,32 @@ use std::time::Duration;
 use crate::plan::DEFAULT_TABLE;
 
 pub(crate) use labels::container_allow_rules;
-pub use network::NetworkPolicy;
 #[cfg(test)]
 pub(crate) use network::AllowRule;
-pub use selector::{Filter, Selector};
+pub(crate) use network::NetworkPolicy;
+pub(crate) use selector::{Filter, Selector};
 
-pub const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CONFIG_DIR: &str = "/etc/trafficjam";
+pub(crate) const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+pub(crate) const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Label that opts a Docker network in: its value is one whitelist filter. More filters
 /// go in labels that start with `trafficjam.whitelist.` (any suffix).
-pub const LABEL_WHITELIST: &str = "trafficjam.whitelist";
-pub const LABEL_ALLOW_HOST_TRAFFIC: &str = "trafficjam.allow_host_traffic";
-pub const LABEL_ALLOW_HOST_PORTS: &str = "trafficjam.allow_host_ports";
-pub const LABEL_DENY_OUTBOUND: &str = "trafficjam.deny_outbound";
+pub(crate) const LABEL_WHITELIST: &str = "trafficjam.whitelist";
+pub(crate) const LABEL_ALLOW_HOST_TRAFFIC: &str = "trafficjam.allow_host_traffic";
+pub(crate) const LABEL_ALLOW_HOST_PORTS: &str = "trafficjam.allow_host_ports";
+pub(crate) const LABEL_DENY_OUTBOUND: &str = "trafficjam.deny_outbound";
 /// `enforce` (the default) or `audit`: log and count what would be dropped, drop nothing.
-pub const LABEL_MODE: &str = "trafficjam.mode";
+pub(crate) const LABEL_MODE: &str = "trafficjam.mode";
 /// The NFLOG group our drop rules report to, unless `[daemon] log_group` says otherwise.
-pub const DEFAULT_LOG_GROUP: u16 = 4200;
+pub(crate) const DEFAULT_LOG_GROUP: u16 = 4200;
 /// Container labels that open the container to others: `trafficjam.allow.from` (a filter
 /// choosing who may connect) and `trafficjam.allow.ports`, or several rules named
 /// `trafficjam.allow.<rule>.from` and `trafficjam.allow.<rule>.ports`.
-pub const LABEL_ALLOW_PREFIX: &str = "trafficjam.allow.";
+pub(crate) const LABEL_ALLOW_PREFIX: &str = "trafficjam.allow.";
 
 /// What `deny_outbound = ["private"]` stands for: RFC 1918, shared address space (RFC
 /// 6598), link-local, unique local and link-local IPv6.
-pub const PRIVATE_DESTINATIONS: &[&str] = &[
+pub(crate) const PRIVATE_DESTINATIONS: &[&str] = &[
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",

@@ -93,7 +93,7 @@ pub(crate) async fn resync_timer(interval: Duration, tx: mpsc::UnboundedSender<M
 }
 
 /// Turns SIGTERM/SIGINT into Shutdown, SIGHUP into Reload, SIGUSR1 into Clear.
-pub fn forward_signals(tx: mpsc::Sender<Msg>) -> std::io::Result<()> {
+pub(crate) fn forward_signals(tx: mpsc::Sender<Msg>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let kinds = [
         (SignalKind::terminate(), "TERM"),

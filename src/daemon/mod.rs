@@ -12,8 +12,8 @@ mod pass;
 mod repair;
 mod report;
 mod restore;
-pub use overlay::unplaced_reason;
-pub mod reconcile;
+pub(crate) use overlay::unplaced_reason;
+pub(crate) mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::ControlFlow;
@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-pub use inputs::forward_signals;
+pub(crate) use inputs::forward_signals;
 use inputs::{now_nanos, resync_timer, watch_docker, watch_namespaces, watchdog_timer};
 use reconcile::{bridges_to_set, reconcile};
 
@@ -42,7 +42,7 @@ use crate::sys::notify;
 
 /// Why a reload or a clear asked of the loop did not happen.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     /// The new configuration was refused; the previous one and its rules stay.
     #[error(transparent)]
     ConfigRejected(#[from] ConfigError),
@@ -55,10 +55,10 @@ pub enum ControlError {
 }
 
 /// A reply channel for requests that want to know how they ended.
-pub type Reply = oneshot::Sender<Result<(), ControlError>>;
+pub(crate) type Reply = oneshot::Sender<Result<(), ControlError>>;
 
 #[derive(Debug)]
-pub enum Msg {
+pub(crate) enum Msg {
     /// The watcher (re)connected to Docker.
     DockerConnected(DockerClient),
     /// The watcher lost Docker (or could not reach it).
@@ -92,7 +92,7 @@ const REPAIR_RETRY: Duration = Duration::from_secs(1);
 /// Requests (D-Bus calls, signals) queued at most: beyond, a D-Bus call is refused at once
 /// (`LimitsExceeded`), so a flood of `Status()` calls from any local user holds this many
 /// messages, not more.
-pub const REQUESTS: usize = 64;
+pub(crate) const REQUESTS: usize = 64;
 /// How long `Status()` reuses drop counters it read.
 const COUNTERS_MAX_AGE: Duration = Duration::from_secs(1);
 
@@ -106,7 +106,7 @@ enum Condition {
 }
 
 /// The daemon's state, owned by its one task.
-pub struct Daemon {
+pub(crate) struct Daemon {
     config_dir: PathBuf,
     config: Config,
     /// The configuration on disk that failed to load at start: the daemon runs on the
@@ -213,7 +213,7 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    pub fn new(config_dir: PathBuf, config: Config, firewall: Worker) -> Daemon {
+    pub(crate) fn new(config_dir: PathBuf, config: Config, firewall: Worker) -> Daemon {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (requests_tx, requests) = mpsc::channel(REQUESTS);
         Daemon {
@@ -252,25 +252,29 @@ impl Daemon {
     }
 
     /// Where each drop line goes as JSON as well (the D-Bus `Dropped` signal).
-    pub fn drop_notices(&self) -> Notices {
+    pub(crate) fn drop_notices(&self) -> Notices {
         self.drop_log.notices.clone()
     }
 
     /// Keeps state in `state` (see [`crate::persist`]); `config_error` is the error of the
     /// configuration on disk when the daemon starts on the last good one instead.
-    pub fn with_state(mut self, state: StateDir, config_error: Option<ConfigError>) -> Daemon {
+    pub(crate) fn with_state(
+        mut self,
+        state: StateDir,
+        config_error: Option<ConfigError>,
+    ) -> Daemon {
         self.persist.state = Some(state);
         self.config_error = config_error;
         self
     }
 
     /// The published status (state, networks), for D-Bus properties.
-    pub fn status(&self) -> watch::Receiver<Status> {
+    pub(crate) fn status(&self) -> watch::Receiver<Status> {
         self.report.status_tx.subscribe()
     }
 
     /// A handle to send messages to the loop (signals, D-Bus).
-    pub fn sender(&self) -> mpsc::Sender<Msg> {
+    pub(crate) fn sender(&self) -> mpsc::Sender<Msg> {
         self.inbox.requests_tx.clone()
     }
 
@@ -328,7 +332,7 @@ impl Daemon {
     }
 
     /// Runs until a `Shutdown` message. The rules stay in the kernel on exit.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         self.restore().await;
         if self.config_error.is_none() {
             self.save_config();

@@ -24,7 +24,7 @@ use crate::plan::{Change, Ruleset};
 /// setting that very namespace up): the overlay networks the last pass saw, our table's
 /// name, and our Docker's directory of namespaces. Kept up to date by the loop.
 #[derive(Debug, Default)]
-pub struct Prepared {
+pub(super) struct Prepared {
     /// Counts every change: a job queued under one view does nothing under another.
     pub generation: u64,
     pub dir: Option<PathBuf>,
@@ -33,7 +33,7 @@ pub struct Prepared {
     pub networks: Vec<(NetworkSnapshot, Option<(String, String)>)>,
 }
 
-pub type SharedPrepared = std::sync::Arc<std::sync::Mutex<Prepared>>;
+pub(super) type SharedPrepared = std::sync::Arc<std::sync::Mutex<Prepared>>;
 
 /// Called by the mount watch for a namespace just mounted at `path`: when it is the
 /// namespace of an overlay network the last pass saw, in our Docker's directory, the
@@ -42,7 +42,7 @@ pub type SharedPrepared = std::sync::Arc<std::sync::Mutex<Prepared>>;
 /// Docker's) and no port bound (silent until the next pass binds them), and what goes out
 /// to other nodes judged statelessly until conntrack is known to be on. Returns at once;
 /// the loop's pass follows and puts the exact rules in.
-pub fn isolate_at_mount(prepared: &SharedPrepared, worker: &Worker, path: &std::path::Path) {
+pub(super) fn isolate_at_mount(prepared: &SharedPrepared, worker: &Worker, path: &std::path::Path) {
     let (net, names, table, generation) = {
         let p = prepared.lock().unwrap_or_else(|e| e.into_inner());
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -126,7 +126,7 @@ pub(super) struct OverlayState {
 }
 
 /// Why an overlay network with no namespace on this node is not isolated here.
-pub fn unplaced_reason() -> &'static str {
+pub(crate) fn unplaced_reason() -> &'static str {
     "no container of this node is on it: no namespace here, nothing to isolate"
 }
 

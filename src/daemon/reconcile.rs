@@ -11,7 +11,7 @@ use crate::plan::{self, Change, ManagedNetwork, PlanError, Port, Ruleset};
 
 /// What one reconcile decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reconciled {
+pub(crate) struct Reconciled {
     /// The ruleset the kernel must hold.
     pub ruleset: Ruleset,
     /// The networks it isolates.
@@ -77,7 +77,7 @@ fn attach_ports(
 /// believed to still hold it). Drops report to NFLOG group `log_group`, if any.
 ///
 /// Fails only when the table name itself is unusable; odd networks are set aside instead.
-pub fn reconcile(
+pub(crate) fn reconcile(
     table: &str,
     log_group: Option<u16>,
     snapshot: &Snapshot,
@@ -133,7 +133,7 @@ fn planned(
 /// this node, whose bridge `bridge` has the VXLAN port `remote_port` and the ports
 /// `ports` (as the kernel showed them there), `stateful` when br_netfilter hands its
 /// traffic to conntrack, against `committed` there.
-pub fn reconcile_overlay(
+pub(crate) fn reconcile_overlay(
     table: &str,
     network: &docker::NetworkSnapshot,
     (bridge, remote_port): (&str, &str),
@@ -162,7 +162,7 @@ pub fn reconcile_overlay(
 
 /// The bridges whose br_netfilter attributes a reconcile must set: all of them on a resync
 /// (a Docker restart recreates a bridge with the attribute reset), else when they changed.
-pub fn bridges_to_set(reconciled: &Reconciled, resync: bool) -> Option<BTreeSet<String>> {
+pub(crate) fn bridges_to_set(reconciled: &Reconciled, resync: bool) -> Option<BTreeSet<String>> {
     (resync || reconciled.bridges_changed).then(|| reconciled.ruleset.bridges())
 }
 

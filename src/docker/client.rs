@@ -440,12 +440,4 @@ impl DockerClient {
             v.api_version.unwrap_or_default()
         ))
     }
-
-    /// Waits up to `timeout` for an answer to a ping.
-    pub async fn ping(&self, timeout: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, self.docker.ping()).await,
-            Ok(Ok(_))
-        )
-    }
 }

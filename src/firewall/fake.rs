@@ -10,7 +10,7 @@ use crate::plan::Change;
 
 /// What the [`Fake`] firewall holds and has been asked, shared with the test that made it.
 #[derive(Default)]
-pub struct FakeKernel {
+pub(crate) struct FakeKernel {
     /// The watch the daemon started, to report changes "made by another process".
     pub watch: Option<ChangeReport>,
     /// The link watch the daemon started, to report ports "moved by Docker".
@@ -49,7 +49,7 @@ pub struct FakeKernel {
 
 /// An overlay network's namespace in the [`Fake`] kernel.
 #[derive(Debug, Clone, Default)]
-pub struct FakeNamespace {
+pub(crate) struct FakeNamespace {
     pub bridge: (String, String),
     pub ports: BTreeMap<String, BridgePorts>,
     pub installed: Option<Ruleset>,
@@ -68,17 +68,17 @@ impl std::fmt::Debug for FakeKernel {
 
 /// A firewall with a simulated kernel: applies, drift and clears act on [`FakeKernel`].
 #[derive(Debug, Clone, Default)]
-pub struct Fake {
+pub(crate) struct Fake {
     pub kernel: Arc<Mutex<FakeKernel>>,
 }
 
 impl Fake {
-    pub fn new() -> Fake {
+    pub(crate) fn new() -> Fake {
         Fake::default()
     }
 
     /// The simulated kernel, to inspect or to change behind the daemon's back.
-    pub fn kernel(&self) -> std::sync::MutexGuard<'_, FakeKernel> {
+    pub(crate) fn kernel(&self) -> std::sync::MutexGuard<'_, FakeKernel> {
         self.kernel.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

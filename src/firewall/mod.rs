@@ -6,13 +6,15 @@
 //! Netlink calls block: on the worker they never stall the async executor that serves
 //! Docker events and D-Bus.
 
+#[cfg(test)]
 mod fake;
 mod netlink;
 mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use fake::{Fake, FakeKernel, FakeNamespace};
+#[cfg(test)]
+pub(crate) use fake::{Fake, FakeNamespace};
 pub use netlink::Netlink;
 pub use worker::Worker;
 

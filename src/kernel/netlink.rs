@@ -295,7 +295,7 @@ pub(crate) struct Answer<'a> {
 
 impl Answer<'_> {
     /// The errno of an NLMSG_ERROR message (0 for a success acknowledgement).
-    pub fn errno(&self) -> Result<i32, KernelError> {
+    pub(crate) fn errno(&self) -> Result<i32, KernelError> {
         // struct nlmsgerr starts with the (negative) errno.
         let bytes = self
             .body

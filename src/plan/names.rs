@@ -134,19 +134,6 @@ pub enum PortCheck {
     Unbound,
 }
 
-impl PortCheck {
-    pub const ALL: [PortCheck; 8] = [
-        PortCheck::Mac,
-        PortCheck::Source,
-        PortCheck::Ipv4,
-        PortCheck::Ipv6,
-        PortCheck::Advert,
-        PortCheck::Arp,
-        PortCheck::Claims,
-        PortCheck::Dispatch,
-    ];
-}
-
 /// The contents of the port-security sets: per port (name . identity), and the known
 /// identities of the network (every resolved container and the gateway).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 use caps::{CapSet, Capability, CapsHashSet};
 
 #[derive(Debug, thiserror::Error)]
-pub enum CapsError {
+pub(crate) enum CapsError {
     #[error(
         "CAP_NET_ADMIN is not effective: run trafficjam as root, or through trafficjam.service \
          (AmbientCapabilities=CAP_NET_ADMIN)"
@@ -21,12 +21,13 @@ pub enum CapsError {
 }
 
 /// The capabilities an overlay network's namespace needs, on top of CAP_NET_ADMIN.
-pub const SWARM: [Capability; 2] = [Capability::CAP_SYS_ADMIN, Capability::CAP_DAC_READ_SEARCH];
+pub(crate) const SWARM: [Capability; 2] =
+    [Capability::CAP_SYS_ADMIN, Capability::CAP_DAC_READ_SEARCH];
 
 /// Keeps CAP_NET_ADMIN, and the [`SWARM`] capabilities that are ambient, in the effective,
 /// permitted, inheritable and ambient sets, and in the bounding set when allowed to
 /// change it (CAP_SETPCAP). Returns the capabilities kept.
-pub fn keep_needed_only() -> Result<CapsHashSet, CapsError> {
+pub(crate) fn keep_needed_only() -> Result<CapsHashSet, CapsError> {
     if !caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN)? {
         return Err(CapsError::NoNetAdmin);
     }

@@ -25,7 +25,7 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(stat.st_dev) && ino.parse() == Ok(stat.st_ino)
 }
 
-pub fn init(config_level: Option<&str>) {
+pub(crate) fn init(config_level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config_level.unwrap_or("info")));
     if stderr_is_journal()

@@ -14,34 +14,34 @@ fn send(states: &[NotifyState]) {
 }
 
 /// READY=1 with the current status line.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// RELOADING=1 (with MONOTONIC_USEC, as Type=notify-reload wants); READY=1 ends it.
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
     }
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[
         NotifyState::Stopping,
         NotifyState::Status("stopping; the rules stay in force"),
     ]);
 }
 
-pub fn status(line: &str) {
+pub(crate) fn status(line: &str) {
     send(&[NotifyState::Status(line)]);
 }
 
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
 /// How often the loop must ping the watchdog: half of WATCHDOG_USEC, when it is set.
-pub fn watchdog_period() -> Option<Duration> {
+pub(crate) fn watchdog_period() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
 }

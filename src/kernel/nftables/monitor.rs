@@ -60,7 +60,7 @@ impl Generations {
 }
 
 /// A socket subscribed to nftables changes in the calling thread's network namespace.
-pub fn subscribe() -> Result<OwnedFd, KernelError> {
+pub(crate) fn subscribe() -> Result<OwnedFd, KernelError> {
     let sock = netlink_socket(SockProtocol::NetlinkNetFilter)?;
     bind(
         sock.as_raw_fd(),
@@ -75,7 +75,7 @@ pub fn subscribe() -> Result<OwnedFd, KernelError> {
 /// by the thread `committer` (ours; a thread id as the kernel gives it, which is ours as
 /// long as trafficjam runs in the host's pid namespace: elsewhere our own commits are
 /// reported too, and the daemon finds nothing to repair).
-pub fn watch(
+pub(crate) fn watch(
     sock: &OwnedFd,
     committer: u32,
     mut report: impl FnMut(TableChange) -> bool,
