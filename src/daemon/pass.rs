@@ -199,7 +199,7 @@ impl Daemon {
     }
 
     /// Programs each enforced bridge's forwarding database for its bound ports, so that no
-    /// container can teach the bridge another's MAC (nft/fdb.rs says how): the bridges and
+    /// container can teach the bridge another's MAC (kernel/links/fdb.rs says how): the bridges and
     /// ports new since the last pass, or all of them when `all` (a resync, which also
     /// repairs a port another program set learning on again). What fails is tried again
     /// at the next pass. An audited network's bridge is left learning: audit mode changes

@@ -24,7 +24,7 @@ pub(super) fn bridge_table(table_name: &str, networks: &[ManagedNetwork]) -> Tab
         rules: Vec::new(),
     };
     // Frames to the IEEE link-local groups that the bridge does not forward (those it
-    // may not, :00 with STP on and :02; the others it forwards, see nft/fdb.rs) pass its
+    // may not, :00 with STP on and :02; the others it forwards, see kernel/links/fdb.rs) pass its
     // input hook only, then the port's own stack: a bound port's would reach the host's
     // addresses as if from no bridge at all, past port security and host access.
     let mut input = Chain {
