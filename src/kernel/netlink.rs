@@ -269,6 +269,30 @@ fn set_buffer<O: SetSockOpt<Val = usize>>(
 
 /// The kernel answers a batch before `sendmsg` returns; a missing answer must end in an
 /// error, not a hang.
+/// What one read of a notification socket gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// A datagram of this many bytes.
+    Datagram(usize),
+    /// The kernel dropped notifications (the socket overflowed): anything may have changed.
+    Lost,
+    /// The socket's receive timeout passed with nothing to read.
+    Idle,
+}
+
+/// Reads one datagram of notifications into `buf` (again when interrupted).
+pub(crate) fn next_notice(sock: &OwnedFd, buf: &mut [u8]) -> Result<Notice, KernelError> {
+    loop {
+        return match nix::sys::socket::recv(sock.as_raw_fd(), buf, MsgFlags::empty()) {
+            Ok(n) => Ok(Notice::Datagram(n)),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ENOBUFS) => Ok(Notice::Lost),
+            Err(Errno::EAGAIN) => Ok(Notice::Idle),
+            Err(e) => Err(KernelError::Receive(e.into())),
+        };
+    }
+}
+
 pub(crate) fn set_receive_timeout(sock: &OwnedFd) -> Result<(), KernelError> {
     setsockopt(sock, sockopt::ReceiveTimeout, &TimeVal::new(30, 0))
         .map_err(|e| KernelError::Socket(e.into()))

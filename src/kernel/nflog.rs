@@ -8,14 +8,15 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, SockProtocol, recv, setsockopt, sockopt};
+use nix::sys::socket::{SockProtocol, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
 use crate::kernel::KernelError;
-use crate::kernel::netlink::{netlink_socket, parse_answers, push_attr, read_acks, send_all};
+use crate::kernel::netlink::{
+    Notice, netlink_socket, next_notice, parse_answers, push_attr, read_acks, send_all,
+};
 use crate::kernel::nftables::dump::{attribute, string};
 use crate::plan::names::{LOG_PREFIX_MAX, LOG_PREFIX_TAG};
 use crate::plan::{Mac, Reason};
@@ -274,22 +275,11 @@ pub fn subscribe(group: u16) -> Result<OwnedFd, KernelError> {
 pub fn watch(sock: &OwnedFd, report: &mut impl FnMut(LogEvent) -> bool) -> Result<(), KernelError> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => {
-                if !report(LogEvent::Idle) {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(Errno::ENOBUFS) => {
-                if !report(LogEvent::Lost) {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) => return Err(KernelError::Receive(e.into())),
+        let n = match next_notice(sock, &mut buf)? {
+            Notice::Datagram(n) => n,
+            Notice::Idle if !report(LogEvent::Idle) => return Ok(()),
+            Notice::Lost if !report(LogEvent::Lost) => return Ok(()),
+            Notice::Idle | Notice::Lost => continue,
         };
         let mut ours = false;
         let stop = parse_answers(&buf[..n], &mut |answer| {

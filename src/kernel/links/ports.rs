@@ -30,7 +30,7 @@ use nix::sys::socket::{MsgFlags, SockProtocol, recv};
 
 use crate::kernel::KernelError;
 use crate::kernel::netlink::{
-    Answer, netlink_socket, parse_answers, send_all, set_receive_timeout,
+    Answer, Notice, netlink_socket, next_notice, parse_answers, send_all, set_receive_timeout,
 };
 
 pub use crate::plan::Mac;
@@ -445,17 +445,11 @@ fn moves_ports(answer: &Answer<'_>) -> bool {
 pub fn watch_links(sock: &OwnedFd, mut report: impl FnMut() -> bool) -> Result<(), KernelError> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
+        let n = match next_notice(sock, &mut buf)? {
+            Notice::Datagram(n) => n,
             // Notifications were lost: anything may have moved.
-            Err(Errno::ENOBUFS) => {
-                if !report() {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) => return Err(KernelError::Receive(e.into())),
+            Notice::Lost if !report() => return Ok(()),
+            Notice::Lost | Notice::Idle => continue,
         };
         let mut moved = false;
         parse_answers::<()>(&buf[..n], &mut |answer| {

@@ -8,16 +8,14 @@
 //! and never triggers a repair (no loop).
 
 use std::collections::BTreeSet;
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, NetlinkAddr, SockProtocol, bind, recv};
+use nix::sys::socket::{NetlinkAddr, SockProtocol, bind};
 use rustables::sys::{NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, NFTA_GEN_PROC_PID};
 
 use crate::kernel::KernelError;
 use crate::kernel::TableChange;
-use crate::kernel::netlink::{Answer, netlink_socket, parse_answers};
+use crate::kernel::netlink::{Answer, Notice, netlink_socket, next_notice, parse_answers};
 use crate::kernel::nftables::dump::{attribute, string};
 use crate::plan::Family;
 
@@ -83,17 +81,16 @@ pub(crate) fn watch(
     let mut generations = Generations::default();
     let mut buf = vec![0u8; 1 << 17];
     loop {
-        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ENOBUFS) => {
+        let n = match next_notice(sock, &mut buf)? {
+            Notice::Datagram(n) => n,
+            Notice::Lost => {
                 generations = Generations::default();
                 if !report(TableChange::Overrun) {
                     return Ok(());
                 }
                 continue;
             }
-            Err(e) => return Err(KernelError::Receive(io::Error::from(e))),
+            Notice::Idle => continue,
         };
         let mut changes = Vec::new();
         let parsed: Option<Result<(), KernelError>> = parse_answers(&buf[..n], &mut |answer| {
