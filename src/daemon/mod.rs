@@ -319,11 +319,15 @@ impl Daemon {
         self.inbox.resync = Some(tokio::spawn(timer));
     }
 
-    /// The next message: one set aside while coalescing first, then the channel's.
+    /// The next message: one set aside while coalescing first, then the queues.
     async fn next_message(&mut self) -> Option<Msg> {
         match self.inbox.pending.pop_front() {
             Some(m) => Some(m),
+            // Events first: a request is served once the events queued before it are (a
+            // reload never overtakes news of the Docker it replaces); events are few and
+            // coalesced, so requests are not starved.
             None => tokio::select! {
+                biased;
                 Some(m) = self.inbox.events.recv() => Some(m),
                 Some(m) = self.inbox.requests.recv() => Some(m),
                 else => None,
