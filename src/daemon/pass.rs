@@ -122,7 +122,8 @@ impl Daemon {
         }
         // A network recreated under the same bridge name gets a new bridge, whose
         // br_netfilter attributes Docker left off: set them as on a resync.
-        let ids = |s: &Snapshot| -> Vec<(String, String)> {
+        // As sets: Docker lists networks in no fixed order.
+        let ids = |s: &Snapshot| -> BTreeSet<(String, String)> {
             s.networks
                 .iter()
                 .map(|n| (n.name.clone(), n.id.clone()))

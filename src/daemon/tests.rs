@@ -1,5 +1,3 @@
-//! The loop's decisions, driven with a fake firewall and snapshots made by hand.
-
 //! The loop's decisions, against a fake firewall: no root, no Docker.
 
 use super::reconcile::tests::network;
@@ -51,6 +49,22 @@ async fn an_unchanged_snapshot_touches_nothing_and_a_whitelist_change_is_element
     assert_eq!(k.applies, [BatchKind::Full, BatchKind::Elements]);
     // The bridges did not change: their attributes were set once.
     assert_eq!(k.bridge_calls.len(), 1);
+}
+
+/// Docker lists networks in no fixed order: the same networks listed otherwise are not
+/// recreated ones, whose bridges would be set again (and their ports programmed again,
+/// which the link watch announces, which starts another pass) at every pass.
+#[tokio::test]
+async fn networks_listed_in_another_order_are_not_recreated_ones() {
+    let fake = Fake::new();
+    let mut d = daemon(&fake);
+    let listed = |order: [(&str, &str); 2]| Snapshot {
+        networks: order.iter().map(|(n, b)| network(n, b, None)).collect(),
+        ..Snapshot::default()
+    };
+    pass(&mut d, listed([("web", "br-web"), ("db", "br-db")]), true).await;
+    pass(&mut d, listed([("db", "br-db"), ("web", "br-web")]), false).await;
+    assert_eq!(fake.kernel().bridge_calls.len(), 1);
 }
 
 #[tokio::test]

@@ -14,9 +14,12 @@
 //! - idle CPU time of the daemon over 60 s with nothing changing, and its peak RSS.
 //!
 //! `BENCH_RUNS` sets the number of runs (default 25); `BENCH_IDLE_SECS` the idle window.
+//! `cargo bench --bench daemon -- scale` measures at many networks instead (see `scale`).
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "daemon/scale.rs"]
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "scale") {
+        scale::main();
+        return;
+    }
     if !docker_tier_available() {
         return;
     }
