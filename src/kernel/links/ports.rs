@@ -429,22 +429,12 @@ pub fn subscribe_links() -> Result<OwnedFd, KernelError> {
     Ok(sock)
 }
 
-/// Whether a link notification adds, moves or removes a bridge port, given each port's
-/// bridge as seen so far (`masters`, by interface index). A port's attributes changing is
-/// no move: programming a port (learning off, say) announces the port again, and taking
-/// that for a new port would start a pass that programs it again, and so on.
-fn moves_ports(masters: &mut HashMap<u32, u32>, answer: &Answer<'_>) -> bool {
-    let Some(link) = parse_link(answer.body) else {
-        return answer.kind == libc::RTM_DELLINK;
-    };
-    match (answer.kind, link.master) {
-        // Any: a port from before the watch is one we never saw. Deletions are rare.
-        (libc::RTM_DELLINK, _) => {
-            masters.remove(&link.index);
-            true
-        }
-        (libc::RTM_NEWLINK, Some(master)) => masters.insert(link.index, master) != Some(master),
-        (libc::RTM_NEWLINK, None) => masters.remove(&link.index).is_some(),
+/// Whether a link notification may change a bridge's ports: a link enslaved to a master
+/// (a port added, or changed), or a link deleted.
+fn moves_ports(answer: &Answer<'_>) -> bool {
+    match answer.kind {
+        libc::RTM_DELLINK => true,
+        libc::RTM_NEWLINK => parse_link(answer.body).is_some_and(|l| l.master.is_some()),
         _ => false,
     }
 }
@@ -454,7 +444,6 @@ fn moves_ports(masters: &mut HashMap<u32, u32>, answer: &Answer<'_>) -> bool {
 /// until it returns false.
 pub fn watch_links(sock: &OwnedFd, mut report: impl FnMut() -> bool) -> Result<(), KernelError> {
     let mut buf = vec![0u8; 1 << 16];
-    let mut masters = HashMap::new();
     loop {
         let n = match next_notice(sock, &mut buf)? {
             Notice::Datagram(n) => n,
@@ -464,7 +453,7 @@ pub fn watch_links(sock: &OwnedFd, mut report: impl FnMut() -> bool) -> Result<(
         };
         let mut moved = false;
         parse_answers::<()>(&buf[..n], &mut |answer| {
-            moved |= moves_ports(&mut masters, &answer);
+            moved |= moves_ports(&answer);
             None
         });
         if moved && !report() {
