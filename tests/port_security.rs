@@ -181,22 +181,7 @@ impl Network {
     ) -> serde_json::Value {
         let mac = mac_text(&self.mac("attacker"));
         let (port, count) = (UDP_PORT.to_string(), count.to_string());
-        let mut args = vec![
-            "udp",
-            "--src-mac",
-            &mac,
-            "--src-ip",
-            src,
-            "--dst-ip",
-            dst,
-            "--dst-mac",
-            dst_mac,
-            "--dport",
-            &port,
-            "--count",
-            &count,
-        ];
-        args.extend_from_slice(extra);
+        let args = common::udp_attack_args((&mac, src), (dst, dst_mac), &port, &count, extra);
         self.attack("attacker", &args)
     }
 

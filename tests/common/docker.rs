@@ -252,22 +252,7 @@ impl DockerLab {
         dport: &str,
         extra: &[&str],
     ) {
-        let mut args = vec![
-            "udp",
-            "--src-mac",
-            src_mac,
-            "--src-ip",
-            src,
-            "--dst-ip",
-            dst,
-            "--dst-mac",
-            dst_mac,
-            "--dport",
-            dport,
-            "--count",
-            "3",
-        ];
-        args.extend_from_slice(extra);
+        let args = super::udp_attack_args((src_mac, src), (dst, dst_mac), dport, "3", extra);
         let got = self.attack_from(container, &args);
         assert_eq!(got["sent"], 3, "{got}");
     }

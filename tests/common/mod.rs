@@ -581,3 +581,31 @@ pub fn expect(what: &str, from: &str, to: &[IpAddr], pass: bool) -> Vec<Expect> 
     }
     out
 }
+
+/// attack.py's arguments for `count` UDP datagrams from `(src_mac, src)` to `(dst,
+/// dst_mac)`, port `dport`, then `extra` (`--vlan`, say).
+pub fn udp_attack_args<'a>(
+    (src_mac, src): (&'a str, &'a str),
+    (dst, dst_mac): (&'a str, &'a str),
+    dport: &'a str,
+    count: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "udp",
+        "--src-mac",
+        src_mac,
+        "--src-ip",
+        src,
+        "--dst-ip",
+        dst,
+        "--dst-mac",
+        dst_mac,
+        "--dport",
+        dport,
+        "--count",
+        count,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
