@@ -161,34 +161,6 @@ impl Daemon {
             .filter(|_| self.drop_log.rules_refused.is_none())
     }
 
-    /// Applies `desired` over `committed`. A kernel without nfnetlink_log refuses every
-    /// rule that logs: that is recorded (`log_group()` is `None` from then on, the status
-    /// says why) and [`ApplyError::LogRulesRefused`] asks the caller to plan again without
-    /// them, isolation first.
-    pub(super) async fn apply_ruleset(
-        &mut self,
-        committed: Option<Arc<Ruleset>>,
-        desired: &Arc<Ruleset>,
-    ) -> Result<ApplyReport, ApplyError> {
-        let logs = self.log_group().is_some();
-        let desired = desired.clone();
-        match self
-            .firewall
-            .call(move |fw| fw.apply(committed.as_deref(), &desired))
-            .await
-        {
-            Ok(report) => Ok(report),
-            Err(e) if logs && e.refused_a_log_rule() => {
-                error!(
-                    "the kernel refused the ruleset with its drop-log rules ({e}); enforcing without them: drops are counted, not logged (is nfnetlink_log available?)"
-                );
-                self.drop_log.rules_refused = Some(e.to_string());
-                Err(ApplyError::LogRulesRefused)
-            }
-            Err(e) => Err(ApplyError::Refused(e)),
-        }
-    }
-
     /// Reads the NFLOG group our deny chains report to (when the configuration logs
     /// drops), or stops reading it. Failing to is no reason to stop enforcing: drops are
     /// still dropped and counted; the status says why they are not logged.
@@ -222,12 +194,4 @@ impl Daemon {
             }
         }
     }
-}
-
-/// Why [`Daemon::apply_ruleset`] applied nothing.
-#[derive(Debug)]
-pub(super) enum ApplyError {
-    /// The kernel cannot log: plan again without the log rules.
-    LogRulesRefused,
-    Refused(KernelError),
 }

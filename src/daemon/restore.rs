@@ -1,7 +1,7 @@
 //! The state directory: the isolated networks and the last good configuration written as
 //! they change, and the networks isolated again at start, before Docker answers.
 
-use super::report::ApplyError;
+use super::pass::ApplyError;
 use super::*;
 
 impl Daemon {
